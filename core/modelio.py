@@ -1,0 +1,56 @@
+"""Read and write model folders (``model.keras`` + ``model.json``).
+
+``read_metadata`` needs no TensorFlow, so pages can list models cheaply;
+``load_model`` imports Keras only when called.
+"""
+
+import json
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "model.json"
+REQUIRED_KEYS = ("classes", "image_size", "last_conv_layer")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing files or has unusable metadata."""
+
+
+def read_metadata(model_dir: Path) -> dict:
+    """Return the metadata of a model folder, checked for the keys serving needs."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: model metadata not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelFolderError(f"{path}: missing keys {missing}")
+    meta.setdefault("temperature", None)
+    return meta
+
+
+def write_metadata(model_dir: Path, meta: dict) -> None:
+    """Write ``model.json`` atomically."""
+    path = Path(model_dir) / METADATA_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def is_model_dir(path: Path) -> bool:
+    """True when ``path`` holds both a model and its metadata."""
+    path = Path(path)
+    return (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
+
+
+def load_model(model_dir: Path):
+    """Load the Keras model of a model folder (imports TensorFlow)."""
+    import keras
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: model file not found")
+    return keras.models.load_model(path, compile=False)
