@@ -121,9 +121,10 @@ class RunFolder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.status = {"state": "queued", "pid": os.getpid(), "started": now(), "finished": None, "best": None}
         previous = self.dir / "status.json"
-        if previous.is_file():
+        if previous.is_file():  # a resumed run keeps its start time and best epoch
             try:
-                self.status.update({"best": json.loads(previous.read_text()).get("best")})
+                old = json.loads(previous.read_text())
+                self.status.update({k: old[k] for k in ("best", "started") if old.get(k)})
             except json.JSONDecodeError:
                 pass
 
@@ -444,7 +445,18 @@ class Trainer:
                 continue
             probs = predict_probs(best, self.images, idx)
             write_predictions(self.folder.dir / f"predictions_{split}.csv", self.frame.iloc[idx], probs, self.classes)
+            if split == "val":
+                self.calibrate(probs, self.labels[idx])
             log.info("%s (n=%d): %s", split, len(idx), score(self.labels[idx], probs, self.k))
+
+    def calibrate(self, val_probs: np.ndarray, val_labels: np.ndarray) -> None:
+        """Fit temperature scaling on validation and store it with the model."""
+        from core.calibration import expected_calibration_error, fit_temperature, save_temperature
+
+        temperature = fit_temperature(val_probs, val_labels)
+        save_temperature(self.folder.dir, temperature)
+        log.info("temperature %.3f fitted on val (n=%d); val ECE %.4f before scaling", temperature,
+                 len(val_labels), expected_calibration_error(val_probs, val_labels))
 
 
 def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
@@ -467,6 +479,8 @@ def main(argv=None) -> int:
         args = load_resume_args(parser, args.run_dir)
     errors = validate_args(args)
     if errors:
+        if args.run_dir.is_dir():  # launched from the page: the run folder must say why it ended
+            RunFolder(args.run_dir).update(state="failed", finished=now(), message="; ".join(errors))
         parser.error("; ".join(errors))
     folder = RunFolder(args.run_dir)
     (folder.dir / "STOP").unlink(missing_ok=True)

@@ -46,6 +46,7 @@ def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     assert any(json.loads(line)["kind"] == "batch" for line in (run_dir / "metrics.jsonl").read_text().splitlines())
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["last_conv_layer"] == "last_conv" and meta["split_sha256"] == config["split_sha256"]
+    assert meta["temperature"] > 0 and "temperature" in (run_dir / "train.log").read_text()
     splits = pd.read_csv(run_dir / "splits.csv")
     for split in ("val", "test"):
         preds = pd.read_csv(run_dir / f"predictions_{split}.csv")

@@ -1,0 +1,134 @@
+"""Calibration of predicted probabilities: reliability, ECE, Brier, temperature scaling.
+
+Conventions:
+
+* Reliability and ECE are *top-label*: each image contributes its highest
+  probability (confidence) and whether the arg-max is right. Confidences are put
+  into ``n_bins`` equal-width bins over [0, 1] (15 by default, as Guo et al. 2017),
+  each bin closed on the right, ``(lo, hi]``, the first also containing 0.
+  ECE = sum over bins of (bin count / n) * |accuracy - mean confidence|.
+* Brier score is the multiclass original: mean over images of the squared distance
+  between the probability vector and the one-hot truth (0 best, 2 worst).
+* Temperature scaling works on saved probabilities, not logits: calibrated
+  probabilities are ``softmax(log(p) / T)``, which equals ``softmax(logits / T)``
+  because ``log(p)`` differs from the logits by a per-row constant. ``T`` is fitted
+  on the validation split by minimising the negative log-likelihood with a bounded
+  scalar optimiser, then stored as ``temperature`` in the model's ``model.json``.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+
+from core import modelio
+
+N_BINS = 15
+T_BOUNDS = (0.05, 20.0)
+_EPS = 1e-12
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Return ``softmax(log(probs) / temperature)`` row by row."""
+    if not temperature or temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    picked = np.asarray(probs, dtype=np.float64)[np.arange(len(y_true)), np.asarray(y_true)]
+    return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray, bounds=T_BOUNDS) -> float:
+    """The temperature in ``bounds`` minimising the NLL of ``softmax(log(p) / T)``.
+
+    Args:
+        probs: uncalibrated probabilities of the validation split.
+        y_true: true label indices of the same images.
+        bounds: search interval for ``T``.
+
+    Returns:
+        The fitted temperature (> 1 softens over-confident models, < 1 sharpens).
+    """
+    if len(y_true) == 0:
+        raise ValueError("cannot fit a temperature on zero images")
+    # Searching log T keeps the optimiser's resolution even on both sides of T = 1.
+    result = minimize_scalar(
+        lambda log_t: nll(apply_temperature(probs, float(np.exp(log_t))), y_true),
+        bounds=(np.log(bounds[0]), np.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    return float(np.exp(result.x))
+
+
+def reliability(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
+    """Top-label reliability diagram data.
+
+    Returns:
+        One row per bin: ``bin_low, bin_high, confidence`` (mean top probability),
+        ``accuracy`` (share of right arg-max answers), ``count``. Empty bins have
+        NaN confidence and accuracy and count 0.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # (lo, hi] bins: ceil(c * n) - 1, with c = 0 going to the first bin.
+    index = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
+    return pd.DataFrame(
+        {"bin_low": edges[:-1], "bin_high": edges[1:], "confidence": mean_conf, "accuracy": accuracy, "count": count}
+    )
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> float:
+    """Top-label ECE with ``n_bins`` equal-width bins (see the module docstring)."""
+    table = reliability(probs, y_true, n_bins)
+    used = table["count"] > 0
+    gaps = (table.loc[used, "accuracy"] - table.loc[used, "confidence"]).abs()
+    return float((gaps * table.loc[used, "count"]).sum() / table["count"].sum())
+
+
+def brier_score(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Multiclass Brier score: mean over images of sum over classes of (p - onehot)^2."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(probs.shape[1])[np.asarray(y_true)]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def calibration_summary(probs: np.ndarray, y_true: np.ndarray, temperature: float | None = None) -> pd.DataFrame:
+    """ECE, Brier and NLL before and, when ``temperature`` is given, after scaling."""
+    rows = [_summary_row("uncalibrated", probs, y_true)]
+    if temperature:
+        rows.append(_summary_row(f"T = {temperature:.3f}", apply_temperature(probs, temperature), y_true))
+    return pd.DataFrame(rows)
+
+
+def _summary_row(name: str, probs: np.ndarray, y_true: np.ndarray) -> dict:
+    return {
+        "probabilities": name,
+        "ece": expected_calibration_error(probs, y_true),
+        "brier": brier_score(probs, y_true),
+        "nll": nll(probs, y_true),
+        "n": len(y_true),
+    }
+
+
+def save_temperature(model_dir: Path, temperature: float) -> dict:
+    """Store ``temperature`` in the model folder's ``model.json``; returns the new metadata."""
+    if not temperature or temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    meta = modelio.read_metadata(model_dir)
+    meta["temperature"] = float(temperature)
+    modelio.write_metadata(model_dir, meta)
+    return meta

@@ -1,0 +1,352 @@
+"""Evaluate models from their saved predictions, and predict external test sets.
+
+A model folder (``models/default`` or a finished run) holds ``predictions_val.csv``
+and ``predictions_test.csv``: ``image_id, dx`` then one probability column per
+class of ``model.json``. Evaluation reads these files and never runs the model.
+Only an external test set (a folder of images with an ISIC ground-truth CSV) is
+predicted here, with TensorFlow imported on first use.
+
+External outputs (``python -m core.evaluate --model DIR --images DIR --truth CSV --out DIR``):
+
+* ``predictions_external.csv``: the predictions CSV format above.
+* ``truth_external.csv``: the image table of the test set (labels, metadata, paths).
+* ``metrics_external.csv``: the tidy metrics table of :func:`metrics_frame`.
+* ``isic_submission.csv``: ``image`` then one probability column per class, named by
+  the upper-case ISIC 2018 Task 3 codes in ISIC's order (MEL, NV, BCC, AKIEC, BKL,
+  DF, VASC), which is what the ISIC challenge scorer expects.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import data, metrics, modelio, paths
+
+SPLIT_FILES = {
+    "val": "predictions_val.csv",
+    "test": "predictions_test.csv",
+    "external": "predictions_external.csv",
+}
+TRUTH_FILE = "truth_external.csv"
+METRICS_FILE = "metrics_external.csv"
+SUBMISSION_FILE = "isic_submission.csv"
+ISIC_ORDER = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+# Probabilities written with a few decimals do not sum to exactly 1.
+SUM_TOLERANCE = 1e-3
+
+
+class PredictionsError(ValueError):
+    """A predictions CSV that cannot be evaluated, with a message naming the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Evaluable:
+    """A model folder with at least one predictions file."""
+
+    path: Path
+    name: str
+    splits: tuple
+    is_default: bool
+
+
+def validate_predictions(frame: pd.DataFrame, classes, source: str = "predictions") -> pd.DataFrame:
+    """Check a predictions table against the model's classes and return a clean copy.
+
+    Args:
+        frame: the table as read from CSV.
+        classes: the class codes of ``model.json``, in model output order.
+        source: a name for error messages (usually the file path).
+
+    Returns:
+        ``image_id, dx`` as strings, then the class columns as float64 in ``classes`` order.
+
+    Raises:
+        PredictionsError: missing columns, class columns that differ from ``classes``,
+            empty or duplicate rows, non-numeric or out-of-range probabilities, rows not
+            summing to 1, or true labels outside ``classes``.
+    """
+    classes = [str(c) for c in classes]
+    missing = [c for c in ["image_id", "dx", *classes] if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in {"image_id", "dx", *classes}]
+    if missing or extra:
+        raise PredictionsError(
+            f"{source}: columns do not match the model (classes {classes}): "
+            f"missing {missing}, unexpected {extra}"
+        )
+    if frame.empty:
+        raise PredictionsError(f"{source}: no rows")
+    out = frame[["image_id", "dx"]].astype(str)
+    duplicated = out["image_id"][out["image_id"].duplicated()].unique().tolist()
+    if duplicated:
+        raise PredictionsError(f"{source}: duplicate image_id rows {duplicated[:5]}")
+    unknown = sorted(set(out["dx"]) - set(classes))
+    if unknown:
+        raise PredictionsError(f"{source}: unknown labels in dx {unknown}; model classes are {classes}")
+    probs = _probability_block(frame, classes, source)
+    return pd.concat([out.reset_index(drop=True), probs.reset_index(drop=True)], axis=1)
+
+
+def _probability_block(frame: pd.DataFrame, classes: list, source: str) -> pd.DataFrame:
+    """The class columns as floats, checked to be probabilities that sum to 1."""
+    probs = frame[classes].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    bad = frame.loc[probs.isna().any(axis=1), "image_id"].tolist()
+    if bad:
+        raise PredictionsError(f"{source}: missing or non-numeric probabilities for images {bad[:5]}")
+    values = probs.to_numpy()
+    if (values < 0).any() or (values > 1).any():
+        raise PredictionsError(f"{source}: probabilities outside [0, 1]")
+    sums = values.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1) > SUM_TOLERANCE)
+    if off.size:
+        first = frame["image_id"].iloc[off[0]]
+        raise PredictionsError(
+            f"{source}: probabilities of {off.size} rows do not sum to 1 "
+            f"(e.g. {first}: {sums[off[0]]:.4f}); expected softmax outputs"
+        )
+    return probs
+
+
+def read_predictions(csv_path: Path, classes) -> pd.DataFrame:
+    """Read and validate one predictions CSV (see :func:`validate_predictions`)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise PredictionsError(f"{csv_path}: predictions file not found")
+    try:
+        frame = pd.read_csv(csv_path, dtype={"image_id": str, "dx": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PredictionsError(f"{csv_path}: not a readable CSV ({err})") from err
+    return validate_predictions(frame, classes, source=str(csv_path))
+
+
+def available_splits(model_dir: Path) -> list:
+    """The splits (``val``, ``test``, ``external``) whose predictions file exists in ``model_dir``."""
+    return [split for split, name in SPLIT_FILES.items() if (Path(model_dir) / name).is_file()]
+
+
+def load_predictions(model_dir: Path, split: str) -> pd.DataFrame:
+    """Validated predictions of one split of a model folder, columns in ``model.json`` order."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_FILES)}")
+    classes = modelio.read_metadata(model_dir)["classes"]
+    return read_predictions(Path(model_dir) / SPLIT_FILES[split], classes)
+
+
+def arrays(predictions: pd.DataFrame, classes) -> tuple:
+    """``(y_true, probs)``: label indices and the probability matrix of a predictions table."""
+    classes = list(classes)
+    return metrics.encode_labels(predictions["dx"], classes), predictions[classes].to_numpy(dtype=np.float64)
+
+
+def list_evaluable() -> list:
+    """Model folders with predictions: the shipped default first, then runs, newest first."""
+    found = []
+    default = paths.default_model_dir()
+    if _has_predictions(default):
+        found.append(Evaluable(default, "default (shipped)", tuple(available_splits(default)), True))
+    root = paths.runs_dir()
+    runs = [p for p in root.iterdir() if p.is_dir() and _has_predictions(p)] if root.is_dir() else []
+    runs.sort(key=lambda p: (p / modelio.METADATA_FILE).stat().st_mtime, reverse=True)
+    found += [Evaluable(p, p.name, tuple(available_splits(p)), False) for p in runs]
+    return found
+
+
+def _has_predictions(model_dir: Path) -> bool:
+    model_dir = Path(model_dir)
+    return (model_dir / modelio.METADATA_FILE).is_file() and bool(available_splits(model_dir))
+
+
+def metrics_frame(
+    predictions: pd.DataFrame,
+    classes,
+    split: str,
+    positive: str = "mel",
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every metric of one split as a tidy table, for display and CSV export.
+
+    Returns:
+        Columns ``split, n, scope, metric, value, ci_low, ci_high``: ``scope`` is
+        ``overall`` for the headline metrics (with bootstrap intervals), a class code
+        for per-class metrics and ``macro`` for their unweighted means.
+    """
+    y_true, probs = arrays(predictions, classes)
+    head = metrics.headline(y_true, probs, classes, positive=positive, threshold=threshold, n_boot=n_boot, seed=seed)
+    head = head.assign(scope="overall")[["scope", "metric", "value", "ci_low", "ci_high"]]
+    table = metrics.class_table(y_true, probs, classes)
+    table.loc["macro"] = metrics.macro_average(table)
+    per_class = table.rename_axis("scope").reset_index().melt(id_vars="scope", var_name="metric", value_name="value")
+    tidy = pd.concat([head, per_class.assign(ci_low=np.nan, ci_high=np.nan)], ignore_index=True)
+    tidy.insert(0, "n", len(y_true))
+    tidy.insert(0, "split", split)
+    return tidy
+
+
+def submission_frame(predictions: pd.DataFrame, classes) -> pd.DataFrame:
+    """ISIC 2018 Task 3 submission: ``image`` then MEL, NV, BCC, AKIEC, BKL, DF, VASC."""
+    by_code = {str(c).upper(): c for c in classes}
+    missing = [code for code in ISIC_ORDER if code not in by_code]
+    if missing:
+        raise PredictionsError(f"model classes {list(classes)} lack the ISIC categories {missing}")
+    out = pd.DataFrame({"image": predictions["image_id"].astype(str)})
+    for code in ISIC_ORDER:
+        out[code] = predictions[by_code[code]].to_numpy()
+    return out
+
+
+def read_truth(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
+    """The image table of an external test set from its ground-truth CSV and image folder.
+
+    Accepts ISIC one-hot truth (``image`` + MEL, NV, … columns, read by
+    ``core.data.load_isic_csv``) or a labelled table with ``image_id`` and ``dx``
+    (and optionally HAM10000 metadata columns). Every listed image must exist.
+
+    Raises:
+        core.data.DatasetError: unreadable CSV, unknown format or missing images.
+    """
+    truth_csv, images_dir = Path(truth_csv), Path(images_dir)
+    if not truth_csv.is_file():
+        raise data.DatasetError(f"{truth_csv}: truth CSV not found")
+    if not images_dir.is_dir():
+        raise data.DatasetError(f"{images_dir}: image folder not found")
+    columns = set(pd.read_csv(truth_csv, nrows=0).columns)
+    if "image" in columns:
+        table = data.load_isic_csv(truth_csv, images_dir)
+    elif {"image_id", "dx"} <= columns:
+        table = _read_labelled_csv(truth_csv, images_dir)
+    else:
+        raise data.DatasetError(f"{truth_csv}: needs an 'image' column (ISIC one-hot) or 'image_id' and 'dx' columns")
+    missing = table.loc[table["path"].fillna("").astype(str) == "", "image_id"].tolist()
+    if missing:
+        raise data.DatasetError(f"{images_dir}: {len(missing)} images of the truth CSV not found, e.g. {missing[:3]}")
+    return table.reset_index(drop=True)
+
+
+def _read_labelled_csv(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
+    """An ``image_id, dx`` table (HAM10000 metadata style) joined with the image files."""
+    frame = pd.read_csv(truth_csv, dtype={"image_id": str, "dx": str})
+    files = {p.stem: p for p in images_dir.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES}
+    frame["path"] = frame["image_id"].map(lambda i: str(files.get(i, "")))
+    defaults = {"lesion_id": frame["image_id"], "dx_type": "unknown", "age": np.nan, "sex": "unknown",
+                "localization": "unknown", "mask_path": ""}
+    for column, default in defaults.items():
+        if column not in frame.columns:
+            frame[column] = default
+    return frame[["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path", "mask_path"]]
+
+
+def load_images(image_paths, image_size: int) -> np.ndarray:
+    """Images as float32 RGB in 0..255, stretched to ``image_size`` square by bilinear resize."""
+    from PIL import Image
+
+    batch = np.empty((len(image_paths), image_size, image_size, 3), dtype=np.float32)
+    for i, path in enumerate(image_paths):
+        with Image.open(path) as image:
+            resized = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            batch[i] = np.asarray(resized, dtype=np.float32)
+    return batch
+
+
+def predict_paths(model, image_paths, image_size: int, batch_size: int = 32, progress=None) -> np.ndarray:
+    """Softmax outputs of ``model`` for every image path, in batches.
+
+    Args:
+        model: a loaded Keras model of a model folder.
+        image_paths: image files to predict.
+        image_size: the model's input size (``model.json`` ``image_size``).
+        batch_size: images per forward pass.
+        progress: optional ``callback(done, total)`` called after each batch.
+
+    Returns:
+        Array of shape (len(image_paths), number of classes).
+    """
+    image_paths = list(image_paths)
+    outputs = []
+    for start in range(0, len(image_paths), batch_size):
+        batch = load_images(image_paths[start : start + batch_size], image_size)
+        outputs.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
+        if progress is not None:
+            progress(min(start + batch_size, len(image_paths)), len(image_paths))
+    return np.concatenate(outputs, axis=0)
+
+
+def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
+    """Predict every image of an image table with a model folder; returns a predictions table."""
+    meta = modelio.read_metadata(model_dir)
+    classes = list(meta["classes"])
+    unknown = sorted(set(table["dx"].astype(str)) - set(classes))
+    if unknown:
+        raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
+    model = modelio.load_model(model_dir)
+    probs = predict_paths(model, table["path"], int(meta["image_size"]), batch_size, progress)
+    # Renormalise away float32 rounding so the file passes its own validation.
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    out = table[["image_id", "dx"]].astype(str).reset_index(drop=True)
+    return pd.concat([out, pd.DataFrame(probs, columns=classes)], axis=1)
+
+
+def evaluate_external(
+    model_dir: Path, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None
+) -> dict:
+    """Predict an external test set and write predictions, truth, metrics and ISIC submission CSVs.
+
+    Returns:
+        ``{"predictions": path, "truth": path, "metrics": path, "submission": path}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = read_truth(truth_csv, images_dir)
+    predictions = predict_table(model_dir, table, batch_size=batch_size, progress=progress)
+    classes = modelio.read_metadata(model_dir)["classes"]
+    written = {
+        "predictions": out_dir / SPLIT_FILES["external"],
+        "truth": out_dir / TRUTH_FILE,
+        "metrics": out_dir / METRICS_FILE,
+        "submission": out_dir / SUBMISSION_FILE,
+    }
+    predictions.to_csv(written["predictions"], index=False, float_format="%.6f")
+    table.to_csv(written["truth"], index=False)
+    metrics_frame(predictions, classes, "external").to_csv(written["metrics"], index=False)
+    submission_frame(predictions, classes).to_csv(written["submission"], index=False, float_format="%.6f")
+    source = {"model": str(Path(model_dir).resolve()), "images": str(images_dir), "truth": str(truth_csv),
+              "n": len(predictions), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / "source.json").write_text(json.dumps(source, indent=2), encoding="utf-8")
+    return written
+
+
+def main(argv=None) -> int:
+    """Command line: predict an external test set and write its CSVs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser.add_argument("--images", required=True, type=Path, help="folder of test images")
+    parser.add_argument("--truth", required=True, type=Path, help="ground-truth CSV (ISIC one-hot or image_id,dx)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    def report(done, total):
+        print(f"\rpredicted {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    try:
+        written = evaluate_external(args.model, args.images, args.truth, args.out, args.batch_size, report)
+    except (PredictionsError, data.DatasetError, modelio.ModelFolderError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    summary = pd.read_csv(written["metrics"])
+    head = summary[summary["scope"] == "overall"][["metric", "value", "ci_low", "ci_high"]]
+    print(head.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

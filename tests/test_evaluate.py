@@ -1,0 +1,201 @@
+"""Predictions CSV validation, model listing, exports and the external-test-set CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core import evaluate
+from core.labels import CLASSES
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def fake_predictions(n=70, seed=0, classes=CLASSES) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(classes)
+    alpha = np.ones((n, len(classes)))
+    alpha[np.arange(n), y] += 5
+    probs = np.vstack([rng.dirichlet(a) for a in alpha])
+    frame = pd.DataFrame(probs, columns=list(classes))
+    frame.insert(0, "dx", [classes[k] for k in y])
+    frame.insert(0, "image_id", [f"ISIC_{i:07d}" for i in range(n)])
+    return frame
+
+
+def write_model_folder(folder: Path, splits=("val", "test"), seed=0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"classes": list(CLASSES), "image_size": 16, "last_conv_layer": "last_conv", "temperature": None}
+    (folder / "model.json").write_text(json.dumps(meta))
+    for i, split in enumerate(splits):
+        fake_predictions(seed=seed + i).to_csv(folder / evaluate.SPLIT_FILES[split], index=False)
+    return folder
+
+
+def test_valid_predictions_are_reordered_to_model_classes():
+    frame = fake_predictions()
+    shuffled = frame[["dx", "image_id", *reversed(CLASSES)]]
+    clean = evaluate.validate_predictions(shuffled, CLASSES)
+    assert list(clean.columns) == ["image_id", "dx", *CLASSES]
+    np.testing.assert_allclose(clean[list(CLASSES)].to_numpy(), frame[list(CLASSES)].to_numpy())
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda f: f.drop(columns=["dx"]), r"missing \['dx'\]"),
+        (lambda f: f.rename(columns={"mel": "MEL"}), r"missing \['mel'\], unexpected \['MEL'\]"),
+        (lambda f: f.assign(mel=f["mel"] + 0.2), "do not sum to 1"),
+        (lambda f: f.assign(dx=["melanoma"] + f["dx"].tolist()[1:]), r"unknown labels in dx \['melanoma'\]"),
+        (lambda f: f.assign(image_id="same"), "duplicate image_id"),
+        (lambda f: f.assign(nv=["x"] + f["nv"].tolist()[1:]), "non-numeric"),
+        (lambda f: f.iloc[0:0], "no rows"),
+    ],
+)
+def test_invalid_predictions_raise_clear_errors(corrupt, message):
+    with pytest.raises(evaluate.PredictionsError, match=message):
+        evaluate.validate_predictions(corrupt(fake_predictions()), CLASSES, source="p.csv")
+
+
+def test_read_predictions_names_the_file(tmp_path):
+    with pytest.raises(evaluate.PredictionsError, match="not found"):
+        evaluate.read_predictions(tmp_path / "nope.csv", CLASSES)
+    bad = tmp_path / "bad.csv"
+    fake_predictions().drop(columns=["vasc"]).to_csv(bad, index=False)
+    with pytest.raises(evaluate.PredictionsError, match=str(bad)):
+        evaluate.read_predictions(bad, CLASSES)
+
+
+def test_list_evaluable_puts_the_default_first(tmp_path, monkeypatch):
+    default = write_model_folder(tmp_path / "default")
+    runs = tmp_path / "runs"
+    write_model_folder(runs / "run_a", splits=("val",))
+    (runs / "empty_run").mkdir(parents=True)
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(default))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(runs))
+    found = evaluate.list_evaluable()
+    assert [e.name for e in found] == ["default (shipped)", "run_a"]
+    assert found[0].splits == ("val", "test") and found[1].splits == ("val",)
+    loaded = evaluate.load_predictions(found[1].path, "val")
+    assert len(loaded) == 70
+
+
+def test_list_evaluable_without_models_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "missing"))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "no_runs"))
+    assert evaluate.list_evaluable() == []
+
+
+def test_metrics_frame_and_submission():
+    preds = fake_predictions()
+    tidy = evaluate.metrics_frame(preds, CLASSES, "test", n_boot=50)
+    assert set(tidy.columns) == {"split", "n", "scope", "metric", "value", "ci_low", "ci_high"}
+    assert (tidy["split"] == "test").all() and (tidy["n"] == 70).all()
+    overall = tidy[tidy["scope"] == "overall"].set_index("metric")
+    assert overall.loc["balanced_accuracy", "ci_low"] <= overall.loc["balanced_accuracy", "value"]
+    assert set(tidy["scope"]) == {"overall", "macro", *CLASSES}
+    submission = evaluate.submission_frame(preds, CLASSES)
+    assert list(submission.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    np.testing.assert_allclose(submission["MEL"], preds["mel"])
+    with pytest.raises(evaluate.PredictionsError, match="lack the ISIC categories"):
+        evaluate.submission_frame(preds, [c for c in CLASSES if c != "df"])
+
+
+def write_external_set(root: Path, n_per_class=2) -> tuple:
+    """Generated images and an ISIC one-hot truth CSV."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, dx in enumerate(CLASSES):
+        for j in range(n_per_class):
+            image_id = f"ISIC_{k * 10 + j:07d}"
+            pixels = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"{image_id}.jpg")
+            rows.append({"image": image_id, **{c.upper(): float(c == dx) for c in CLASSES}})
+    truth = root / "truth.csv"
+    pd.DataFrame(rows).to_csv(truth, index=False)
+    return images, truth
+
+
+def test_read_truth_accepts_isic_one_hot(tmp_path):
+    images, truth = write_external_set(tmp_path)
+    table = evaluate.read_truth(truth, images)
+    assert len(table) == 14
+    assert table.set_index("image_id").loc["ISIC_0000040", "dx"] == "mel"
+    assert all(Path(p).is_file() for p in table["path"])
+    (images / "ISIC_0000040.jpg").unlink()
+    with pytest.raises(ValueError, match="not found"):
+        evaluate.read_truth(truth, images)
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A few-layer functional Keras model saved as a model folder."""
+    import keras
+
+    inputs = keras.Input(shape=(16, 16, 3))
+    x = keras.layers.Rescaling(scale=1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(filters=4, kernel_size=3, activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(units=len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    meta = {"classes": list(CLASSES), "image_size": 16, "arch": "tiny", "last_conv_layer": "last_conv",
+            "preprocessing": "rescale 1/255", "temperature": None}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.timeout(180)
+def test_cli_predicts_an_external_set_end_to_end(tmp_path):
+    images, truth = write_external_set(tmp_path / "external")
+    model_dir = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "core.evaluate", "--model", str(model_dir), "--images", str(images),
+         "--truth", str(truth), "--out", str(out), "--batch-size", "4"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "balanced_accuracy" in result.stdout
+    assert "predicted 14/14" in result.stderr
+    preds = evaluate.read_predictions(out / "predictions_external.csv", CLASSES)
+    assert len(preds) == 14
+    submission = pd.read_csv(out / "isic_submission.csv")
+    assert list(submission.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert set(pd.read_csv(out / "metrics_external.csv")["split"]) == {"external"}
+
+    # The CLI's probabilities equal an in-process forward pass on the same resized images.
+    from core import modelio
+
+    model = modelio.load_model(model_dir)
+    expected = model.predict_on_batch(evaluate.load_images(sorted(images.glob("*.jpg")), 16))
+    np.testing.assert_allclose(preds[list(CLASSES)].to_numpy(), expected, atol=2e-6)
+
+
+def test_cli_reports_bad_inputs(tmp_path, capsys):
+    images, truth = write_external_set(tmp_path / "external")
+    code = evaluate.main(["--model", str(tmp_path / "nomodel"), "--images", str(images),
+                          "--truth", str(truth), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "model metadata not found" in capsys.readouterr().err
+
+
+def test_read_truth_accepts_an_image_id_dx_table(tmp_path):
+    images, truth = write_external_set(tmp_path)
+    isic = pd.read_csv(truth)
+    labelled = pd.DataFrame({"image_id": isic["image"], "dx": isic.drop(columns="image").idxmax(axis=1).str.lower()})
+    labelled.to_csv(tmp_path / "labels.csv", index=False)
+    table = evaluate.read_truth(tmp_path / "labels.csv", images)
+    assert table.set_index("image_id").loc["ISIC_0000040", "dx"] == "mel"
+    with pytest.raises(ValueError, match="needs an 'image' column"):
+        pd.DataFrame({"name": ["a"]}).to_csv(tmp_path / "odd.csv", index=False)
+        evaluate.read_truth(tmp_path / "odd.csv", images)

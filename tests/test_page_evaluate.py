@@ -1,0 +1,173 @@
+"""The Evaluate page driven by AppTest on fixture model folders with generated predictions."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core import metrics
+from core.labels import CLASSES
+from conftest import write_tiny_dataset
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
+
+
+def write_predictions(path: Path, image_ids, labels, seed: int, skill: float) -> None:
+    """Dirichlet probabilities peaked on the true class; ``skill`` sets how peaked."""
+    rng = np.random.default_rng(seed)
+    y = np.array([CLASSES.index(d) for d in labels])
+    alpha = np.full((len(y), len(CLASSES)), 0.6)
+    alpha[np.arange(len(y)), y] += skill
+    alpha[:, CLASSES.index("nv")] += 0.8  # a prior towards the majority class, as real models have
+    frame = pd.DataFrame(np.vstack([rng.dirichlet(a) for a in alpha]), columns=list(CLASSES))
+    frame.insert(0, "dx", list(labels))
+    frame.insert(0, "image_id", list(image_ids))
+    frame.to_csv(path, index=False, float_format="%.6f")
+
+
+def write_model_folder(folder: Path, table: pd.DataFrame, seed: int, skill: float, splits=("val", "test")) -> Path:
+    """A model folder (model.json + predictions CSVs, no model.keras) over halves of ``table``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"classes": list(CLASSES), "image_size": 64, "arch": "fixture", "last_conv_layer": "conv",
+            "temperature": None, "split_sha256": "fixture-split", "run_id": folder.name}
+    (folder / "model.json").write_text(json.dumps(meta))
+    halves = {"val": table.iloc[::2], "test": table.iloc[1::2]}
+    for i, split in enumerate(splits):
+        part = halves[split]
+        write_predictions(folder / f"predictions_{split}.csv", part["image_id"], part["dx"], seed + i, skill)
+    return folder
+
+
+def write_fixture_models(root: Path, table: pd.DataFrame) -> dict:
+    """The shipped default model and two runs (one with test predictions only)."""
+    return {
+        "default": write_model_folder(root / "default", table, seed=0, skill=3.0),
+        "run_a": write_model_folder(root / "runs" / "run_a", table, seed=10, skill=1.5),
+        "run_b": write_model_folder(root / "runs" / "run_b", table, seed=20, skill=6.0, splits=("test",)),
+    }
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    dataset = write_tiny_dataset(tmp_path / "ham10000", lesions_per_class=10)
+    table = pd.read_csv(dataset / "HAM10000_metadata.csv")
+    folders = write_fixture_models(tmp_path / "models", table)
+    monkeypatch.setenv("HAM10000_DIR", str(dataset))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(folders["default"]))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "models" / "runs"))
+    monkeypatch.setenv("HAM_CACHE_DIR", str(tmp_path / "cache"))
+    st.cache_data.clear()
+    yield folders
+    st.cache_data.clear()
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+
+
+def test_no_models_gives_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "none"))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "none_runs"))
+    at = run_page()
+    assert "No model with saved predictions" in at.warning[0].value
+    assert not at.tabs
+
+
+def test_default_model_test_split_shows_headline_with_split_and_n(models):
+    at = run_page()
+    assert at.selectbox(key="evaluate_model").value == "default (shipped)"
+    assert at.radio(key="evaluate_split").value == "test"
+    preds = pd.read_csv(models["default"] / "predictions_test.csv")
+    text = markdown_text(at)
+    assert f"default (shipped) · test** · n = {len(preds)}" in text
+    shown = {m.label: float(m.value) for m in at.metric if m.label == "Balanced accuracy"}
+    expected = metrics.balanced_accuracy(
+        metrics.encode_labels(preds["dx"], CLASSES), preds[list(CLASSES)].to_numpy().argmax(1), 7)
+    assert shown["Balanced accuracy"] == pytest.approx(expected, abs=5e-4)
+    assert "95 % CI [" in text
+
+
+def test_switching_to_validation_changes_every_caption(models):
+    at = run_page()
+    at.radio(key="evaluate_split").set_value("val").run()
+    assert not at.exception
+    n_val = len(pd.read_csv(models["default"] / "predictions_val.csv"))
+    assert f"default (shipped) · validation** · n = {n_val}" in markdown_text(at)
+    assert "test**" not in markdown_text(at)
+
+
+def test_operating_point_slider_moves_sensitivity(models):
+    at = run_page()
+    preds = pd.read_csv(models["default"] / "predictions_test.csv")
+    y_bin, scores = (preds["dx"] == "mel").to_numpy(), preds["mel"].to_numpy()
+    at.slider(key="evaluate_threshold").set_value(0.2).run()
+    assert not at.exception
+    sens = [float(m.value) for m in at.metric if m.label == "Sensitivity"]
+    assert sens[0] == pytest.approx(metrics.operating_point(y_bin, scores, 0.2)["sensitivity"], abs=5e-4)
+    assert any(m.label == "mel sensitivity @ 0.20" for m in at.metric)
+    at.slider(key="evaluate_target_sensitivity").set_value(0.8).run()
+    reached = [m.value for m in at.metric if m.label == "Threshold reaching the target"][0]
+    assert float(reached) == pytest.approx(metrics.threshold_for_sensitivity(y_bin, scores, 0.8), abs=1e-4)
+
+
+def test_compare_runs_side_by_side(models):
+    at = run_page()
+    compare = at.multiselect(key="evaluate_compare")
+    assert compare.value == ["default (shipped)", "run_b"]
+    compare.set_value(["default (shipped)", "run_a", "run_b"]).run()
+    assert not at.exception
+    tables = [df.value for df in at.dataframe if "run" in df.value.columns]
+    assert tables and tables[0]["run"].tolist() == ["default (shipped)", "run_b", "run_a"]
+    assert (tables[0]["split"] == "test").all()
+
+
+def test_compare_on_validation_lists_only_runs_with_it(models):
+    at = run_page()
+    at.radio(key="evaluate_split").set_value("val").run()
+    assert at.multiselect(key="evaluate_compare").options == ["default (shipped)", "run_a"]
+
+
+def test_confusion_cell_lists_its_images(models):
+    at = run_page()
+    [box for box in at.selectbox if box.label == "True class"][0].set_value("mel").run()
+    [box for box in at.selectbox if box.label == "Predicted class"][0].set_value("mel").run()
+    preds = pd.read_csv(models["default"] / "predictions_test.csv")
+    n = int(((preds["dx"] == "mel") & (preds[list(CLASSES)].idxmax(axis=1) == "mel")).sum())
+    assert f"**{n} images** with true class **mel** predicted as **mel**" in markdown_text(at)
+
+
+def test_subgroups_and_temperature_saving(models):
+    at = run_page()
+    assert "**By sex**" in markdown_text(at)
+    button = [b for b in at.button if b.key == "evaluate_save_temperature"][0]
+    button.click().run()
+    assert not at.exception
+    saved = json.loads((models["default"] / "model.json").read_text())["temperature"]
+    assert saved is not None and saved > 0
+    assert any("Saved temperature" in s.value for s in at.success)
+
+
+def test_broken_predictions_show_an_error(models):
+    frame = pd.read_csv(models["default"] / "predictions_test.csv")
+    frame.drop(columns=["vasc"]).to_csv(models["default"] / "predictions_test.csv", index=False)
+    at = run_page()
+    assert "Cannot evaluate default (shipped) · test" in at.error[0].value
+    assert "missing ['vasc']" in at.error[0].value
+
+
+def test_external_split_without_model_file_explains(models):
+    at = run_page()
+    at.radio(key="evaluate_split").set_value("external").run()
+    assert not at.exception
+    assert any("has no `model.keras`" in i.value for i in at.info)

@@ -1,0 +1,240 @@
+"""The Train page, driven by AppTest over fixture run folders in a temp registry."""
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import write_tiny_dataset
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+STATES = ("queued", "running", "done", "failed", "crashed", "stopped")
+
+
+def _iso(delta_seconds: float = 0.0) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=delta_seconds)).isoformat(timespec="seconds")
+
+
+def _epoch(epoch: int, phase: str) -> dict:
+    score = 0.3 + 0.05 * epoch
+    return {"kind": "epoch", "epoch": epoch, "phase": phase, "lr": 1e-3 if phase == "warmup" else 1e-4,
+            "seconds": 30.0, "loss": 1.5 / epoch, "accuracy": score + 0.2,
+            "balanced_accuracy": score, "auc": score + 0.4, "val_loss": 1.6 / epoch,
+            "val_accuracy": score + 0.15, "val_balanced_accuracy": score - 0.02, "val_auc": score + 0.38}
+
+
+def _write(run_dir: Path, status: dict, epochs: int = 0, config: bool = True, extra: str = "") -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps(status))
+    lines = [json.dumps(_epoch(e, "warmup" if e <= 2 else "finetune")) for e in range(1, epochs + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines) + extra)
+    if config:
+        (run_dir / "config.json").write_text(json.dumps({"arch": "mobilenet_v2", "image_size": 128,
+                                                         "epochs": 6, "seed": 42}))
+    (run_dir / "train.log").write_text(f"run {run_dir.name}\nepoch lines: {epochs}\n")
+    return run_dir
+
+
+def write_fixture_runs(root: Path, live_pid: int, live_argv: list, dead_pid: int) -> dict:
+    """One run folder per state; returns {state: run id}. Used by the browser check too."""
+    best = {"epoch": 4, "val_balanced_accuracy": 0.48, "val_auc": 0.86, "val_accuracy": 0.63}
+    batch = json.dumps({"kind": "batch", "epoch": 3, "batch": 40, "batches": 100, "loss": 0.7,
+                        "seconds": 12.0}) + "\n"
+    ids = {state: f"2025010{n + 1}-120000-mobilenet-v2-{state}" for n, state in enumerate(
+        ("done", "failed", "crashed", "running", "queued", "stopped"))}
+    _write(root / ids["done"], {"state": "done", "pid": dead_pid, "started": "2025-01-01T12:00:00+00:00",
+                                "finished": "2025-01-01T12:42:10+00:00", "epoch": 6, "epochs": 6,
+                                "best": best, "message": "finished"}, epochs=6)
+    _write(root / ids["failed"], {"state": "failed", "pid": dead_pid, "started": "2025-01-02T12:00:00+00:00",
+                                  "finished": "2025-01-02T12:01:00+00:00", "best": None,
+                                  "message": "ValueError: boom"}, config=False)
+    _write(root / ids["crashed"], {"state": "running", "pid": dead_pid, "started": "2025-01-03T12:00:00+00:00",
+                                   "updated": "2025-01-03T12:20:00+00:00", "epoch": 3, "epochs": 6,
+                                   "best": {**best, "epoch": 2}}, epochs=2)
+    _write(root / ids["running"], {"state": "running", "pid": live_pid, "started": _iso(-600),
+                                   "updated": _iso(), "epoch": 3, "epochs": 6, "phase": "finetune",
+                                   "batch": 40, "batches": 100, "best": best}, epochs=2,
+           extra=batch + '{"kind": "batch", "epo')
+    queued = _write(root / ids["queued"], {"state": "queued", "pid": None, "started": _iso(-300),
+                                           "updated": _iso()}, config=False)
+    # The newest run is a finished one, so opening the active run by default is a choice.
+    _write(root / ids["stopped"], {"state": "stopped", "pid": dead_pid, "started": _iso(-60),
+                                   "finished": _iso(-5), "epoch": 1, "epochs": 6, "best": None,
+                                   "message": "stopped during epoch 1"})
+    (queued / "launch.json").write_text(json.dumps({"pid": live_pid, "argv": live_argv,
+                                                    "options": {"arch": "efficientnet_b0"}}))
+    return ids
+
+
+@pytest.fixture(autouse=True)
+def clear_caches():
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def live_trainer():
+    """A live process that reads as a trainer (its command line names core.train)."""
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    yield proc.pid, argv
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A temp registry, a tiny dataset and a default model outside the registry."""
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(write_tiny_dataset(tmp_path / "ham10000")))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "default"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def fixture_runs(env, live_trainer, dead_pid):
+    return write_fixture_runs(env, live_trainer[0], live_trainer[1], dead_pid)
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_run(at: AppTest, run_id: str) -> AppTest:
+    at.selectbox(key="train_selected_run").set_value(run_id).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def submit_button(at: AppTest):
+    return next(b for b in at.button if "Launch training" in b.label)
+
+
+def test_history_lists_every_state(fixture_runs):
+    at = run_page()
+    table = at.dataframe[0].value.set_index("run")
+    assert {state: table.loc[run_id, "status"] for state, run_id in fixture_runs.items()} == {
+        s: s for s in STATES}
+    assert table.loc[fixture_runs["done"], "val bal. acc"] == pytest.approx(0.48)
+    assert table.loc[fixture_runs["done"], "duration"] == "42 min 10 s"
+    assert table.loc[fixture_runs["queued"], "model"] == "efficientnet_b0"
+    newest_first = ["stopped", "queued", "running", "crashed", "failed", "done"]
+    assert list(table.index) == [fixture_runs[s] for s in newest_first]
+
+
+def test_page_reattaches_to_the_active_run(fixture_runs):
+    at = run_page()
+    assert at.selectbox(key="train_selected_run").value == fixture_runs["queued"]
+    assert f"Run `{fixture_runs['queued']}` is queued" in texts(at)
+
+
+def test_running_run_shows_progress_curves_and_stops(fixture_runs, env):
+    at = open_run(run_page(), fixture_runs["running"])
+    bars = [p.proto.text for p in at.get("progress")]
+    assert any("epoch 3/6 (finetune)" in t and "ETA" in t for t in bars), bars
+    assert any("batch 40/100 of epoch 3" in t for t in bars), bars
+    assert len(at.get("plotly_chart")) == 2
+    stop = next(b for b in at.button if "Stop" in b.label)
+    stop.click().run()
+    assert (env / fixture_runs["running"] / "STOP").is_file()
+    assert "Stop requested" in texts(at)
+
+
+def test_opening_a_done_run_shows_curves_metrics_and_config(fixture_runs):
+    at = open_run(run_page(), fixture_runs["done"])
+    assert len(at.get("plotly_chart")) == 2  # the four metric curves and the learning rate
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Val balanced acc."] == "0.480" and metrics["Best epoch"] == "4"
+    assert at.json[0].value and json.loads(at.json[0].value)["arch"] == "mobilenet_v2"
+    assert not [b for b in at.button if "Resume" in b.label]
+
+
+def test_crashed_run_explains_and_offers_resume_refused_while_busy(fixture_runs):
+    at = open_run(run_page(), fixture_runs["crashed"])
+    assert any("is gone" in e.value for e in at.error)
+    resume = next(b for b in at.button if "Resume" in b.label)
+    resume.click().run()
+    assert any(f"a run is already active: {fixture_runs['queued']}" in e.value for e in at.error)
+
+
+def test_form_validation_error_is_shown_and_nothing_launches(fixture_runs, env):
+    at = run_page()
+    at.selectbox(key="train_opt_arch").set_value("small_cnn")
+    at.number_input(key="train_opt_warmup_epochs").set_value(20)
+    submit_button(at).click().run()
+    errors = "\n".join(e.value for e in at.error)
+    assert "small_cnn has no pretrained weights" in errors
+    assert "warmup_epochs cannot exceed epochs" in errors
+    assert len([p for p in env.iterdir() if p.is_dir()]) == len(STATES)
+
+
+def test_launch_while_a_run_is_active_is_refused(fixture_runs, env):
+    at = run_page()
+    submit_button(at).click().run()
+    assert any(f"a run is already active: {fixture_runs['queued']}" in e.value for e in at.error)
+    assert len([p for p in env.iterdir() if p.is_dir()]) == len(STATES)
+
+
+def test_without_dataset_launch_is_disabled_and_explained(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "nowhere"))
+    at = run_page()
+    assert any("HAM10000_DIR" in w.value for w in at.warning)
+    assert submit_button(at).disabled
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_delete_asks_for_confirmation(fixture_runs, env):
+    failed = fixture_runs["failed"]
+    at = open_run(run_page(), failed)
+    next(b for b in at.button if "Delete run" in b.label).click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert (env / failed).is_dir()
+    at.button(key="train_delete_no").click().run()
+    assert not any("cannot be undone" in w.value for w in at.warning)
+    next(b for b in at.button if "Delete run" in b.label).click().run()
+    at.button(key="train_delete_yes").click().run()
+    assert not (env / failed).exists()
+    assert failed not in set(at.dataframe[0].value["run"])
+    assert not at.exception
+
+
+def test_active_run_offers_no_delete(fixture_runs):
+    at = open_run(run_page(), fixture_runs["running"])
+    assert not [b for b in at.button if "Delete" in b.label]
+
+
+def test_only_an_active_run_is_polled(fixture_runs, monkeypatch):
+    import streamlit
+
+    original, scheduled = streamlit.fragment, []
+
+    def recording_fragment(func=None, *, run_every=None, **kwargs):
+        scheduled.append(run_every)
+        return original(func, run_every=run_every, **kwargs)
+
+    monkeypatch.setattr(streamlit, "fragment", recording_fragment)
+    at = open_run(run_page(), fixture_runs["done"])
+    open_run(at, fixture_runs["running"])
+    assert scheduled == [2.0, None, 2.0]  # queued (opened by default), done, running
