@@ -1,0 +1,64 @@
+"""AppTest of the Home page (app.py): links, dataset status, speed and no TensorFlow."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
+
+
+def _run() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
+
+
+def test_home_links_every_existing_page_and_says_not_a_device(tiny_dataset_env):
+    at = _run()
+    assert at.title[0].value == "HAM10000 Lesion Lab"
+    links = [link.proto.page for link in at.get("page_link")]
+    expected = [p for p in ("pages/1_Explore.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Predict.py")
+                if (ROOT / p).is_file()]
+    assert "pages/1_Explore.py" in expected
+    assert links == [Path(p).stem.split("_", 1)[1] for p in expected]  # url path names
+    assert "Not a medical device" in _texts(at)
+    assert f"Dataset: found at `{tiny_dataset_env}`" in _texts(at)
+
+
+def test_home_without_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "missing"))
+    at = _run()
+    assert "Dataset: not found at" in _texts(at) and "set HAM10000_DIR" in _texts(at)
+
+
+def test_home_real_dataset_status(real_dataset_dir, monkeypatch):
+    monkeypatch.setenv("HAM10000_DIR", str(real_dataset_dir))
+    assert f"Dataset: found at `{real_dataset_dir}`" in _texts(_run())
+
+
+def test_home_renders_fast_without_tensorflow(tiny_dataset):
+    # a fresh interpreter: other tests of this session may have imported TensorFlow
+    script = (
+        "import sys, time\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "start = time.perf_counter()\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=30).run()\n"
+        "assert not at.exception\n"
+        "print(time.perf_counter() - start, 'tensorflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "HAM10000_DIR": str(tiny_dataset)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    seconds, has_tf = result.stdout.split()
+    assert has_tf == "False"
+    assert float(seconds) < 2.0, f"first render took {float(seconds):.2f} s"
