@@ -38,6 +38,22 @@ def make_splits(
     rest = table[table["split"] == "train"]
     val_idx = _holdout(rest, val_fraction / (1 - test_fraction), seed + 1)
     table.loc[val_idx, "split"] = "val"
+    return _cover_every_class(table, seed)
+
+
+def _cover_every_class(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Move one training lesion into any split that lacks its class.
+
+    Only small datasets need this (a class with a handful of lesions can miss a
+    15 % split); classes with fewer than three lesions cannot cover three splits.
+    """
+    rng = np.random.default_rng(seed)
+    for split in ("test", "val"):
+        for dx in sorted(set(table["dx"]) - set(table.loc[table["split"] == split, "dx"])):
+            train = table[(table["split"] == "train") & (table["dx"] == dx)]
+            if train["lesion_id"].nunique() > 1:
+                lesion = rng.choice(sorted(train["lesion_id"].unique()))
+                table.loc[table["lesion_id"] == lesion, "split"] = split
     return table
 
 

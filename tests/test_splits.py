@@ -68,3 +68,23 @@ def test_load_splits_rejects_bad_files(tmp_path):
     (tmp_path / "s.csv").write_text("image_id,dx,split\nI1,nv,train\n")
     with pytest.raises(ValueError, match="lacks columns"):
         splits.load_splits(tmp_path / "s.csv")
+
+
+def test_small_classes_still_reach_every_split(tmp_path):
+    # 6 lesions per class: a 15 % holdout alone would leave some classes out of val or test
+    frame = data.load_dataset(write_tiny_dataset(tmp_path / "ham", lesions_per_class=6, size=(8, 6)))
+    for seed in range(5):
+        table = splits.make_splits(frame, seed=seed)
+        assert (table.groupby("lesion_id")["split"].nunique() == 1).all()
+        for name in splits.SPLITS:
+            assert set(table.loc[table["split"] == name, "dx"]) == set(CLASSES), (seed, name)
+
+
+def test_the_shipped_model_split_is_reproduced_from_its_seed(real_frame, tmp_path):
+    from core import modelio, paths
+
+    if not modelio.is_model_dir(paths.default_model_dir()):
+        pytest.skip("no shipped model under models/default")
+    meta = modelio.read_metadata(paths.default_model_dir())
+    digest = splits.save_splits(splits.make_splits(real_frame, seed=42), tmp_path / "split.csv")
+    assert digest == meta["split_sha256"]
