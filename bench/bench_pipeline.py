@@ -6,6 +6,10 @@ after a warm-up epoch each. The cache pays off where decoding, not the model, li
 an epoch: the ratio is large for the compact CNN and near 1 for MobileNetV2 on 2 cores.
 
     HAM10000_DIR=../shared/data/ham10000 .venv/bin/python bench/bench_pipeline.py [--n 640] [--size 128]
+    .venv/bin/python bench/bench_pipeline.py --folder ../shared/data/ham10000_originals   # 600x450 JPEGs
+
+``--folder`` takes the JPEGs of any folder (cycled up to ``--n``) instead of the dataset's images:
+the publisher's HAM10000 images are 600x450, three times the side of the downscaled copy.
 """
 
 import argparse
@@ -20,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def jpeg_dataset(paths, onehot, size, batch_size):
@@ -52,6 +57,7 @@ def main():
     parser.add_argument("--n", type=int, default=640, help="images per epoch")
     parser.add_argument("--size", type=int, default=128, help="input size")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--folder", type=Path, default=None, help="use the JPEGs of this folder instead")
     args = parser.parse_args()
 
     import keras
@@ -62,12 +68,20 @@ def main():
     from core.models import build_model
     from core.pipeline import load_or_build_cache, make_dataset
 
-    frame = load_dataset(paths.dataset_dir()).sample(n=args.n, random_state=0)
-    labels = frame["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    if args.folder:
+        files = sorted(str(p) for p in args.folder.rglob("*.jpg"))
+        image_paths = [files[i % len(files)] for i in range(args.n)]
+        labels = np.arange(args.n) % len(CLASSES)
+    else:
+        frame = load_dataset(paths.dataset_dir()).sample(n=args.n, random_state=0)
+        image_paths = frame["path"].tolist()
+        labels = frame["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     onehot = np.eye(len(CLASSES), dtype=np.float32)[labels]
+    with Image.open(image_paths[0]) as first:
+        source_size = "x".join(map(str, first.size))
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        images = load_or_build_cache(frame["path"].tolist(), args.size, Path(cache))
+        images = load_or_build_cache(image_paths, args.size, Path(cache))
         build_seconds = time.perf_counter() - t0
         results = {}
         for arch, weights in (("small_cnn", "none"), ("mobilenet_v2", "offline-imagenet")):
@@ -78,9 +92,9 @@ def main():
                 if name == "cache":
                     ds = make_dataset(images, np.arange(args.n), onehot, None, args.batch_size, augment="light")
                 else:
-                    ds = jpeg_dataset(frame["path"].tolist(), onehot, args.size, args.batch_size)
+                    ds = jpeg_dataset(image_paths, onehot, args.size, args.batch_size)
                 results[arch, name] = timed_epochs(model, ds, args.n)
-    print(f"images={args.n} size={args.size}px batch={args.batch_size} cores={os.cpu_count()} augment=light")
+    print(f"images={args.n} source={source_size} input={args.size}px batch={args.batch_size} cores={os.cpu_count()} augment=light")
     print(f"cache build (one-off decode): {build_seconds:.1f} s ({args.n / build_seconds:.0f} img/s)")
     for arch in ("small_cnn", "mobilenet_v2"):
         jpeg, cache = results[arch, "jpeg-per-epoch"], results[arch, "cache"]

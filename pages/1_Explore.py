@@ -7,7 +7,7 @@ from core.data import DatasetError
 from ui import explore as view
 from ui.frame import dataset_table, page_setup
 
-page_setup("Explore · HAM10000 Lesion Lab", "🔎")
+page_setup("Explore", "🔎")
 st.title("Explore HAM10000")
 
 try:

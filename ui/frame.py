@@ -28,10 +28,11 @@ def page_setup(title: str, icon: str) -> None:
     """Configure the page (wide layout) and draw the shared sidebar frame.
 
     Args:
-        title: the browser tab title.
+        title: the page's name; the tab reads "<title> · HAM10000 Lesion Lab".
         icon: an emoji shown in the tab.
     """
-    st.set_page_config(page_title=title, page_icon=icon, layout="wide")
+    tab_title = title if title == PROJECT_NAME else f"{title} · {PROJECT_NAME}"
+    st.set_page_config(page_title=tab_title, page_icon=icon, layout="wide")
     with st.sidebar:
         st.markdown(f"**{PROJECT_NAME}**")
         st.caption(dataset_status())
