@@ -1,0 +1,286 @@
+"""Classify images with a model folder: probabilities, top-k, malignancy, OOD flag.
+
+Probabilities are reported in the class order of the model's ``model.json``.
+When the metadata has a ``temperature`` T, probabilities are calibrated as
+``softmax(log(p) / T)`` (the model folder contract); otherwise they are the
+model's own softmax.
+
+Out-of-distribution score: the *maximum softmax probability* (MSP) of the
+uncalibrated model (Hendrycks & Gimpel, 2017). It measures how confident the
+model is in its best class; images unlike the training data (photos that are
+not dermoscopy, other body parts, objects) tend to get lower MSPs, although a
+confident wrong answer is still possible, so the flag is a hint, not a
+guarantee. An image is flagged when its MSP falls below a threshold, taken in
+this order:
+
+1. ``model.json["ood"]`` = ``{"method": "max_softmax", "threshold": t, ...}``,
+   written by :func:`fit_ood_threshold` from the validation predictions;
+2. the 5th percentile of the MSP over ``predictions_val.csv`` of the model
+   folder (HAM10000 validation images): 95 % of validation images pass;
+3. :data:`DEFAULT_OOD_THRESHOLD` (0.5), a fixed guess, reported as such.
+
+Command line::
+
+    python -m core.predict --model DIR --out FILE.csv [--tta] PATH...
+
+PATHs are image files, folders (searched recursively) or zip files. One row per
+image: ``image_id`` (file stem), ``pred_dx`` (the predicted class; not named
+``dx`` because in the project's predictions CSVs ``dx`` is the true label), then
+one probability column per class code. Unreadable files are reported on stderr
+and skipped.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.calibration import apply_temperature
+from core.images import ImageError, decode_image, iter_sources, to_model_input
+from core.labels import MALIGNANT
+from core.modelio import MODEL_FILE, is_model_dir, load_model, read_metadata
+from core.paths import default_model_dir, runs_dir
+
+OOD_METHOD = "max_softmax"
+OOD_PERCENTILE = 5.0
+DEFAULT_OOD_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class OodResult:
+    """The out-of-distribution verdict for one image."""
+
+    score: float
+    threshold: float
+    flagged: bool
+    source: str  # "metadata", "validation predictions" or "default"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one image."""
+
+    classes: tuple
+    probabilities: np.ndarray  # calibrated when the model has a temperature
+    raw: np.ndarray  # the model's own softmax (averaged over TTA views)
+    calibrated: bool
+    ood: OodResult
+
+    @property
+    def predicted(self) -> str:
+        """The class code with the highest probability."""
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    @property
+    def malignant(self) -> float:
+        """Probability of a malignant class (mel + bcc + akiec)."""
+        return float(sum(p for c, p in zip(self.classes, self.probabilities) if c in MALIGNANT))
+
+    def top_k(self, k: int = 3) -> list:
+        """The ``k`` most probable ``(class, probability)`` pairs, best first."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.classes[i], float(self.probabilities[i])) for i in order]
+
+    def as_dict(self) -> dict:
+        """``{class: probability}`` in model class order."""
+        return {c: float(p) for c, p in zip(self.classes, self.probabilities)}
+
+
+def calibrate(probs: np.ndarray, temperature) -> np.ndarray:
+    """Temperature scaling ``softmax(log(p) / T)``; the probabilities unchanged when T is None."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperature is None:
+        return probs
+    return apply_temperature(np.atleast_2d(probs), float(temperature)).reshape(probs.shape)
+
+
+def tta_views(batch: np.ndarray) -> np.ndarray:
+    """The 8 flips/90° rotations of each image: ``(N, S, S, 3)`` -> ``(8N, S, S, 3)``.
+
+    Views are stacked view-major: rows ``v*N .. v*N+N-1`` hold view ``v``.
+    """
+    views = []
+    for flipped in (batch, batch[:, :, ::-1]):
+        for turns in range(4):
+            views.append(np.rot90(flipped, k=turns, axes=(1, 2)))
+    return np.ascontiguousarray(np.concatenate(views, axis=0))
+
+
+def fit_ood_threshold(val_probs: np.ndarray, percentile: float = OOD_PERCENTILE) -> dict:
+    """The ``model.json["ood"]`` entry from uncalibrated validation probabilities.
+
+    Args:
+        val_probs: ``(N, C)`` softmax outputs on the validation images.
+        percentile: share (in %) of validation images that would be flagged.
+
+    Returns:
+        ``{"method": "max_softmax", "threshold": t, "percentile": p, "fitted_on": "val", "n": N}``.
+    """
+    msp = np.max(np.asarray(val_probs, dtype=np.float64), axis=1)
+    threshold = float(np.percentile(msp, percentile))
+    return {"method": OOD_METHOD, "threshold": threshold, "percentile": percentile, "fitted_on": "val", "n": int(len(msp))}
+
+
+def ood_threshold(model_dir: Path, meta: dict) -> tuple:
+    """``(threshold, source)`` for a model folder, following the order in the module docstring."""
+    entry = meta.get("ood") or {}
+    if entry.get("method") == OOD_METHOD and entry.get("threshold") is not None:
+        return float(entry["threshold"]), "metadata"
+    val_file = Path(model_dir) / "predictions_val.csv"
+    if val_file.is_file():
+        try:
+            frame = pd.read_csv(val_file)
+            probs = frame[list(meta["classes"])].to_numpy(dtype=np.float64)
+            if len(probs):
+                return fit_ood_threshold(probs)["threshold"], "validation predictions"
+        except (KeyError, ValueError, OSError):
+            pass
+    return DEFAULT_OOD_THRESHOLD, "default"
+
+
+def available_models() -> list:
+    """Model folders to offer: the default model first, then run folders with a model, newest first."""
+    found = [default_model_dir()] if is_model_dir(default_model_dir()) else []
+    root = runs_dir()
+    if root.is_dir():
+        runs = [p for p in root.iterdir() if p.is_dir() and is_model_dir(p)]
+        found += sorted(runs, key=lambda p: (p / MODEL_FILE).stat().st_mtime, reverse=True)
+    return found
+
+
+class Predictor:
+    """A model folder loaded for serving.
+
+    Args:
+        model_dir: a folder with ``model.keras`` and ``model.json``.
+        model: an already loaded Keras model (skips loading; for tests and benches).
+    """
+
+    def __init__(self, model_dir: Path, model=None):
+        self.model_dir = Path(model_dir)
+        self.meta = read_metadata(self.model_dir)
+        self.classes = tuple(self.meta["classes"])
+        self.image_size = int(self.meta["image_size"])
+        self.temperature = self.meta.get("temperature")
+        self.ood_threshold, self.ood_source = ood_threshold(self.model_dir, self.meta)
+        self.model = model if model is not None else load_model(self.model_dir)
+        self._forward = _compiled_forward(self.model)
+
+    def warmup(self) -> None:
+        """Run one prediction so the first user request does not pay for tracing."""
+        self.raw_probabilities(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
+
+    def raw_probabilities(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> np.ndarray:
+        """The model's softmax for a ``(N, S, S, 3)`` float32 batch, averaged over TTA views."""
+        batch = np.asarray(batch, dtype=np.float32)
+        n = len(batch)
+        inputs = tta_views(batch) if tta else batch
+        outputs = [self._forward(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        probs = np.concatenate([np.asarray(o, dtype=np.float64) for o in outputs], axis=0)
+        if tta:
+            probs = probs.reshape(-1, n, probs.shape[-1]).mean(axis=0)
+        return probs
+
+    def predict_batch(self, images, tta: bool = False) -> list:
+        """Classify RGB uint8 images of any size; returns one :class:`Prediction` each."""
+        batch = np.stack([to_model_input(rgb, self.image_size) for rgb in images])
+        raw = self.raw_probabilities(batch, tta=tta)
+        probs = calibrate(raw, self.temperature)
+        return [self._prediction(r, p) for r, p in zip(raw, probs)]
+
+    def predict(self, rgb: np.ndarray, tta: bool = False) -> Prediction:
+        """Classify one RGB uint8 image of any size."""
+        return self.predict_batch([rgb], tta=tta)[0]
+
+    def predict_fn(self, batch: np.ndarray) -> np.ndarray:
+        """Uncalibrated probabilities of model-input batches (for saliency checks)."""
+        return self.raw_probabilities(batch)
+
+    def _prediction(self, raw: np.ndarray, probs: np.ndarray) -> Prediction:
+        score = float(np.max(raw))
+        ood = OodResult(score, self.ood_threshold, score < self.ood_threshold, self.ood_source)
+        return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
+
+
+def _compiled_forward(model):
+    """A traced inference function: much faster per call than ``model.predict``."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)
+
+    return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
+
+
+def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: int = 16, on_skip=None):
+    """Classify image files, folders and zips; see :func:`predict_sources` for the table."""
+    return predict_sources(predictor, iter_sources(paths), tta=tta, batch_size=batch_size, on_skip=on_skip)
+
+
+def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size: int = 16, on_skip=None):
+    """Classify ``(name, bytes)`` pairs (bytes may be an ImageError to report).
+
+    Args:
+        predictor: the loaded model.
+        sources: iterable of ``(name, bytes | ImageError)``.
+        tta: average over flips and 90° rotations.
+        batch_size: images decoded and classified at a time.
+        on_skip: called with ``(name, message)`` for each unreadable entry.
+
+    Returns:
+        A DataFrame ``image_id, pred_dx, <one column per class>``; ``image_id`` is the file stem.
+    """
+    rows, pending = [], []
+    for name, data in sources:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            pending.append((name, decode_image(data)))
+        except ImageError as err:
+            if on_skip:
+                on_skip(name, str(err))
+        if len(pending) >= batch_size:
+            rows += _rows(predictor, pending, tta)
+            pending = []
+    rows += _rows(predictor, pending, tta) if pending else []
+    return pd.DataFrame(rows, columns=["image_id", "pred_dx", *predictor.classes])
+
+
+def _rows(predictor: Predictor, named_images: list, tta: bool) -> list:
+    predictions = predictor.predict_batch([rgb for _, rgb in named_images], tta=tta)
+    return [
+        {"image_id": Path(name.split("!")[-1]).stem, "pred_dx": p.predicted, **p.as_dict()}
+        for (name, _), p in zip(named_images, predictions)
+    ]
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status (1 when no image was readable)."""
+    parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
+    args = parser.parse_args(argv)
+    predictor = Predictor(args.model)
+    skipped = []
+
+    def report(name, message):
+        skipped.append(name)
+        print(f"skipped {name}: {message}", file=sys.stderr)
+
+    table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=args.batch_size, on_skip=report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False, float_format="%.6f")
+    calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
+    print(f"wrote {len(table)} rows ({calibrated} probabilities) to {args.out}; skipped {len(skipped)}")
+    return 0 if len(table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Predict: classify one image and see where the model looked, or classify a batch."""
+
+from ui.frame import page_setup
+
+page_setup("Predict", "🩺")
+
+import streamlit as st  # noqa: E402  (page_setup must run first)
+
+from ui import predict as view  # noqa: E402
+
+st.title("🩺 Predict")
+view.device_notice()
+model_dir = view.pick_model()
+if model_dir is None:
+    st.stop()
+predictor = view.load_predictor(model_dir)
+
+single, batch = st.tabs(["One image", "Batch"])
+with single:
+    image = view.pick_input()
+    if image is not None:
+        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key=view.KEY_TTA)
+        prediction = view.show_prediction(predictor, image, tta)
+        st.subheader("Where did the model look?")
+        view.show_saliency(model_dir, predictor, image, prediction)
+with batch:
+    view.batch_mode(predictor)

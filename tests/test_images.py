@@ -1,0 +1,156 @@
+"""Decoding uploads: every kind of bad or unusual file, generated in memory."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.images import (
+    ImageError,
+    decode_image,
+    iter_sources,
+    read_mask,
+    resize_mask,
+    to_model_input,
+    zip_members,
+)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gradient_rgb(w=40, h=30) -> Image.Image:
+    ys, xs = np.mgrid[0:h, 0:w]
+    pixels = np.stack([xs * 255 // (w - 1), ys * 255 // (h - 1), np.full_like(xs, 90)], axis=2)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "TIFF", "WEBP"])
+def test_every_upload_format_decodes_to_rgb(fmt):
+    rgb = decode_image(encode(gradient_rgb(), fmt))
+    assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+    # lossless formats must round-trip exactly; lossy ones approximately
+    tolerance = 0 if fmt in ("PNG", "BMP", "TIFF") else 20
+    assert np.abs(rgb.astype(int) - np.asarray(gradient_rgb(), dtype=int)).mean() <= max(tolerance, 0.5)
+
+
+@pytest.mark.parametrize("payload", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+def test_corrupt_bytes_raise_image_error(payload):
+    with pytest.raises(ImageError):
+        decode_image(payload)
+
+
+def test_truncated_jpeg_raises_clear_error():
+    data = encode(gradient_rgb(200, 150), "JPEG", quality=95)
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_oversized_image_refused_before_decoding():
+    data = encode(Image.new("L", (2000, 1500)), "PNG")
+    with pytest.raises(ImageError, match="too large: 2000×1500 = 3.0 megapixels"):
+        decode_image(data, max_pixels=1_000_000)
+    assert decode_image(data, max_pixels=4_000_000).shape == (1500, 2000, 3)
+
+
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+def test_decompression_bomb_warning_and_error_both_refused(monkeypatch, factor):
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: both must be refused.
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(10_000 / factor))
+    with pytest.raises(ImageError, match="suspiciously large"):
+        decode_image(data)
+
+
+def test_grayscale_palette_and_cmyk_become_rgb():
+    gray = decode_image(encode(Image.new("L", (8, 6), 77), "PNG"))
+    assert gray.shape == (6, 8, 3) and (gray == 77).all()
+    palette = Image.new("P", (8, 6))
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    assert (decode_image(encode(palette, "PNG")) == (10, 20, 30)).all()
+    cmyk = decode_image(encode(Image.new("CMYK", (8, 6), (0, 255, 255, 0)), "JPEG", quality=100))
+    assert cmyk.shape == (6, 8, 3)
+    assert cmyk[..., 0].mean() > 200 and cmyk[..., 1].mean() < 60  # pure red
+
+
+def test_sixteen_bit_grayscale_scaled_to_eight_bit():
+    values = np.array([[0, 65535], [32896, 257]], dtype=np.uint16)
+    image = Image.fromarray(values)  # mode I;16
+    rgb = decode_image(encode(image, "PNG"))
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[..., 0].tolist() == [[0, 255], [128, 1]]
+
+
+def test_sixteen_bit_tiff_decodes():
+    image = Image.fromarray(np.full((5, 7), 51400, dtype=np.uint16))
+    rgb = decode_image(encode(image, "TIFF"))
+    assert rgb.shape == (5, 7, 3) and (rgb == 200).all()
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0)])
+def test_alpha_composited_on_background(background):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:2] = (200, 0, 0, 255)  # top half opaque red, bottom half fully transparent
+    rgb = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), background=background)
+    assert (rgb[:2] == (200, 0, 0)).all()
+    assert (rgb[2:] == background).all()
+
+
+def test_palette_with_transparency_composited():
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    data = encode(image, "PNG", transparency=1)
+    assert (decode_image(data) == 255).all()
+
+
+def test_exif_orientation_is_applied():
+    # Stored landscape 40×30 with orientation 6 ("rotate 90° clockwise to view"): shown portrait.
+    image = gradient_rgb(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb = decode_image(encode(image, "JPEG", quality=95, exif=exif.tobytes()))
+    assert rgb.shape == (40, 30, 3)
+    stored = np.asarray(image.rotate(-90, expand=True), dtype=int)
+    assert np.abs(rgb.astype(int) - stored).mean() < 4
+
+
+def test_to_model_input_stretches_to_square_float():
+    rgb = np.asarray(gradient_rgb(60, 20))
+    x = to_model_input(rgb, 16)
+    assert x.shape == (16, 16, 3) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 255
+    # a stretch, not a crop: the left and right ends of the red ramp survive
+    assert x[:, 0, 0].mean() < 20 and x[:, -1, 0].mean() > 235
+
+
+def test_masks_resize_and_read(tmp_path):
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").sum() == 200
+    small = resize_mask(mask, (15, 20))
+    assert small.dtype == bool and small.sum() == 50
+
+
+def test_zip_members_and_sources_skip_bad_entries(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a/one.png", encode(gradient_rgb(), "PNG"))
+        archive.writestr("notes.txt", b"skip me")
+        archive.writestr("__MACOSX/a/._one.png", b"junk")
+    names = [name for name, _ in zip_members(buffer.getvalue())]
+    assert names == ["a/one.png"]
+    with pytest.raises(ImageError, match="zip"):
+        list(zip_members(b"PK broken"))
+    (tmp_path / "batch.zip").write_bytes(buffer.getvalue())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "two.jpg").write_bytes(encode(gradient_rgb(), "JPEG"))
+    found = dict(iter_sources([tmp_path, tmp_path / "missing.png"]))
+    assert set(found) == {f"{tmp_path / 'batch.zip'}!a/one.png", str(tmp_path / "sub" / "two.jpg"),
+                          str(tmp_path / "missing.png")}
+    assert isinstance(found[str(tmp_path / "missing.png")], ImageError)

@@ -1,0 +1,116 @@
+"""The Predict page driven by AppTest with a tiny model and a tiny generated dataset."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import write_tiny_dataset
+from tiny_models import build_tiny_model, save_model_folder
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")
+TIMEOUT = 180
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_page") / "default", temperature=1.5)
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, model_dir):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(model_dir))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def png(seed: int = 0, size=(60, 45)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def texts(at) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "warning", "error", "info", "subheader") for e in at.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_no_model_explains_where_it_is_expected(monkeypatch, env):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(env / "missing_model"))
+    at = run_page()
+    assert "No model yet" in at.info[0].value
+    assert "Not a medical device" in texts(at)
+
+
+def test_upload_shows_probabilities_saliency_and_curves(env):
+    at = run_page()
+    assert [r.value for r in at.radio][:1] == ["Upload"]
+    assert at.radio[0].options == ["Upload", "Camera"]  # no dataset, no sample source
+    at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
+    assert not at.exception, at.exception
+    page = texts(at)
+    assert "Not a medical device" in page
+    assert "Calibrated with temperature scaling, T = 1.500" in page
+    assert "max softmax" in page and "default guess" in page
+    assert "Malignant (mel + bcc + akiec)" == at.metric[0].label
+    assert len(at.get("plotly_chart")) == 2  # probabilities + deletion/insertion curves
+    assert len(at.get("image")) == 3  # original, heat map, overlay
+    assert at.selectbox(key="predict_method").value == "Grad-CAM (fast)"
+    at.selectbox(key="predict_method").set_value("Grad-CAM++").run()
+    assert not at.exception, at.exception
+    assert "Grad-CAM++" in str(at.get("image")[1].captions)
+
+
+def test_bad_upload_shows_error_and_page_keeps_working(env):
+    at = run_page()
+    at.file_uploader[0].set_value(("broken.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg", "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert any("Cannot use **broken.jpg**" in e.value for e in at.error)
+    at.file_uploader[0].set_value(("fine.png", png(1), "image/png")).run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, env):
+    monkeypatch.setenv("HAM10000_DIR", str(write_tiny_dataset(env / "ham10000")))
+    at = run_page()
+    at.radio(key="predict_source").set_value("Dataset sample").run()
+    assert not at.exception, at.exception
+    at.selectbox(key="predict_sample_class").set_value("mel").run()
+    assert not at.exception, at.exception
+    page = texts(at)
+    assert "True label (dataset): **mel · Melanoma**" in page
+    assert "Against the lesion mask" in page
+    assert "lesion outline" in str(at.get("image")[0].captions)
+
+
+def test_batch_mode_table_and_skipped_files(env):
+    at = run_page()
+    batch = at.file_uploader(key="predict_batch_files")
+    batch.set_value([("a.png", png(2), "image/png"), ("b.png", png(3), "image/png"),
+                     ("junk.png", b"nope", "image/png")]).run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["image_id"]) == ["a", "b"]
+    assert list(table.columns) == ["image_id", "pred_dx", "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert any("Skipped **junk.png**" in e.value for e in at.error)

@@ -1,0 +1,75 @@
+"""Tiny flat functional classifiers saved as model folders, for prediction and saliency tests."""
+
+from pathlib import Path
+
+import numpy as np
+
+from core.labels import CLASSES
+from core.modelio import write_metadata
+
+SIZE = 32
+
+
+def build_tiny_model(size: int = SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
+    """Rescaling → two Conv2D (the second named ``last_conv``) → GAP → Dense softmax."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    x = keras.layers.Rescaling(scale=1.0 / 255.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(filters=4, kernel_size=3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(filters=4, kernel_size=1, padding="same", activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs=inputs, outputs=outputs, name="tiny")
+
+
+def build_colour_model(size: int = SIZE):
+    """A tiny model wired by hand: class 0 ("akiec") fires on red pixels, class 1 ("bcc") on green.
+
+    On an image with red on the left and green on the right, the two classes
+    look at different halves, so a saliency map must depend on the target class.
+    """
+    model = build_tiny_model(size)
+    conv1 = np.zeros((3, 3, 3, 4), np.float32)
+    for c in range(3):
+        conv1[1, 1, c, c] = 1.0  # pass R, G, B through unchanged
+    model.get_layer("conv1").set_weights([conv1, np.zeros(4, np.float32)])
+    last = np.zeros((1, 1, 4, 4), np.float32)
+    last[0, 0, :3, 0] = (1.0, -1.0, -1.0)  # redness
+    last[0, 0, :3, 1] = (-1.0, 1.0, -1.0)  # greenness
+    model.get_layer("last_conv").set_weights([last, np.zeros(4, np.float32)])
+    dense = np.zeros((4, len(CLASSES)), np.float32)
+    dense[0, 0] = dense[1, 1] = 20.0
+    model.get_layer("probs").set_weights([dense, np.zeros(len(CLASSES), np.float32)])
+    return model
+
+
+def red_left_green_right(size: int = SIZE) -> np.ndarray:
+    """A ``(size, size, 3)`` float32 image: a red square in the left half, a green one in the right."""
+    x = np.zeros((size, size, 3), np.float32)
+    q = size // 4
+    x[q : 3 * q, 2 : size // 2 - 2, 0] = 255.0
+    x[q : 3 * q, size // 2 + 2 : size - 2, 1] = 255.0
+    return x
+
+
+def save_model_folder(model, folder: Path, temperature=None, extra: dict | None = None) -> Path:
+    """Write ``model.keras`` + ``model.json`` as the model folder contract describes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    meta = {
+        "classes": list(CLASSES),
+        "image_size": int(model.inputs[0].shape[1]),
+        "arch": "tiny_cnn",
+        "preprocessing": "Rescaling(1/255) inside the model",
+        "last_conv_layer": "last_conv",
+        "temperature": temperature,
+        "split_sha256": "0" * 64,
+        "created": "2024-01-01T00:00:00",
+        "run_id": "tiny",
+    }
+    meta.update(extra or {})
+    write_metadata(folder, meta)
+    return folder
