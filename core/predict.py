@@ -5,28 +5,30 @@ When the metadata has a ``temperature`` T, probabilities are calibrated as
 ``softmax(log(p) / T)`` (the model folder contract); otherwise they are the
 model's own softmax.
 
-Out-of-distribution score: the *maximum softmax probability* (MSP) of the
-uncalibrated model (Hendrycks & Gimpel, 2017). It measures how confident the
-model is in its best class; images unlike the training data (photos that are
-not dermoscopy, other body parts, objects) tend to get lower MSPs, although a
-confident wrong answer is still possible, so the flag is a hint, not a
-guarantee. An image is flagged when its MSP falls below a threshold, taken in
-this order:
+Out-of-distribution score, in order of preference:
 
-1. ``model.json["ood"]`` = ``{"method": "max_softmax", "threshold": t, ...}``,
-   written by :func:`fit_ood_threshold` from the validation predictions;
-2. the 5th percentile of the MSP over ``predictions_val.csv`` of the model
-   folder (HAM10000 validation images): 95 % of validation images pass;
-3. :data:`DEFAULT_OOD_THRESHOLD` (0.5), a fixed guess, reported as such.
+1. **Feature distance** (``core.ood``), when the model folder has ``ood.npz`` and
+   ``model.json["ood"]["method"] == "feature_mahalanobis"``: the Mahalanobis
+   distance of the image's pooled features to the training images; flagged
+   above the 99th percentile of validation images. It measures whether the
+   image looks like the HAM10000 images at all, whatever the classifier says.
+2. **Maximum softmax probability** (MSP, Hendrycks & Gimpel, 2017) of the
+   uncalibrated model, for folders without feature statistics: it measures
+   confidence; an image is flagged when its MSP falls below
+   ``model.json["ood"]["threshold"]`` (method ``max_softmax``, written by
+   :func:`fit_ood_threshold`), else the 5th percentile over the folder's
+   ``predictions_val.csv``, else :data:`DEFAULT_OOD_THRESHOLD` (0.5), a fixed
+   guess reported as such.
+
+The flag is a hint, not a guarantee.
 
 Command line::
 
     python -m core.predict --model DIR --out FILE.csv [--tta] PATH...
 
 PATHs are image files, folders (searched recursively) or zip files. One row per
-image: ``image_id`` (file stem), ``pred_dx`` (the predicted class; not named
-``dx`` because in the project's predictions CSVs ``dx`` is the true label), then
-one probability column per class code. Unreadable files are reported on stderr
+image: ``image_id`` (file stem), ``dx`` (the *predicted* class; in the
+evaluation CSVs the same column holds the true label), then one probability column per class code. Unreadable files are reported on stderr
 and skipped.
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import ood as feature_ood
 from core.calibration import apply_temperature
 from core.images import ImageError, decode_image, iter_sources, to_model_input
 from core.labels import MALIGNANT
@@ -57,6 +60,7 @@ class OodResult:
     threshold: float
     flagged: bool
     source: str  # "metadata", "validation predictions" or "default"
+    method: str = OOD_METHOD  # "feature_mahalanobis" (higher = farther) or "max_softmax" (lower = less sure)
 
 
 @dataclass(frozen=True)
@@ -165,9 +169,16 @@ class Predictor:
         self.classes = tuple(self.meta["classes"])
         self.image_size = int(self.meta["image_size"])
         self.temperature = self.meta.get("temperature")
-        self.ood_threshold, self.ood_source = ood_threshold(self.model_dir, self.meta)
         self.model = model if model is not None else load_model(self.model_dir)
-        self._forward = _compiled_forward(self.model)
+        entry = self.meta.get("ood") or {}
+        self.ood_stats = feature_ood.load(self.model_dir) if entry.get("method") == feature_ood.METHOD else None
+        if self.ood_stats is not None:
+            self.ood_method, self.ood_threshold, self.ood_source = feature_ood.METHOD, float(entry["threshold"]), "metadata"
+            self._forward = _compiled_forward(feature_ood.feature_model(self.model))
+        else:
+            self.ood_method = OOD_METHOD
+            self.ood_threshold, self.ood_source = ood_threshold(self.model_dir, self.meta)
+            self._forward = _compiled_forward(self.model)
 
     def warmup(self) -> None:
         """Run one prediction so the first user request does not pay for tracing."""
@@ -175,21 +186,30 @@ class Predictor:
 
     def raw_probabilities(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> np.ndarray:
         """The model's softmax for a ``(N, S, S, 3)`` float32 batch, averaged over TTA views."""
+        return self._run(batch, tta, batch_size)[0]
+
+    def _run(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> tuple:
+        """``(probabilities, pooled features or None)``, both averaged over TTA views."""
         batch = np.asarray(batch, dtype=np.float32)
         n = len(batch)
         inputs = tta_views(batch) if tta else batch
         outputs = [self._forward(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
-        probs = np.concatenate([np.asarray(o, dtype=np.float64) for o in outputs], axis=0)
+        if self.ood_stats is None:
+            outputs = [(o, None) for o in outputs]
+        probs = np.concatenate([np.asarray(o[0], dtype=np.float64) for o in outputs], axis=0)
+        feats = None if self.ood_stats is None else np.concatenate([np.asarray(o[1]) for o in outputs], axis=0)
         if tta:
             probs = probs.reshape(-1, n, probs.shape[-1]).mean(axis=0)
-        return probs
+            feats = None if feats is None else feats.reshape(-1, n, feats.shape[-1]).mean(axis=0)
+        return probs, feats
 
     def predict_batch(self, images, tta: bool = False) -> list:
         """Classify RGB uint8 images of any size; returns one :class:`Prediction` each."""
         batch = np.stack([to_model_input(rgb, self.image_size) for rgb in images])
-        raw = self.raw_probabilities(batch, tta=tta)
+        raw, feats = self._run(batch, tta=tta)
         probs = calibrate(raw, self.temperature)
-        return [self._prediction(r, p) for r, p in zip(raw, probs)]
+        scores = np.max(raw, axis=1) if feats is None else feature_ood.distance(feats, self.ood_stats)
+        return [self._prediction(r, p, float(sc)) for r, p, sc in zip(raw, probs, scores)]
 
     def predict(self, rgb: np.ndarray, tta: bool = False) -> Prediction:
         """Classify one RGB uint8 image of any size."""
@@ -199,9 +219,9 @@ class Predictor:
         """Uncalibrated probabilities of model-input batches (for saliency checks)."""
         return self.raw_probabilities(batch)
 
-    def _prediction(self, raw: np.ndarray, probs: np.ndarray) -> Prediction:
-        score = float(np.max(raw))
-        ood = OodResult(score, self.ood_threshold, score < self.ood_threshold, self.ood_source)
+    def _prediction(self, raw: np.ndarray, probs: np.ndarray, score: float) -> Prediction:
+        far = score > self.ood_threshold if self.ood_method == feature_ood.METHOD else score < self.ood_threshold
+        ood = OodResult(score, self.ood_threshold, bool(far), self.ood_source, self.ood_method)
         return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
 
 
@@ -213,7 +233,11 @@ def _compiled_forward(model):
     def forward(x):
         return model(x, training=False)
 
-    return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
+    def run(x):
+        out = forward(tf.convert_to_tensor(x, dtype=tf.float32))
+        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
 
 
 def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: int = 16, on_skip=None):
@@ -232,7 +256,7 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
         on_skip: called with ``(name, message)`` for each unreadable entry.
 
     Returns:
-        A DataFrame ``image_id, pred_dx, <one column per class>``; ``image_id`` is the file stem.
+        A DataFrame ``image_id, dx (predicted), <one column per class>``; ``image_id`` is the file stem.
     """
     rows, pending = [], []
     for name, data in sources:
@@ -247,13 +271,13 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
             rows += _rows(predictor, pending, tta)
             pending = []
     rows += _rows(predictor, pending, tta) if pending else []
-    return pd.DataFrame(rows, columns=["image_id", "pred_dx", *predictor.classes])
+    return pd.DataFrame(rows, columns=["image_id", "dx", *predictor.classes])
 
 
 def _rows(predictor: Predictor, named_images: list, tta: bool) -> list:
     predictions = predictor.predict_batch([rgb for _, rgb in named_images], tta=tta)
     return [
-        {"image_id": Path(name.split("!")[-1]).stem, "pred_dx": p.predicted, **p.as_dict()}
+        {"image_id": Path(name.split("!")[-1]).stem, "dx": p.predicted, **p.as_dict()}
         for (name, _), p in zip(named_images, predictions)
     ]
 

@@ -36,7 +36,7 @@ from core import paths  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.labels import CLASSES  # noqa: E402
 from core.models import ARCHITECTURES, HEAD_LAYERS, LAST_CONV, WEIGHTS, build_model, preprocessing_text  # noqa: E402
-from core.modelio import write_metadata  # noqa: E402
+from core.modelio import read_metadata, write_metadata  # noqa: E402
 from core.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
 from core.splits import load_splits, make_splits, save_splits, split_hash  # noqa: E402
 
@@ -448,6 +448,21 @@ class Trainer:
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
             log.info("%s (n=%d): %s", split, len(idx), score(self.labels[idx], probs, self.k))
+        if len(self.idx["val"]):
+            self.fit_ood(best)
+
+    def fit_ood(self, model, max_train: int = 3000) -> None:
+        """Fit the feature-space out-of-distribution score (core.ood) and record it in model.json."""
+        from core import ood
+
+        rng = np.random.default_rng(self.args.seed)
+        train = self.idx["train"]
+        train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
+        entry = ood.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]])
+        meta = read_metadata(self.folder.dir)
+        meta["ood"] = entry
+        write_metadata(self.folder.dir, meta)
+        log.info("out-of-distribution threshold %.2f (%s, fitted on val n=%d)", entry["threshold"], entry["method"], entry["n"])
 
     def calibrate(self, val_probs: np.ndarray, val_labels: np.ndarray) -> None:
         """Fit temperature scaling on validation and store it with the model."""

@@ -112,5 +112,5 @@ def test_batch_mode_table_and_skipped_files(env):
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table["image_id"]) == ["a", "b"]
-    assert list(table.columns) == ["image_id", "pred_dx", "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert list(table.columns) == ["image_id", "dx", "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert any("Skipped **junk.png**" in e.value for e in at.error)

@@ -201,10 +201,10 @@ def test_cli_writes_one_row_per_readable_image(model_dir, image_tree, tmp_path, 
     out = tmp_path / "out" / "preds.csv"
     assert main(["--model", str(model_dir), "--out", str(out), "--tta", str(root), str(single)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["image_id", "pred_dx", *CLASSES]
+    assert list(table.columns) == ["image_id", "dx", *CLASSES]
     assert sorted(table["image_id"]) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
     np.testing.assert_allclose(table[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
-    assert (table["pred_dx"] == table[list(CLASSES)].idxmax(axis=1)).all()
+    assert (table["dx"] == table[list(CLASSES)].idxmax(axis=1)).all()
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.jpg" in err
     assert "broken" not in out.read_text()

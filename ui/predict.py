@@ -211,15 +211,21 @@ def _calibration_text(predictor: Predictor, tta: bool) -> str:
 
 def _ood_panel(prediction) -> None:
     ood = prediction.ood
-    source = {
-        "metadata": "fitted on HAM10000 validation images (model.json)",
-        "validation predictions": "5th percentile of the validation images' scores (predictions_val.csv)",
-        "default": "a default guess: this model has no fitted OOD threshold",
-    }[ood.source]
-    text = (f"Confidence score (max softmax) {ood.score:.2f}, threshold {ood.threshold:.2f} — {source}.")
+    if ood.method == "feature_mahalanobis":
+        text = (f"Distance to the training images in the model's feature space {ood.score:.1f}; images beyond "
+                f"{ood.threshold:.1f} are flagged (99 % of HAM10000 validation images stay below it).")
+        reason = "its features are far from every training image"
+    else:
+        source = {
+            "metadata": "fitted on HAM10000 validation images (model.json)",
+            "validation predictions": "5th percentile of the validation images' scores (predictions_val.csv)",
+            "default": "a default guess: this model has no fitted OOD threshold",
+        }[ood.source]
+        text = f"Confidence score (max softmax) {ood.score:.2f}, threshold {ood.threshold:.2f} — {source}."
+        reason = "low confidence"
     if ood.flagged:
         st.warning("This image looks unlike the dermatoscopic images the model was trained on "
-                   "(low confidence); treat the result with extra caution. " + text, icon="🛑")
+                   f"({reason}); treat the result with extra caution. " + text, icon="🛑")
     else:
         st.caption("Out-of-distribution check passed. " + text)
 
