@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from standin import model_folder  # noqa: E402
 
 BASELINE = "Centred Gaussian (baseline)"

@@ -58,7 +58,7 @@ DEFAULT_OPTIONS = {
     "unfreeze": 0,
     "batch_size": 32,
     "lr": 1e-3,
-    "finetune_lr": 1e-4,
+    "finetune_lr": 5e-5,
     "imbalance": "class_weight",
     "augment": "light",
     "dropout": 0.2,

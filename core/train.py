@@ -35,10 +35,10 @@ import pandas as pd  # noqa: E402
 from core import paths  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.labels import CLASSES  # noqa: E402
-from core.models import ARCHITECTURES, HEAD_LAYERS, LAST_CONV, WEIGHTS, build_model, preprocessing_text  # noqa: E402
 from core.modelio import read_metadata, write_metadata  # noqa: E402
+from core.models import ARCHITECTURES, HEAD_LAYERS, LAST_CONV, WEIGHTS, build_model, preprocessing_text  # noqa: E402
 from core.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
-from core.splits import load_splits, make_splits, save_splits, split_hash  # noqa: E402
+from core.splits import load_splits, make_splits, save_splits  # noqa: E402
 
 log = logging.getLogger("core.train")
 
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfreeze", type=int, default=0, help="after warm-up, train the top N backbone layers (0 = all)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate during warm-up")
-    p.add_argument("--finetune-lr", type=float, default=1e-4, help="peak learning rate after warm-up (cosine decay)")
+    p.add_argument("--finetune-lr", type=float, default=5e-5,
+                   help="peak learning rate after warm-up (cosine decay); with BatchNorm frozen, 2e-4 made MobileNetV2 collapse")
     p.add_argument("--imbalance", choices=IMBALANCE, default="class_weight",
                    help="class imbalance handling: class_weight (loss weights n/(k*n_c)), oversample "
                    "(every class drawn equally often), focal (focal loss, gamma 2)")

@@ -2,6 +2,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,23 @@ def clear_streamlit_caches():
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+TRAINER_LIKE_ARGV = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"]
+
+
+@pytest.fixture
+def live_trainer() -> int:
+    """The pid of a live process whose command line names core.train, as a real trainer's does."""
+    proc = subprocess.Popen(TRAINER_LIKE_ARGV, stdin=subprocess.PIPE)
+    yield proc.pid
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
+from conftest import write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 from core import metrics
 from core.labels import CLASSES
-from conftest import write_tiny_dataset
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
 

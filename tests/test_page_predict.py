@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest import write_tiny_dataset
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-
-from conftest import write_tiny_dataset
 from tiny_models import build_tiny_model, save_model_folder
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")

@@ -1,15 +1,12 @@
 """The Train page, driven by AppTest over fixture run folders in a temp registry."""
 
 import json
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import TRAINER_LIKE_ARGV, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
-
-from conftest import write_tiny_dataset
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
 STATES = ("queued", "running", "done", "failed", "crashed", "stopped")
@@ -79,23 +76,6 @@ def clear_caches():
 
 
 @pytest.fixture
-def live_trainer():
-    """A live process that reads as a trainer (its command line names core.train)."""
-    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
-    yield proc.pid, argv
-    proc.stdin.close()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture
-def dead_pid():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=30)
-    return proc.pid
-
-
-@pytest.fixture
 def env(tmp_path, monkeypatch):
     """A temp registry, a tiny dataset and a default model outside the registry."""
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
@@ -106,7 +86,7 @@ def env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fixture_runs(env, live_trainer, dead_pid):
-    return write_fixture_runs(env, live_trainer[0], live_trainer[1], dead_pid)
+    return write_fixture_runs(env, live_trainer, TRAINER_LIKE_ARGV, dead_pid)
 
 
 def run_page() -> AppTest:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from tiny_models import build_colour_model, build_tiny_model, red_left_green_right, save_model_folder
 
 from core.images import decode_image
 from core.labels import CLASSES
@@ -24,7 +25,6 @@ from core.predict import (
     main,
     tta_views,
 )
-from tiny_models import build_colour_model, build_tiny_model, red_left_green_right, save_model_folder
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -65,24 +65,6 @@ def wait_until(condition, timeout: float = 30.0) -> None:
         tick.wait(0.02)
 
 
-@pytest.fixture
-def live_trainer():
-    """A live process whose command line names core.train, as a real trainer's does."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"],
-                            stdin=subprocess.PIPE)
-    yield proc.pid
-    proc.stdin.close()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture
-def dead_pid():
-    """The pid of a process that has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=30)
-    return proc.pid
-
-
 def make_run(root: Path, name: str, status, metrics: str = "", config=None) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)

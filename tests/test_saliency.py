@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from tiny_models import SIZE, build_colour_model, build_tiny_model, red_left_green_right
 
 from core.saliency import (
     METHODS,
@@ -17,7 +18,6 @@ from core.saliency import (
     overlay,
     resize_map,
 )
-from tiny_models import SIZE, build_colour_model, build_tiny_model, red_left_green_right
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,7 +1,6 @@
 """The restricted reader of legacy torch checkpoints: reads tensors, refuses code."""
 
 import pickle
-from collections import OrderedDict
 
 import numpy as np
 import pytest
