@@ -1,17 +1,22 @@
 """Out-of-distribution score: how far an image lies from HAM10000 in the model's feature space.
 
-The score is the Mahalanobis distance of an image's pooled features (the
-``head_pool`` layer, the input of the classifier) to the training images, taken
-in the top principal components of the training features. Images the model has
-never seen anything like (a photo of a building, a screenshot, a blank frame)
-land far from every dermoscopic image even when the classifier happens to be
-confident, which the maximum softmax probability cannot tell.
+Two distances on the pooled features (``head_pool``, the classifier's input),
+each compared with its own threshold:
 
-The threshold is the 99th percentile of the score over the validation split:
-by construction 1 % of in-distribution validation images are flagged, and the
-model card reports how many out-of-distribution images are. The statistics are
-saved beside the model as ``ood.npz``; ``model.json["ood"]`` records the method,
-threshold, percentile and n.
+* **Mahalanobis distance** to the training images, with the Ledoit-Wolf
+  shrunk covariance of their features: catches images whose features are
+  unusual as a whole (photographs, noise).
+* **Cosine distance to the 10th nearest training image** (a bank of up to
+  3,000 training features): catches images unlike any single training image,
+  even near the mean (flat colours, patterns).
+
+Each threshold is the 99th percentile of that distance over the validation
+split, so 1-2 % of in-distribution validation images are flagged in all
+(``model.json["ood"]["val_flagged"]`` says how many).
+The reported score is the larger of the two distance/threshold ratios: above 1
+means out of distribution. Statistics are saved beside the model as
+``ood.npz``; ``model.json["ood"]`` records the method, thresholds, percentile
+and n. ``bench/bench_ood.py`` measures the flag rates by kind of image.
 """
 
 from pathlib import Path
@@ -19,37 +24,56 @@ from pathlib import Path
 import numpy as np
 
 OOD_FILE = "ood.npz"
-METHOD = "feature_mahalanobis"
+METHOD = "feature_distance"
 FEATURE_LAYER = "head_pool"
-COMPONENTS = 32
 PERCENTILE = 99.0
+NEIGHBOUR = 10
+BANK_SIZE = 3000
 
 
-def fit(train_features: np.ndarray, components: int = COMPONENTS) -> dict:
-    """Mean, principal axes and per-axis variance of the training features."""
+def fit(train_features: np.ndarray, bank_size: int = BANK_SIZE, seed: int = 0) -> dict:
+    """Shrunk-covariance statistics and a neighbour bank of the training features."""
+    from sklearn.covariance import LedoitWolf
+
     x = np.asarray(train_features, dtype=np.float64)
-    mean = x.mean(axis=0)
-    _, singular, axes = np.linalg.svd(x - mean, full_matrices=False)
-    k = min(components, len(singular))
-    variance = singular[:k] ** 2 / max(1, len(x) - 1)
-    return {"mean": mean, "axes": axes[:k], "variance": np.maximum(variance, 1e-12)}
+    shrunk = LedoitWolf().fit(x)
+    pick = np.random.default_rng(seed).permutation(len(x))[:bank_size]
+    bank = x[pick] / np.linalg.norm(x[pick], axis=1, keepdims=True).clip(1e-12)
+    return {"mean": shrunk.location_, "precision": shrunk.precision_, "bank": bank}
 
 
-def distance(features: np.ndarray, stats: dict) -> np.ndarray:
-    """Mahalanobis distance of each row of ``features`` in the principal subspace."""
-    projected = (np.asarray(features, dtype=np.float64) - stats["mean"]) @ stats["axes"].T
-    return np.sqrt(np.sum(projected**2 / stats["variance"], axis=1))
+def distances(features: np.ndarray, stats: dict) -> dict:
+    """Both distances of each row of ``features``: ``{"mahalanobis": ..., "knn": ...}``."""
+    f = np.asarray(features, dtype=np.float64)
+    centred = f - stats["mean"]
+    mahalanobis = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, stats["precision"], centred), 0))
+    unit = f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
+    k = min(NEIGHBOUR, len(stats["bank"]))
+    knn = 1.0 - np.sort(unit @ stats["bank"].T, axis=1)[:, -k]
+    return {"mahalanobis": mahalanobis, "knn": knn}
+
+
+def score(features: np.ndarray, stats: dict, thresholds: dict) -> np.ndarray:
+    """The larger distance/threshold ratio of each row: above 1 is out of distribution."""
+    d = distances(features, stats)
+    return np.maximum(d["mahalanobis"] / thresholds["mahalanobis"], d["knn"] / thresholds["knn"])
 
 
 def threshold_entry(stats: dict, val_features: np.ndarray, percentile: float = PERCENTILE) -> dict:
-    """The ``model.json["ood"]`` entry: the score that ``percentile`` % of validation images stay below."""
-    scores = distance(val_features, stats)
-    return {"method": METHOD, "layer": FEATURE_LAYER, "threshold": float(np.percentile(scores, percentile)),
-            "percentile": percentile, "fitted_on": "val", "n": int(len(scores)), "components": int(len(stats["axes"]))}
+    """The ``model.json["ood"]`` entry: each distance's ``percentile`` over validation images."""
+    d = distances(val_features, stats)
+    thresholds = {k: float(np.percentile(v, percentile)) for k, v in d.items()}
+    flagged = float(np.mean(score(val_features, stats, thresholds) > 1))
+    return {"method": METHOD, "layer": FEATURE_LAYER, "thresholds": thresholds, "threshold": 1.0,
+            "percentile": percentile, "fitted_on": "val", "n": int(len(val_features)),
+            "val_flagged": flagged, "neighbour": NEIGHBOUR, "bank": int(len(stats["bank"]))}
 
 
 def save(model_dir: Path, stats: dict) -> None:
-    np.savez(Path(model_dir) / OOD_FILE, **{k: v.astype(np.float32) for k, v in stats.items()})
+    """Write ``ood.npz``: the symmetric precision matrix as its upper triangle, the bank in float16."""
+    upper = stats["precision"][np.triu_indices(len(stats["mean"]))]
+    np.savez(Path(model_dir) / OOD_FILE, mean=stats["mean"].astype(np.float32),
+             precision_upper=upper.astype(np.float32), bank=stats["bank"].astype(np.float16))
 
 
 def load(model_dir: Path) -> dict | None:
@@ -58,7 +82,11 @@ def load(model_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     with np.load(path) as data:
-        return {k: data[k].astype(np.float64) for k in ("mean", "axes", "variance")}
+        mean, upper, bank = (data[k].astype(np.float64) for k in ("mean", "precision_upper", "bank"))
+    precision = np.zeros((len(mean), len(mean)))
+    precision[np.triu_indices(len(mean))] = upper
+    precision = precision + np.triu(precision, 1).T
+    return {"mean": mean, "precision": precision, "bank": bank}
 
 
 def feature_model(model):

@@ -8,10 +8,11 @@ model's own softmax.
 Out-of-distribution score, in order of preference:
 
 1. **Feature distance** (``core.ood``), when the model folder has ``ood.npz`` and
-   ``model.json["ood"]["method"] == "feature_mahalanobis"``: the Mahalanobis
-   distance of the image's pooled features to the training images; flagged
-   above the 99th percentile of validation images. It measures whether the
-   image looks like the HAM10000 images at all, whatever the classifier says.
+   ``model.json["ood"]["method"] == "feature_distance"``: how far the image's
+   pooled features lie from the training images (Mahalanobis and nearest-
+   neighbour distances, each against its 99.5th percentile on validation);
+   flagged when the score exceeds 1. It measures whether the image looks like
+   the HAM10000 images at all, whatever the classifier says.
 2. **Maximum softmax probability** (MSP, Hendrycks & Gimpel, 2017) of the
    uncalibrated model, for folders without feature statistics: it measures
    confidence; an image is flagged when its MSP falls below
@@ -60,7 +61,7 @@ class OodResult:
     threshold: float
     flagged: bool
     source: str  # "metadata", "validation predictions" or "default"
-    method: str = OOD_METHOD  # "feature_mahalanobis" (higher = farther) or "max_softmax" (lower = less sure)
+    method: str = OOD_METHOD  # "feature_distance" (higher = farther) or "max_softmax" (lower = less sure)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ class Predictor:
         entry = self.meta.get("ood") or {}
         self.ood_stats = feature_ood.load(self.model_dir) if entry.get("method") == feature_ood.METHOD else None
         if self.ood_stats is not None:
-            self.ood_method, self.ood_threshold, self.ood_source = feature_ood.METHOD, float(entry["threshold"]), "metadata"
+            self.ood_method, self.ood_threshold, self.ood_source = feature_ood.METHOD, 1.0, "metadata"
+            self.ood_thresholds = entry["thresholds"]
             self._forward = _compiled_forward(feature_ood.feature_model(self.model))
         else:
             self.ood_method = OOD_METHOD
@@ -208,7 +210,7 @@ class Predictor:
         batch = np.stack([to_model_input(rgb, self.image_size) for rgb in images])
         raw, feats = self._run(batch, tta=tta)
         probs = calibrate(raw, self.temperature)
-        scores = np.max(raw, axis=1) if feats is None else feature_ood.distance(feats, self.ood_stats)
+        scores = np.max(raw, axis=1) if feats is None else feature_ood.score(feats, self.ood_stats, self.ood_thresholds)
         return [self._prediction(r, p, float(sc)) for r, p, sc in zip(raw, probs, scores)]
 
     def predict(self, rgb: np.ndarray, tta: bool = False) -> Prediction:

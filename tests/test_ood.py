@@ -10,22 +10,35 @@ from core.models import build_model
 from core.predict import Predictor
 
 
-def test_distance_grows_away_from_the_training_features():
+def test_both_distances_grow_away_from_the_training_features():
     rng = np.random.default_rng(0)
-    train = rng.normal(0, 1, (500, 20)) * np.linspace(3, 0.1, 20)
-    stats = ood.fit(train, components=8)
-    inside = ood.distance(rng.normal(0, 1, (200, 20)) * np.linspace(3, 0.1, 20), stats)
-    outside = ood.distance(train[:200] + 10, stats)
-    assert outside.min() > np.percentile(inside, 99)
+    scale = np.linspace(3, 0.1, 20)
+    stats = ood.fit(rng.normal(0, 1, (500, 20)) * scale + 5)
+    inside = ood.distances(rng.normal(0, 1, (200, 20)) * scale + 5, stats)
+    turned = 5 * np.where(np.arange(20) % 2 == 0, 1, -1)  # same spread, another direction
+    outside = ood.distances(rng.normal(0, 1, (200, 20)) * scale + turned, stats)
+    for kind in ("mahalanobis", "knn"):
+        assert np.median(outside[kind]) > np.percentile(inside[kind], 99), kind
 
 
-def test_threshold_flags_the_chosen_share_of_validation_images():
+def test_thresholds_flag_about_one_percent_of_validation_images():
     rng = np.random.default_rng(1)
-    stats = ood.fit(rng.normal(0, 1, (1000, 10)), components=10)
-    val = rng.normal(0, 1, (2000, 10))
-    entry = ood.threshold_entry(stats, val, percentile=95)
-    assert entry["method"] == ood.METHOD and entry["n"] == 2000
-    assert np.mean(ood.distance(val, stats) > entry["threshold"]) == pytest.approx(0.05, abs=0.005)
+    stats = ood.fit(rng.normal(3, 1, (1000, 10)))
+    val = rng.normal(3, 1, (4000, 10))
+    entry = ood.threshold_entry(stats, val)
+    assert entry["method"] == ood.METHOD and entry["n"] == 4000 and entry["percentile"] == 99
+    flagged = np.mean(ood.score(val, stats, entry["thresholds"]) > 1)
+    assert flagged == pytest.approx(entry["val_flagged"]) and 0.01 <= flagged <= 0.02
+
+
+def test_saved_statistics_round_trip(tmp_path):
+    stats = ood.fit(np.random.default_rng(2).normal(0, 1, (50, 6)))
+    ood.save(tmp_path, stats)
+    loaded = ood.load(tmp_path)
+    x = np.random.default_rng(3).normal(0, 1, (5, 6))
+    for kind, values in ood.distances(x, stats).items():
+        assert np.allclose(ood.distances(x, loaded)[kind], values, rtol=1e-2, atol=1e-3)
+    assert ood.load(tmp_path / "elsewhere") is None
 
 
 def test_predictor_flags_an_image_unlike_the_training_images(tmp_path):

@@ -47,7 +47,7 @@ def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["last_conv_layer"] == "last_conv" and meta["split_sha256"] == config["split_sha256"]
     assert meta["temperature"] > 0 and "temperature" in (run_dir / "train.log").read_text()
-    assert meta["ood"]["method"] == "feature_mahalanobis" and (run_dir / "ood.npz").is_file()
+    assert meta["ood"]["method"] == "feature_distance" and (run_dir / "ood.npz").is_file()
     splits = pd.read_csv(run_dir / "splits.csv")
     for split in ("val", "test"):
         preds = pd.read_csv(run_dir / f"predictions_{split}.csv")

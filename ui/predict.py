@@ -211,9 +211,9 @@ def _calibration_text(predictor: Predictor, tta: bool) -> str:
 
 def _ood_panel(prediction) -> None:
     ood = prediction.ood
-    if ood.method == "feature_mahalanobis":
-        text = (f"Distance to the training images in the model's feature space {ood.score:.1f}; images beyond "
-                f"{ood.threshold:.1f} are flagged (99 % of HAM10000 validation images stay below it).")
+    if ood.method == "feature_distance":
+        text = (f"Distance to the training images in the model's feature space: {ood.score:.2f} × the threshold; "
+                "images beyond 1 are flagged (about 99 % of HAM10000 validation images stay below).")
         reason = "its features are far from every training image"
     else:
         source = {

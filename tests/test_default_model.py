@@ -1,0 +1,63 @@
+"""The shipped model: complete, small, usable with no dataset present, and opened by default."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import modelio
+from core.labels import CLASSES
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT = PROJECT / "models" / "default"
+
+pytestmark = pytest.mark.skipif(not modelio.is_model_dir(DEFAULT), reason="no shipped model under models/default")
+
+
+def test_the_folder_has_everything_serving_and_evaluation_need():
+    meta = modelio.read_metadata(DEFAULT)
+    assert meta["classes"] == list(CLASSES) and meta["temperature"] > 0
+    assert meta["ood"]["method"] == "feature_distance" and (DEFAULT / "ood.npz").is_file()
+    assert len(meta["split_sha256"]) == 64
+    for split in ("val", "test"):
+        preds = pd.read_csv(DEFAULT / f"predictions_{split}.csv")
+        assert list(preds.columns) == ["image_id", "dx", *CLASSES] and len(preds) > 1000
+    assert (DEFAULT / "MODEL_CARD.md").is_file()
+    size = sum(p.stat().st_size for p in DEFAULT.iterdir())
+    assert size <= 25 * 2**20
+
+
+@pytest.mark.timeout(180)
+def test_cli_predicts_with_no_dataset_present(tmp_path):
+    image = np.zeros((150, 200, 3), np.uint8)
+    image[...] = (200, 150, 130)
+    image[50:100, 70:130] = (90, 50, 40)
+    Image.fromarray(image).save(tmp_path / "lesion_like.jpg")
+    env = {**os.environ, "HAM10000_DIR": str(tmp_path / "no_dataset_here"), "PYTHONPATH": str(PROJECT)}
+    out = tmp_path / "out.csv"
+    cmd = [sys.executable, "-m", "core.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["image_id", "dx", *CLASSES] and table.loc[0, "image_id"] == "lesion_like"
+    assert table.loc[0, "dx"] in CLASSES and np.isclose(table[list(CLASSES)].sum(axis=1), 1, atol=1e-4).all()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("page", ["pages/3_Evaluate.py", "pages/4_Predict.py"])
+def test_pages_open_the_shipped_model_by_default(page, monkeypatch, tmp_path):
+    monkeypatch.delenv("HAM_DEFAULT_MODEL", raising=False)
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PROJECT / page), default_timeout=120).run()
+    assert not at.exception
+    labels = " ".join(str(s.value) for s in at.selectbox)
+    assert "default" in labels.lower()
+    text = json.dumps([m.value for m in at.markdown] + [c.value for c in at.caption])
+    assert "not a medical device" in text.lower()
