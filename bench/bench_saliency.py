@@ -1,7 +1,7 @@
 """Do saliency maps look at the lesion? Pointing game and energy-in-mask per method.
 
 Over a fixed, seeded sample of HAM10000 images with lesion masks (the test split
-of the model when its folder has ``splits.csv`` (else its val split), otherwise any images), each
+of the model, from its ``splits.csv`` or ``predictions_test.csv``, else its val split, else any images), each
 method explains the model's predicted class; a centred Gaussian is the
 baseline every method should beat. With ``--curves``, deletion (lower is
 better) and insertion (higher is better) AUCs are added.
@@ -32,15 +32,21 @@ def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int) -> tuple:
     table = load_dataset(data_dir)
     table = table[(table["mask_path"] != "") & (table["path"] != "")]
     source = "any images"
-    split_file = Path(model_dir) / "splits.csv"
-    if split_file.is_file():
-        splits = pd.read_csv(split_file, dtype=str)
-        for split in ("test", "val"):  # images the model did not train on
-            held_out = table[table["image_id"].isin(set(splits.loc[splits["split"] == split, "image_id"]))]
-            if len(held_out):
-                table, source = held_out, f"{split} split"
-                break
+    for split in ("test", "val"):  # images the model did not train on
+        held_out = table[table["image_id"].isin(held_out_ids(Path(model_dir), split))]
+        if len(held_out):
+            table, source = held_out, f"{split} split"
+            break
     return table.sample(n=min(n, len(table)), random_state=seed), source
+
+
+def held_out_ids(model_dir: Path, split: str) -> set:
+    """Image ids of a held-out split, from ``splits.csv`` or the split's predictions file."""
+    if (model_dir / "splits.csv").is_file():
+        splits = pd.read_csv(model_dir / "splits.csv", dtype=str)
+        return set(splits.loc[splits["split"] == split, "image_id"])
+    predictions = model_dir / f"predictions_{split}.csv"
+    return set(pd.read_csv(predictions, dtype=str)["image_id"]) if predictions.is_file() else set()
 
 
 def score_image(row, predictor, explainer, methods, curves: bool) -> list:
