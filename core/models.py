@@ -73,15 +73,20 @@ def preprocessing_text(arch: str, weights: str) -> str:
 
 
 def _small_cnn(inputs, weights):
+    """Four stride-2 conv blocks (24-48-96-192 filters) and a 1x1 conv: ~35 M MACs at 128 px.
+
+    Striding from the first layer keeps every convolution on small feature maps,
+    so an epoch on 2 CPU cores takes seconds per thousand images.
+    """
     import keras
 
     x = keras.layers.Rescaling(scale=1 / 255, name="rescale")(inputs)
-    for i, filters in enumerate((32, 64, 128)):
-        x = keras.layers.Conv2D(filters=filters, kernel_size=3, padding="same", use_bias=False, name=f"conv{i}")(x)
+    for i, filters in enumerate((24, 48, 96, 192)):
+        x = keras.layers.Conv2D(filters=filters, kernel_size=3, strides=2, padding="same", use_bias=False,
+                                name=f"conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-        x = keras.layers.MaxPooling2D(pool_size=2, name=f"pool{i}")(x)
-    x = keras.layers.Conv2D(filters=256, kernel_size=3, padding="same", use_bias=False, name="conv_last")(x)
+    x = keras.layers.Conv2D(filters=256, kernel_size=1, use_bias=False, name="conv_last")(x)
     x = keras.layers.BatchNormalization(name="bn_last")(x)
     return keras.layers.ReLU(name="last_conv")(x)
 

@@ -288,10 +288,14 @@ def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_se
     return Progress()
 
 
-def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Model probabilities for ``images[idx]``, in batches."""
-    out = [model.predict_on_batch(images[idx[i : i + batch_size]].astype(np.float32))
-           for i in range(0, len(idx), batch_size)]
+def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024) -> np.ndarray:
+    """Model probabilities for ``images[idx]``, a chunk of the cache at a time.
+
+    ``model.predict`` rather than ``predict_on_batch``: under MirroredStrategy the
+    latter returned every replica's rows.
+    """
+    out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
+           for i in range(0, len(idx), chunk)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
