@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core import data, metrics, modelio, paths
+from core.images import ImageError
 
 SPLIT_FILES = {
     "val": "predictions_val.csv",
@@ -242,39 +243,41 @@ def _read_labelled_csv(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
     return frame[["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path", "mask_path"]]
 
 
-def load_images(image_paths, image_size: int) -> np.ndarray:
-    """Images as float32 RGB in 0..255, stretched to ``image_size`` square by bilinear resize."""
-    from PIL import Image
-
-    batch = np.empty((len(image_paths), image_size, image_size, 3), dtype=np.float32)
-    for i, path in enumerate(image_paths):
-        with Image.open(path) as image:
-            resized = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            batch[i] = np.asarray(resized, dtype=np.float32)
-    return batch
-
-
-def predict_paths(model, image_paths, image_size: int, batch_size: int = 32, progress=None) -> np.ndarray:
-    """Softmax outputs of ``model`` for every image path, in batches.
+def predict_paths(predictor, image_paths, batch_size: int = 32, progress=None) -> np.ndarray:
+    """Uncalibrated probabilities for every image file, decoded exactly as the Predict page does.
 
     Args:
-        model: a loaded Keras model of a model folder.
+        predictor: a :class:`core.predict.Predictor` of the model folder.
         image_paths: image files to predict.
-        image_size: the model's input size (``model.json`` ``image_size``).
         batch_size: images per forward pass.
         progress: optional ``callback(done, total)`` called after each batch.
 
     Returns:
         Array of shape (len(image_paths), number of classes).
+
+    Raises:
+        core.images.ImageError: an image cannot be decoded (the message names the problem).
     """
-    image_paths = list(image_paths)
+    from core.images import to_model_input
+
+    image_paths = [Path(p) for p in image_paths]
     outputs = []
     for start in range(0, len(image_paths), batch_size):
-        batch = load_images(image_paths[start : start + batch_size], image_size)
-        outputs.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
+        chunk = image_paths[start : start + batch_size]
+        batch = np.stack([to_model_input(_decode(p), predictor.image_size) for p in chunk])
+        outputs.append(predictor.raw_probabilities(batch, batch_size=batch_size))
         if progress is not None:
             progress(min(start + batch_size, len(image_paths)), len(image_paths))
     return np.concatenate(outputs, axis=0)
+
+
+def _decode(path: Path) -> np.ndarray:
+    from core.images import decode_image
+
+    try:
+        return decode_image(path.read_bytes())
+    except ImageError as err:
+        raise ImageError(f"{path}: {err}") from err
 
 
 def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
@@ -284,8 +287,9 @@ def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, pr
     unknown = sorted(set(table["dx"].astype(str)) - set(classes))
     if unknown:
         raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
-    model = modelio.load_model(model_dir)
-    probs = predict_paths(model, table["path"], int(meta["image_size"]), batch_size, progress)
+    from core.predict import Predictor
+
+    probs = predict_paths(Predictor(model_dir), table["path"], batch_size, progress)
     # Renormalise away float32 rounding so the file passes its own validation.
     probs = probs / probs.sum(axis=1, keepdims=True)
     out = table[["image_id", "dx"]].astype(str).reset_index(drop=True)
@@ -336,8 +340,8 @@ def main(argv=None) -> int:
 
     try:
         written = evaluate_external(args.model, args.images, args.truth, args.out, args.batch_size, report)
-    except (PredictionsError, data.DatasetError, modelio.ModelFolderError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (PredictionsError, data.DatasetError, modelio.ModelFolderError, ImageError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
         return 2
     print(file=sys.stderr)
     summary = pd.read_csv(written["metrics"])

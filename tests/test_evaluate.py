@@ -173,11 +173,13 @@ def test_cli_predicts_an_external_set_end_to_end(tmp_path):
     assert list(submission.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     assert set(pd.read_csv(out / "metrics_external.csv")["split"]) == {"external"}
 
-    # The CLI's probabilities equal an in-process forward pass on the same resized images.
+    # The CLI's probabilities equal an in-process forward pass on the images decoded as Predict does.
     from core import modelio
+    from core.images import decode_image, to_model_input
 
     model = modelio.load_model(model_dir)
-    expected = model.predict_on_batch(evaluate.load_images(sorted(images.glob("*.jpg")), 16))
+    batch = np.stack([to_model_input(decode_image(p.read_bytes()), 16) for p in sorted(images.glob("*.jpg"))])
+    expected = model.predict_on_batch(batch)
     np.testing.assert_allclose(preds[list(CLASSES)].to_numpy(), expected, atol=2e-6)
 
 
@@ -199,3 +201,15 @@ def test_read_truth_accepts_an_image_id_dx_table(tmp_path):
     with pytest.raises(ValueError, match="needs an 'image' column"):
         pd.DataFrame({"name": ["a"]}).to_csv(tmp_path / "odd.csv", index=False)
         evaluate.read_truth(tmp_path / "odd.csv", images)
+
+
+def test_cli_names_an_undecodable_image(tmp_path, capsys):
+    images, truth = write_external_set(tmp_path / "external")
+    first = sorted(images.glob("*.jpg"))[0]
+    first.write_bytes(b"not an image at all")
+    model_dir = build_tiny_model(tmp_path / "model")
+    code = evaluate.main(["--model", str(model_dir), "--images", str(images), "--truth", str(truth),
+                          "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"error: {first}" in err and not (tmp_path / "out" / "predictions_external.csv").exists()
