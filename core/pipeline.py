@@ -89,9 +89,8 @@ def make_dataset(images, order, labels_onehot, sample_weights, batch_size, augme
     weights = np.ones(len(labels_onehot), np.float32) if sample_weights is None else sample_weights
     size = images.shape[1]
 
-    def gather(batch_idx):
-        idx = batch_idx.numpy() if hasattr(batch_idx, "numpy") else batch_idx
-        return images[np.asarray(idx)].astype(np.float32), labels_onehot[idx], weights[idx]
+    def gather(idx):
+        return images[idx].astype(np.float32), labels_onehot[idx], weights[idx]
 
     def load(batch_idx):
         x, y, w = tf.numpy_function(gather, [batch_idx], (tf.float32, tf.float32, tf.float32))

@@ -44,7 +44,6 @@ log = logging.getLogger("core.train")
 
 IMBALANCE = ("none", "class_weight", "oversample", "focal")
 AUGMENT = ("none", "light", "strong")
-RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "train.log", "state.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,20 +299,17 @@ def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 
 
 
 def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
-    """Loss, accuracy, balanced accuracy and macro one-vs-rest ROC AUC of predictions."""
-    from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
+    """Loss, accuracy, balanced accuracy and macro one-vs-rest ROC AUC, as the Evaluate page computes them."""
+    from sklearn.metrics import log_loss
 
-    present = np.unique(labels)
-    cols = [c for c in range(n_classes) if c in present]
-    try:
-        auc = roc_auc_score(np.eye(n_classes)[labels][:, cols], probs[:, cols], average="macro") if len(cols) > 1 else float("nan")
-    except ValueError:
-        auc = float("nan")
+    from core import metrics
+
+    predicted = metrics.predicted_labels(probs)
     return {
         "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(n_classes)))),
-        "accuracy": float(np.mean(probs.argmax(1) == labels)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1))),
-        "auc": float(auc),
+        "accuracy": float(np.mean(predicted == labels)),
+        "balanced_accuracy": metrics.balanced_accuracy(labels, predicted, n_classes),
+        "auc": float(metrics.weighted_macro_auc(np.ones((1, len(labels))), labels, probs, n_classes)[0]),
     }
 
 
