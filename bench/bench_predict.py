@@ -50,16 +50,16 @@ def main(argv=None) -> None:
     def predict_and_cam():
         prediction = predictor.predict(rgb)
         target = predictor.classes.index(prediction.predicted)
-        gradcam_fast(explainer, to_model_input(rgb, predictor.image_size), target)
+        gradcam_fast(explainer, to_model_input(rgb, predictor.input_size), target)
 
-    x = np.zeros((predictor.image_size, predictor.image_size, 3), np.float32)
+    x = np.zeros((*predictor.input_size, 3), np.float32)
     rows = {
         "predict (600×450 → S)": timings(lambda: predictor.predict(rgb), args.repeats),
         "predict + fast Grad-CAM": timings(predict_and_cam, args.repeats),
         "fast Grad-CAM alone": timings(lambda: gradcam_fast(explainer, x, 0), args.repeats),
         "tf-keras-vis Gradcam": timings(lambda: gradcam(explainer, x, 0), max(5, args.repeats // 3)),
     }
-    print(f"{note}; image size {predictor.image_size}; {args.repeats} repeats after warm-up")
+    print(f"{note}; input {predictor.input_size[1]}×{predictor.input_size[0]} px; {args.repeats} repeats after warm-up")
     print(f"{'what':<26}{'p50 ms':>9}{'p90 ms':>9}")
     for name, ms in rows.items():
         print(f"{name:<26}{np.percentile(ms, 50):9.1f}{np.percentile(ms, 90):9.1f}")

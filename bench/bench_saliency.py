@@ -55,7 +55,7 @@ def score_image(row, predictor, explainer, methods, curves: bool) -> list:
     from core.images import decode_image, read_mask, to_model_input
     from core.saliency import explain
 
-    x = to_model_input(decode_image(Path(row.path).read_bytes()), predictor.image_size)
+    x = to_model_input(decode_image(Path(row.path).read_bytes()), predictor.input_size)
     mask = read_mask(row.mask_path)
     target = int(np.argmax(predictor.raw_probabilities(x[None])[0]))
     records = []

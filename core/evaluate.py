@@ -264,7 +264,7 @@ def predict_paths(predictor, image_paths, batch_size: int = 32, progress=None) -
     outputs = []
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start : start + batch_size]
-        batch = np.stack([to_model_input(_decode(p), predictor.image_size) for p in chunk])
+        batch = np.stack([to_model_input(_decode(p), predictor.input_size) for p in chunk])
         outputs.append(predictor.raw_probabilities(batch, batch_size=batch_size))
         if progress is not None:
             progress(min(start + batch_size, len(image_paths)), len(image_paths))

@@ -124,20 +124,39 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
-def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB image to the model's input: bilinear stretch to ``size × size``.
+def as_hw(size) -> tuple[int, int]:
+    """``(height, width)`` from a side ``S`` (a square) or a ``(height, width)`` pair."""
+    if np.ndim(size) == 0:
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def to_model_input(rgb: np.ndarray, size) -> np.ndarray:
+    """Resize an RGB image to the model's input: bilinear stretch, no crop.
 
     Args:
         rgb: a ``(H, W, 3)`` uint8 array.
-        size: the model's image size S.
+        size: the model's input ``(height, width)``, or one side for a square input.
 
     Returns:
-        A ``(S, S, 3)`` float32 array with values in 0..255.
+        A ``(height, width, 3)`` float32 array with values in 0..255.
     """
+    return model_pixels(rgb, size).astype(np.float32)
+
+
+def model_pixels(rgb: np.ndarray, size) -> np.ndarray:
+    """:func:`to_model_input` as uint8: what the training cache stores, pixel for pixel."""
+    height, width = as_hw(size)
     image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
-    if image.size != (size, size):
-        image = image.resize((size, size), resample=Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.float32)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_model_pixels(path, size) -> np.ndarray:
+    """Decode an image file exactly as an upload is decoded, then resize it to the model's input (uint8)."""
+    return model_pixels(decode_image(Path(path).read_bytes()), size)
 
 
 def resize_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:

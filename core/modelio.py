@@ -9,7 +9,7 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
-REQUIRED_KEYS = ("classes", "image_size", "last_conv_layer")
+REQUIRED_KEYS = ("classes", "last_conv_layer")
 
 
 class ModelFolderError(ValueError):
@@ -26,10 +26,19 @@ def read_metadata(model_dir: Path) -> dict:
     except json.JSONDecodeError as err:
         raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
     missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if "image_size" not in meta and not {"image_height", "image_width"} <= meta.keys():
+        missing.append("image_height/image_width")
     if missing:
         raise ModelFolderError(f"{path}: missing keys {missing}")
     meta.setdefault("temperature", None)
     return meta
+
+
+def input_size(meta: dict) -> tuple[int, int]:
+    """The model's input ``(height, width)``: ``image_height``/``image_width``, or a square ``image_size``."""
+    if "image_height" in meta:
+        return int(meta["image_height"]), int(meta["image_width"])
+    return int(meta["image_size"]), int(meta["image_size"])
 
 
 def write_metadata(model_dir: Path, meta: dict) -> None:

@@ -1,6 +1,6 @@
 """Model builders: flat functional Keras graphs with preprocessing inside.
 
-Every model takes float32 RGB in 0..255 at ``(S, S, 3)`` and returns softmax
+Every model takes float32 RGB in 0..255 at ``(H, W, 3)`` and returns softmax
 probabilities. Backbones are built with ``input_tensor`` so their layers sit in
 the model's own graph (a backbone nested as one layer breaks Grad-CAM), and
 ``LAST_CONV`` names the layer Grad-CAM reads.
@@ -32,12 +32,12 @@ PREPROCESSING = {
 }
 
 
-def build_model(arch: str, image_size: int, n_classes: int, weights: str = "none", dropout: float = 0.2):
+def build_model(arch: str, image_size, n_classes: int, weights: str = "none", dropout: float = 0.2):
     """Build a classifier.
 
     Args:
         arch: one of ``ARCHITECTURES``.
-        image_size: side of the square input.
+        image_size: the input ``(height, width)``, or one side for a square input.
         n_classes: number of output classes.
         weights: ``none``, ``imagenet`` (keras.applications download) or
             ``offline-imagenet`` (torchvision's MobileNetV2 checkpoint, mobilenet_v2 only).
@@ -56,7 +56,9 @@ def build_model(arch: str, image_size: int, n_classes: int, weights: str = "none
         raise ValueError("offline ImageNet weights exist for mobilenet_v2 only")
     if arch == "small_cnn" and weights != "none":
         raise ValueError("small_cnn trains from scratch: use weights='none'")
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    from core.images import as_hw
+
+    inputs = keras.Input(shape=(*as_hw(image_size), 3), name="image")
     features = _BACKBONES[arch](inputs, weights)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = keras.layers.Dropout(rate=dropout, name="head_dropout")(x)

@@ -1,8 +1,11 @@
 """Input pipeline: decode every image once into a cache, then feed tf.data from it.
 
 Decoding and resizing JPEGs dominates a CPU epoch. The cache holds all images of
-a dataset at one size as a memory-mapped ``.npy`` (uint8, N×S×S×3) keyed by the
+a dataset at one size as a memory-mapped ``.npy`` (uint8, N×H×W×3) keyed by the
 image list and the size, so later epochs and later runs only copy bytes.
+
+Files are decoded by ``core.images``, the Predict page's own decoder, so the
+temperature and the OOD thresholds fitted on cached pixels hold for uploads.
 """
 
 import hashlib
@@ -12,30 +15,26 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+
+from core.images import as_hw, read_model_pixels
+
+DECODER = "core.images.read_model_pixels v1"  # part of the cache key: a decoder change rebuilds caches
 
 
-def read_resized(path: str, size: int) -> np.ndarray:
-    """Decode one image file to RGB uint8 at ``size × size`` (bilinear stretch, no crop)."""
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-        rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def cache_key(paths: list[str], size: int) -> str:
-    """A name for the cache of these files at this size."""
-    digest = hashlib.sha256(f"{size}\n".encode())
+def cache_key(paths: list[str], size) -> str:
+    """A name for the cache of these files at this size (a side, or ``(height, width)``)."""
+    height, width = as_hw(size)
+    digest = hashlib.sha256(f"{height}x{width}\n{DECODER}\n".encode())
     for p in paths:
         stat = os.stat(p)
         digest.update(f"{p}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
-    return f"images_{size}px_{len(paths)}_{digest.hexdigest()[:16]}"
+    return f"images_{width}x{height}px_{len(paths)}_{digest.hexdigest()[:16]}"
 
 
 def load_or_build_cache(
-    paths: list[str], size: int, cache_root: Path, progress: Callable[[int, int], None] | None = None
+    paths: list[str], size, cache_root: Path, progress: Callable[[int, int], None] | None = None
 ) -> np.ndarray:
-    """Return all images at ``size`` as a read-only memory map, building it if needed.
+    """Return all images at ``size`` (a side, or ``(height, width)``) as a read-only memory map, building it if needed.
 
     The cache is written under a temporary name and renamed when complete, so a
     killed build never leaves a cache that looks finished.
@@ -45,15 +44,16 @@ def load_or_build_cache(
     final = cache_root / f"{cache_key(paths, size)}.npy"
     if not final.is_file():
         tmp = final.with_suffix(f".tmp{os.getpid()}.npy")
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        height, width = as_hw(size)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
         for i, path in enumerate(paths):
-            array[i] = read_resized(path, size)
+            array[i] = read_model_pixels(path, (height, width))
             if progress and (i % 200 == 0 or i == len(paths) - 1):
                 progress(i + 1, len(paths))
         array.flush()
         del array
         os.replace(tmp, final)
-        final.with_suffix(".json").write_text(json.dumps({"size": size, "paths": paths}))
+        final.with_suffix(".json").write_text(json.dumps({"size": [height, width], "paths": paths}))
     return np.load(final, mmap_mode="r")
 
 
@@ -75,7 +75,7 @@ def make_dataset(images, order, labels_onehot, sample_weights, batch_size, augme
     """A batched tf.data pipeline over ``images[order]`` yielding (x, y, w).
 
     Args:
-        images: the cache array (N×S×S×3 uint8), indexed by ``order``.
+        images: the cache array (N×H×W×3 uint8), indexed by ``order``.
         order: example indices in the order to feed them.
         labels_onehot: N×K float32 one-hot labels.
         sample_weights: N float32 weights (class weights), or None for ones.
@@ -87,14 +87,14 @@ def make_dataset(images, order, labels_onehot, sample_weights, batch_size, augme
     import tensorflow as tf
 
     weights = np.ones(len(labels_onehot), np.float32) if sample_weights is None else sample_weights
-    size = images.shape[1]
+    height, width = images.shape[1:3]
 
     def gather(idx):
         return images[idx].astype(np.float32), labels_onehot[idx], weights[idx]
 
     def load(batch_idx):
         x, y, w = tf.numpy_function(gather, [batch_idx], (tf.float32, tf.float32, tf.float32))
-        x.set_shape([None, size, size, 3])
+        x.set_shape([None, height, width, 3])
         y.set_shape([None, labels_onehot.shape[1]])
         w.set_shape([None])
         return x, y, w
@@ -102,15 +102,16 @@ def make_dataset(images, order, labels_onehot, sample_weights, batch_size, augme
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(order, dtype=np.int64)).batch(batch_size)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if augment != "none":
-        augmenter = make_augmenter(augment, seed)
+        augmenter = make_augmenter(augment, seed, square=height == width)
         ds = ds.enumerate().map(lambda i, b: (augmenter(b[0], i), b[1], b[2]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augmenter(level: str, seed: int = 0):
+def make_augmenter(level: str, seed: int = 0, square: bool = True):
     """A batch augmentation function ``f(x, batch_index)``: each image gets its own transform.
 
-    ``light``: the 8 flips/90-degree rotations. ``strong``: those, plus a random
+    ``light``: the 8 flips/90-degree rotations of a square input; a 4:3 input
+    keeps its frame, so it gets the 4 flips (180-degree turn included). ``strong``: those, plus a random
     resized crop (70-100 % of the area, aspect 3:4 to 4:3) and brightness,
     contrast and saturation jitter. Exact 90-degree turns and one
     ``crop_and_resize`` per batch keep ``strong`` nearly as cheap as ``light``.
@@ -125,7 +126,8 @@ def make_augmenter(level: str, seed: int = 0):
         draws = tf.random.stateless_uniform([3, n, 1, 1, 1], seed=key)
         x = tf.where(draws[0] < 0.5, tf.reverse(x, axis=[2]), x)
         x = tf.where(draws[1] < 0.5, tf.reverse(x, axis=[1]), x)
-        x = tf.where(draws[2] < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
+        if square:
+            x = tf.where(draws[2] < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
         if level == "strong":
             x = _random_resized_crop(x, key + [0, 1 << 20])
             x = _colour_jitter(x, key + [0, 2 << 20])
@@ -138,7 +140,7 @@ def _random_resized_crop(x, seed):
     """Crop a random box of 70-100 % of each image's area and resize it back."""
     import tensorflow as tf
 
-    n, size = tf.shape(x)[0], tf.shape(x)[1]
+    n, size = tf.shape(x)[0], tf.shape(x)[1:3]
     draws = tf.random.stateless_uniform([4, n], seed=seed)
     area = 0.7 + 0.3 * draws[0]
     aspect = tf.exp(tf.math.log(0.75) + (tf.math.log(4 / 3) - tf.math.log(0.75)) * draws[1])
@@ -147,7 +149,7 @@ def _random_resized_crop(x, seed):
     top = (1.0 - h) * draws[2]
     left = (1.0 - w) * draws[3]
     boxes = tf.stack([top, left, top + h, left + w], axis=1)
-    return tf.image.crop_and_resize(x, boxes, tf.range(n), tf.stack([size, size]))
+    return tf.image.crop_and_resize(x, boxes, tf.range(n), size)
 
 
 def _colour_jitter(x, seed):

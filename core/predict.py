@@ -45,7 +45,7 @@ from core import ood as feature_ood
 from core.calibration import apply_temperature
 from core.images import ImageError, decode_image, iter_sources, to_model_input
 from core.labels import MALIGNANT
-from core.modelio import MODEL_FILE, is_model_dir, load_model, read_metadata
+from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
 
 OOD_METHOD = "max_softmax"
@@ -103,14 +103,17 @@ def calibrate(probs: np.ndarray, temperature) -> np.ndarray:
 
 
 def tta_views(batch: np.ndarray) -> np.ndarray:
-    """The 8 flips/90° rotations of each image: ``(N, S, S, 3)`` -> ``(8N, S, S, 3)``.
+    """The 8 flips/90° rotations of each square image: ``(N, S, S, 3)`` -> ``(8N, S, S, 3)``.
 
-    Views are stacked view-major: rows ``v*N .. v*N+N-1`` hold view ``v``.
+    A non-square input keeps its frame: its 4 flips (the 180° turn among them),
+    ``(N, H, W, 3)`` -> ``(4N, H, W, 3)``. Views are stacked view-major: rows
+    ``v*N .. v*N+N-1`` hold view ``v``.
     """
     views = []
+    turns = range(4) if batch.shape[1] == batch.shape[2] else range(0, 4, 2)
     for flipped in (batch, batch[:, :, ::-1]):
-        for turns in range(4):
-            views.append(np.rot90(flipped, k=turns, axes=(1, 2)))
+        for k in turns:
+            views.append(np.rot90(flipped, k=k, axes=(1, 2)))
     return np.ascontiguousarray(np.concatenate(views, axis=0))
 
 
@@ -168,7 +171,7 @@ class Predictor:
         self.model_dir = Path(model_dir)
         self.meta = read_metadata(self.model_dir)
         self.classes = tuple(self.meta["classes"])
-        self.image_size = int(self.meta["image_size"])
+        self.input_size = input_size(self.meta)
         self.temperature = self.meta.get("temperature")
         self.model = model if model is not None else load_model(self.model_dir)
         entry = self.meta.get("ood") or {}
@@ -184,10 +187,10 @@ class Predictor:
 
     def warmup(self) -> None:
         """Run one prediction so the first user request does not pay for tracing."""
-        self.raw_probabilities(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
+        self.raw_probabilities(np.zeros((1, *self.input_size, 3), np.float32))
 
     def raw_probabilities(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> np.ndarray:
-        """The model's softmax for a ``(N, S, S, 3)`` float32 batch, averaged over TTA views."""
+        """The model's softmax for a ``(N, H, W, 3)`` float32 batch, averaged over TTA views."""
         return self._run(batch, tta, batch_size)[0]
 
     def _run(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> tuple:
@@ -207,7 +210,7 @@ class Predictor:
 
     def predict_batch(self, images, tta: bool = False) -> list:
         """Classify RGB uint8 images of any size; returns one :class:`Prediction` each."""
-        batch = np.stack([to_model_input(rgb, self.image_size) for rgb in images])
+        batch = np.stack([to_model_input(rgb, self.input_size) for rgb in images])
         raw, feats = self._run(batch, tta=tta)
         probs = calibrate(raw, self.temperature)
         scores = np.max(raw, axis=1) if feats is None else feature_ood.score(feats, self.ood_stats, self.ood_thresholds)

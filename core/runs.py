@@ -53,6 +53,7 @@ DEFAULT_OPTIONS = {
     "arch": "mobilenet_v2",
     "weights": "offline-imagenet",
     "image_size": 128,
+    "image_height": 0,
     "epochs": 12,
     "warmup_epochs": 2,
     "unfreeze": 0,
@@ -62,6 +63,7 @@ DEFAULT_OPTIONS = {
     "imbalance": "class_weight",
     "augment": "light",
     "dropout": 0.2,
+    "label_smoothing": 0.0,
     "seed": 42,
     "val_fraction": 0.15,
     "test_fraction": 0.15,
@@ -74,6 +76,7 @@ OPTION_RULES = {
     "arch": ARCHS,
     "weights": WEIGHTS,
     "image_size": ("int", 32, 512),
+    "image_height": ("int", 0, 512),
     "epochs": ("int", 1, 500),
     "warmup_epochs": ("int", 0, 500),
     "unfreeze": ("int", 0, 10_000),
@@ -83,6 +86,7 @@ OPTION_RULES = {
     "imbalance": IMBALANCE,
     "augment": AUGMENT,
     "dropout": ("float", 0.0, 0.9),
+    "label_smoothing": ("float", 0.0, 0.5),
     "seed": ("int", 0, 2**32 - 1),
     "val_fraction": ("float", 0.01, 0.5),
     "test_fraction": ("float", 0.01, 0.5),
@@ -520,6 +524,8 @@ def _check_value(key: str, value, rule) -> str | None:
 
 def _cross_checks(options: dict) -> list:
     errors = []
+    if 0 < options["image_height"] < 32:
+        errors.append("image_height must be 0 (square) or at least 32")
     if options["warmup_epochs"] > options["epochs"]:
         errors.append("warmup_epochs cannot exceed epochs")
     if options["val_fraction"] + options["test_fraction"] > 0.8:

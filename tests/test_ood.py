@@ -42,19 +42,24 @@ def test_saved_statistics_round_trip(tmp_path):
 
 
 def test_predictor_flags_an_image_unlike_the_training_images(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(2)
     model = build_model("small_cnn", image_size=32, n_classes=7)
     skin = lambda n: np.clip(rng.normal((190, 120, 100), 12, (n, 32, 32, 3)), 0, 255).astype(np.float32)  # noqa: E731
     folder = tmp_path / "model"
     folder.mkdir()
-    entry = ood.fit_for_model(folder, model, skin(300), skin(200))
+    entry = ood.fit_for_model(folder, model, skin(300), skin(400))
     meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], "image_size": 32,
             "last_conv_layer": "last_conv", "ood": entry}
     (folder / "model.json").write_text(json.dumps(meta))
     predictor = Predictor(folder, model=model)
     assert predictor.ood_method == ood.METHOD
-    usual = predictor.predict(skin(1)[0].astype(np.uint8))
+    # thresholds sit at the 99th percentile of 400 such images: over 100 fresh ones a few may pass it
+    usual = predictor.predict_batch(list(skin(100).astype(np.uint8)))
     checkerboard = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.uint8)
     odd = predictor.predict(np.stack([checkerboard, 255 - checkerboard, checkerboard], axis=-1))
-    assert not usual.ood.flagged and odd.ood.flagged and odd.ood.score > usual.ood.score
+    assert np.mean([p.ood.flagged for p in usual]) <= 0.08
+    assert odd.ood.flagged and odd.ood.score > max(p.ood.score for p in usual)
     assert np.isclose(odd.probabilities.sum(), 1)

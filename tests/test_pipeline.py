@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.pipeline import epoch_indices, load_or_build_cache, make_augmenter, make_dataset, read_resized
+from core.images import decode_image, read_model_pixels, to_model_input
+from core.pipeline import epoch_indices, load_or_build_cache, make_augmenter, make_dataset
 
 
 @pytest.fixture
@@ -22,11 +23,32 @@ def image_files(tmp_path):
 def test_cache_holds_every_image_resized_and_is_reused(tmp_path, image_files):
     cache = load_or_build_cache(image_files, 16, tmp_path / "cache")
     assert cache.shape == (5, 16, 16, 3) and cache.dtype == np.uint8
-    assert np.array_equal(cache[2], read_resized(image_files[2], 16))
+    assert np.array_equal(cache[2], read_model_pixels(image_files[2], 16))
     files = list((tmp_path / "cache").glob("*.npy"))
     mtime = files[0].stat().st_mtime_ns
     again = load_or_build_cache(image_files, 16, tmp_path / "cache")
     assert np.array_equal(np.asarray(again), np.asarray(cache)) and files[0].stat().st_mtime_ns == mtime
+
+
+def test_cache_pixels_are_exactly_what_serving_feeds_the_model(tmp_path):
+    """One decoder: a 600x450 JPEG cached for training equals the Predict page's model input."""
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)).resize((600, 450)))
+    path = tmp_path / "ISIC_0000001.jpg"
+    Image.fromarray(smooth).save(path, quality=90)
+    cache = load_or_build_cache([str(path)], (144, 192), tmp_path / "cache")
+    served = to_model_input(decode_image(path.read_bytes()), (144, 192))
+    assert cache.shape == (1, 144, 192, 3)
+    assert np.array_equal(cache[0].astype(np.float32), served)
+
+
+def test_real_originals_cache_like_serving(real_dataset_dir, tmp_path):
+    originals = sorted((real_dataset_dir.parent / "ham10000_originals").rglob("ISIC_*.jpg"))[:5]
+    if not originals:
+        pytest.skip("the 600x450 originals are not beside the dataset")
+    cache = load_or_build_cache([str(p) for p in originals], (144, 192), tmp_path / "cache")
+    for cached, path in zip(cache, originals):
+        assert np.array_equal(cached.astype(np.float32), to_model_input(decode_image(path.read_bytes()), (144, 192)))
 
 
 def test_a_killed_build_leaves_no_complete_looking_cache(tmp_path, image_files):
@@ -67,3 +89,17 @@ def test_augmentation_keeps_shape_and_range_and_varies_per_image(level):
     again = make_augmenter("light", seed=1)(tf.constant(x), tf.constant(0, tf.int64)).numpy()
     if level == "light":
         assert np.array_equal(out, again)
+
+
+@pytest.mark.parametrize("level", ["light", "strong"])
+def test_a_4_by_3_input_keeps_its_frame_under_augmentation(level):
+    import tensorflow as tf
+
+    x = np.zeros((16, 12, 16, 3), np.float32)
+    x[:, :, :8, 0] = 255  # left half red
+    out = make_augmenter(level, seed=3, square=False)(tf.constant(x), tf.constant(0, tf.int64)).numpy()
+    assert out.shape == x.shape
+    if level == "light":  # only flips: every output is one of the four flips of the input
+        flips = [x[0], x[0][:, ::-1], x[0][::-1], x[0][::-1, ::-1]]
+        assert all(any(np.array_equal(o, f) for f in flips) for o in out)
+        assert len({o.tobytes() for o in out}) == 2  # red left or red right

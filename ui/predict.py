@@ -20,7 +20,7 @@ from core import faithfulness, saliency
 from core.data import DatasetError
 from core.images import UPLOAD_TYPES, ImageError, decode_image, read_mask, to_model_input, zip_members
 from core.labels import CLASS_NAMES, DESCRIPTIONS
-from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, read_metadata
+from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources
 from ui.frame import NOT_A_DEVICE, dataset_table
@@ -76,8 +76,7 @@ def _explainer(path: str, mtime: int) -> saliency.Explainer:
     """The explainer of a folder's model, its fast Grad-CAM traced once."""
     predictor = _predictor(path, mtime)
     explainer = saliency.Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    size = predictor.image_size
-    saliency.gradcam_fast(explainer, np.zeros((size, size, 3), np.float32), 0)
+    saliency.gradcam_fast(explainer, np.zeros((*predictor.input_size, 3), np.float32), 0)
     return explainer
 
 
@@ -97,7 +96,8 @@ def _model_label(path: Path) -> str:
     except ModelFolderError:
         return f"{path.name} (unreadable metadata)"
     kind = "default model" if path == default_model_dir() else f"run {path.name}"
-    return f"{kind} · {meta.get('arch', '?')} · {meta['image_size']} px"
+    height, width = input_size(meta)
+    return f"{kind} · {meta.get('arch', '?')} · {width}×{height} px"
 
 
 def pick_model() -> Path | None:
@@ -260,7 +260,7 @@ def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, pred
     """Original, heat map and overlay side by side, PNG download, faithfulness curves."""
     options = saliency_controls(predictor, prediction)
     key = (str(Path(model_dir).resolve()), model_mtime(model_dir), image.digest, options["method"], options["target"])
-    x = to_model_input(image.rgb, predictor.image_size)
+    x = to_model_input(image.rgb, predictor.input_size)
     saliency_map = _saliency_map(*key, _x=x)
     heat = saliency.colorize(saliency.resize_map(saliency_map, image.rgb.shape[:2]), options["cmap"])
     blended = saliency.overlay(image.rgb, saliency_map, options["opacity"], options["cmap"])

@@ -25,8 +25,12 @@ HELP = {
     "mobilenet_v3_small are light ImageNet backbones; efficientnet_b0 is the most accurate and slowest.",
     "weights": "Initial weights. none: random. imagenet: Keras download (needs internet). "
     "offline-imagenet: a bundled MobileNetV2 ImageNet checkpoint, no network (mobilenet_v2 only).",
-    "image_size": "Side of the square model input in pixels; images are stretched to it. "
+    "image_size": "Width of the model input in pixels; images are stretched to it. "
     "Larger sees more detail but trains roughly quadratically slower.",
+    "image_height": "Height of the model input in pixels; 0 makes the input square. "
+    "HAM10000 images are 4:3, so 144 for a width of 192 keeps the whole frame undistorted.",
+    "label_smoothing": "Share of each one-hot target spread over the other classes; "
+    "0.1 often calibrates and generalises better.",
     "epochs": "Total passes over the training images, warm-up included.",
     "warmup_epochs": "First epochs train only the new classifier head with the backbone frozen, "
     "so large early gradients do not wreck the pretrained features.",
@@ -88,8 +92,10 @@ def options_form(enabled: bool = True) -> dict | None:
             st.markdown("**Model**")
             options = {"arch": _choice("arch", "Architecture", runs.ARCHS),
                        "weights": _choice("weights", "Initial weights", runs.WEIGHTS),
-                       "image_size": _number("image_size", "Image size (px)", step=32),
-                       "dropout": _number("dropout", "Dropout", step=0.05)}
+                       "image_size": _number("image_size", "Input width (px)", step=32),
+                       "image_height": _number("image_height", "Input height (px, 0 = square)", step=16),
+                       "dropout": _number("dropout", "Dropout", step=0.05),
+                       "label_smoothing": _number("label_smoothing", "Label smoothing", step=0.05)}
         with schedule:
             st.markdown("**Schedule**")
             options |= {"epochs": _number("epochs", "Epochs"),
