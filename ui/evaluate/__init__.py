@@ -1,0 +1,13 @@
+"""Streamlit helpers of the Evaluate page, one module per group of tabs.
+
+Every number is computed from a predictions CSV (``core.evaluate``), never by
+running the model, except for an external test set, which is predicted once and
+read from there like any other split. Cached loaders are keyed by path and
+modification time.
+
+``common``       session keys, the evaluated :class:`~ui.evaluate.common.Source`, cached loaders, pickers
+``sources``      which predictions to evaluate: a model's val/test split or an external test set
+``panels``       summary, confusion matrix, per-class table, ROC/PR curves, operating point
+``reliability``  calibration and the subgroup audit
+``compare``      run comparison and downloads
+"""
