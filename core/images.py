@@ -281,7 +281,9 @@ def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
             yield str(path), _unsupported(path)
         elif path.suffix.lower() == ".zip":
             try:
-                yield from ((f"{path}!{n}", d) for n, d in zip_members(path.read_bytes()))
+                for member in zip_members(path.read_bytes()):
+                    yield f"{path}!{member[0]}", member[1]
+                    del member  # not kept alive while the next member is extracted
             except (ImageError, OSError) as err:
                 yield str(path), ImageError(f"{path}: {err}")
         else:

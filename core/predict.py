@@ -299,7 +299,8 @@ def distinct_ids(names) -> list:
     ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
     inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
     """
-    parts = [Path(str(n).replace("!", "/")).with_suffix("").parts for n in names]
+    parts = [tuple(p for p in Path(str(n).replace("!", "/")).with_suffix("").parts if p.strip("/\\"))
+             for n in names]
     stems = [p[-1] if p else "" for p in parts]
     counts = pd.Series(stems, dtype=object).value_counts()
     ids = []

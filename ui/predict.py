@@ -340,7 +340,9 @@ def upload_sources(files):
             yield upload.name, upload.getvalue()
             continue
         try:
-            yield from ((f"{upload.name}!{name}", data) for name, data in zip_members(upload.getvalue()))
+            for member in zip_members(upload.getvalue()):
+                yield f"{upload.name}!{member[0]}", member[1]
+                del member  # not kept alive while the next member is extracted
         except ImageError as err:
             yield upload.name, err
 
