@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 from core.labels import CLASSES
+from core.runfolder import METADATA_FILE, MODEL_FILE, write_json_atomic
 
-MODEL_FILE = "model.keras"
-METADATA_FILE = "model.json"
 REQUIRED_KEYS = ("classes", "last_conv_layer")
 
 
@@ -95,10 +94,7 @@ def input_size(meta: dict) -> tuple[int, int]:
 
 def write_metadata(model_dir: Path, meta: dict) -> None:
     """Write ``model.json`` atomically."""
-    path = Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(Path(model_dir) / METADATA_FILE, meta, sort_keys=True)
 
 
 def is_model_dir(path: Path) -> bool:
