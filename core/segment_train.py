@@ -34,7 +34,7 @@ from core import segment  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
-from core.segmentation_metrics import image_scores  # noqa: E402
+from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
 from core.train import (  # noqa: E402
     RunFolder, _on_sigterm, export_model, library_versions, make_progress_callback, now, prepare_split,
     sample_lesions, setup_logging, write_json_atomic,
@@ -265,10 +265,10 @@ class SegmentTrainer:
         threshold = max(by_threshold, key=by_threshold.get)
         log.info("val Dice by threshold %s: chose %.2f", by_threshold, threshold)
         self.write_model_metadata(threshold, val_dice_by_threshold=by_threshold)
-        score_split(val_frame, val_probs, threshold).to_csv(self.folder.dir / "scores_val.csv", index=False)
+        score_split(val_frame, val_probs, threshold).to_csv(scores_path(self.folder.dir, "val"), index=False)
         if len(self.idx["test"]):
             test = score_split(self.frame.iloc[self.idx["test"]], self.predict(self.idx["test"], best), threshold)
-            test.to_csv(self.folder.dir / "scores_test.csv", index=False)
+            test.to_csv(scores_path(self.folder.dir, "test"), index=False)
             log.info("test (n=%d): dice %.4f", len(test), test["dice"].mean())
 
 

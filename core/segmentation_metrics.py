@@ -107,3 +107,24 @@ def per_class(scores: pd.DataFrame, *, by: str = "dx", n_boot: int = 1000, seed:
                      "jaccard": float(part["jaccard"].mean()),
                      "thresholded_jaccard": float(part["thresholded_jaccard"].mean())})
     return pd.DataFrame(rows).sort_values(["n", by], ascending=[False, True]).reset_index(drop=True)
+
+
+def scores_path(model_dir, split: str):
+    """Where a segmenter folder keeps its per-image scores of one split (``scores_<split>.csv``)."""
+    from pathlib import Path
+
+    return Path(model_dir) / f"scores_{split}.csv"
+
+
+def load_scores(model_dir, split: str) -> pd.DataFrame:
+    """Read the per-image scores of one split, checked for the score columns.
+
+    Raises:
+        FileNotFoundError: the folder has no scores for this split.
+        ValueError: the file lacks a score column.
+    """
+    table = pd.read_csv(scores_path(model_dir, split), dtype={"image_id": str, "lesion_id": str, "dx": str})
+    missing = [c for c in ("image_id", *SCORE_COLUMNS) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{scores_path(model_dir, split)}: lacks columns {missing}")
+    return table
