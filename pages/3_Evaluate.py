@@ -7,6 +7,7 @@ page_setup("Evaluate", "📊")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
+from core.uploads import redact_paths  # noqa: E402
 from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
@@ -26,7 +27,7 @@ if source is None:
 try:
     preds = common.load_source(source)
 except (PredictionsError, OSError) as err:
-    st.error(f"Cannot evaluate {source.label}: {err}")
+    st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
     st.stop()
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
