@@ -38,7 +38,7 @@ from core.labels import CLASSES  # noqa: E402
 from core.modelio import read_metadata, write_metadata  # noqa: E402
 from core.models import ARCHITECTURES, HEAD_LAYERS, LAST_CONV, WEIGHTS, build_model, preprocessing_text  # noqa: E402
 from core.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
-from core.splits import load_splits, make_splits, save_splits  # noqa: E402
+from core.splits import SPLIT_FILE, load_splits, make_splits, save_splits  # noqa: E402
 
 log = logging.getLogger("core.train")
 
@@ -182,7 +182,7 @@ def sample_lesions(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFr
 
 def prepare_split(args, frame: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFrame, str]:
     """Load or make the lesion-grouped split, save it in the run folder, return it with its hash."""
-    target = run_dir / "splits.csv"
+    target = run_dir / SPLIT_FILE
     if args.split_file:
         splits = load_splits(args.split_file)
         unknown = set(splits["image_id"]) - set(frame["image_id"])
