@@ -7,7 +7,7 @@ page_setup("Evaluate", "📊")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, model_export, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -49,3 +49,4 @@ with tabs[7]:
     compare.compare_panel(models, source)
 with tabs[8]:
     compare.export_panel(source, preds)
+    model_export.tflite_panel(model)

@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_tiny_dataset
-from tiny_models import build_tiny_model, save_model_folder
+from tiny_models import build_tiny_model, folder_trained_on, save_model_folder
 
 from core import export, splits
 from core.data import load_dataset
-from core.images import read_model_pixels
 from core.labels import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,25 +99,9 @@ def tiny_data(tmp_path, monkeypatch):
     return dataset
 
 
-def trained_on_tiny_data(folder: Path, dataset: Path, model, save_split: bool = True) -> Path:
-    """A model folder whose split comes from the tiny dataset, with saved Keras validation predictions."""
-    frame = load_dataset(dataset)
-    table = splits.make_splits(frame, seed=42)
-    digest = splits.save_splits(table, folder / "tmp_splits.csv")
-    save_model_folder(model, folder, extra={"split_sha256": digest})
-    (folder / "tmp_splits.csv").replace(folder / splits.SPLIT_FILE) if save_split else (folder / "tmp_splits.csv").unlink()
-    val = frame[frame["image_id"].isin(table.loc[table["split"] == "val", "image_id"])]
-    x = np.stack([read_model_pixels(p, WIDE) for p in val["path"]]).astype(np.float32)
-    probs = pd.DataFrame(model(x, training=False).numpy(), columns=list(CLASSES))
-    probs.insert(0, "dx", val["dx"].to_numpy())
-    probs.insert(0, "image_id", val["image_id"].to_numpy())
-    probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
-    return folder
-
-
 def test_split_of_model_uses_the_folder_file_then_the_dataset_by_hash(tmp_path, tiny_data, wide_model):
     frame = load_dataset(tiny_data)
-    folder = trained_on_tiny_data(tmp_path / "m", tiny_data, wide_model)
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     digest = splits.split_hash(folder / splits.SPLIT_FILE)
     _, origin = splits.split_of_model(folder, frame, digest, {})
     assert origin == str(folder / splits.SPLIT_FILE)
@@ -130,7 +113,7 @@ def test_split_of_model_uses_the_folder_file_then_the_dataset_by_hash(tmp_path, 
 
 
 def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
-    folder = trained_on_tiny_data(tmp_path / "m", tiny_data, wide_model)
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     result = export.build(folder, "int8", representative=14, parity_n=10, model=wide_model)
     calibration = result.card["calibration_images"]
     assert calibration["split"] == "train" and calibration["n"] == 14
@@ -142,7 +125,7 @@ def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
 
 
 def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide_model, monkeypatch):
-    folder = trained_on_tiny_data(tmp_path / "m", tiny_data, wide_model)
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     table = splits.load_splits(folder / splits.SPLIT_FILE)
     decoded = []
     monkeypatch.setattr(export, "_decode", lambda image_paths, size: decoded.extend(image_paths) or np.zeros(1))
@@ -153,7 +136,7 @@ def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide
 
 
 def test_float_parity_against_saved_validation_predictions(tmp_path, tiny_data, wide_model):
-    folder = trained_on_tiny_data(tmp_path / "m", tiny_data, wide_model)
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     result = export.build(folder, "none", parity_n=1000, model=wide_model)
     parity = result.card["parity"]
     assert parity["n"] == len(pd.read_csv(folder / "predictions_val.csv"))
@@ -229,7 +212,7 @@ def test_int8_without_data_is_refused(wide_folder, tmp_path, monkeypatch, capsys
 
 
 def test_int8_with_an_unknown_split_is_refused(tmp_path, tiny_data, wide_model, capsys):
-    folder = trained_on_tiny_data(tmp_path / "m", tiny_data, wide_model, save_split=False)
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model, save_split=False)
     meta = json.loads((folder / "model.json").read_text())
     (folder / "model.json").write_text(json.dumps({**meta, "split_sha256": "f" * 64}))
     line = bad_request(["--model", str(folder), "--quantize", "int8", "--out", str(tmp_path / "x.tflite")], capsys)

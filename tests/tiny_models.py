@@ -80,3 +80,33 @@ def save_model_folder(model, folder: Path, temperature=None, extra: dict | None 
     meta.update(extra or {})
     write_metadata(folder, meta)
     return folder
+
+
+def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = True) -> Path:
+    """A model folder as a run on ``dataset`` leaves it: split hash, ``splits.csv``, Keras validation predictions.
+
+    The split is the dataset's seed-42 split; with ``save_split=False`` the folder
+    keeps only its hash, as the shipped model does.
+    """
+    import pandas as pd
+
+    from core import splits
+    from core.data import load_dataset
+    from core.images import read_model_pixels
+
+    frame = load_dataset(dataset)
+    table = splits.make_splits(frame, seed=42)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = splits.save_splits(table, folder / splits.SPLIT_FILE)
+    if not save_split:
+        (folder / splits.SPLIT_FILE).unlink()
+    save_model_folder(model, folder, extra={"split_sha256": digest})
+    val = frame[frame["image_id"].isin(table.loc[table["split"] == "val", "image_id"])]
+    size = tuple(int(n) for n in model.inputs[0].shape[1:3])
+    x = np.stack([read_model_pixels(p, size) for p in val["path"]]).astype(np.float32)
+    probs = pd.DataFrame(model(x, training=False).numpy(), columns=list(CLASSES))
+    probs.insert(0, "dx", val["dx"].to_numpy())
+    probs.insert(0, "image_id", val["image_id"].to_numpy())
+    probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
+    return folder
