@@ -115,6 +115,20 @@ def _dataset(purpose: str) -> pd.DataFrame:
                           "set HAM10000_DIR or download the dataset") from err
 
 
+def model_split(model_dir: Path, meta: dict, purpose: str) -> tuple:
+    """``(dataset table, split table, where the split came from)`` of the split the model was trained on.
+
+    Raises:
+        ExportError: no dataset, or no split with the model's hash; the message starts with ``purpose``.
+    """
+    frame = _dataset(purpose)
+    try:
+        table, origin = splits.split_of_model(model_dir, frame, meta.get("split_sha256"), _run_config(model_dir))
+    except ValueError as err:
+        raise ExportError(f"{purpose}: {err}") from err
+    return frame, table, origin
+
+
 def representative_sample(model_dir: Path, meta: dict, n: int = REPRESENTATIVE_IMAGES, seed: int = SEED) -> tuple:
     """A class-balanced, seeded sample of the model's own training images, decoded as serving does.
 
@@ -125,14 +139,10 @@ def representative_sample(model_dir: Path, meta: dict, n: int = REPRESENTATIVE_I
     Raises:
         ExportError: no dataset, or no split with the model's hash.
     """
-    frame = _dataset("int8 calibration")
-    try:
-        table, origin = splits.split_of_model(model_dir, frame, meta.get("split_sha256"), _run_config(model_dir))
-    except ValueError as err:
-        raise ExportError(f"int8 calibration: {err}") from err
+    frame, table, origin = model_split(model_dir, meta, "int8 calibration")
     train_ids = set(table.loc[table["split"] == "train", "image_id"])
     rows = balanced_sample(frame[frame["image_id"].isin(train_ids)], n, seed)
-    pixels = _decode(rows["path"], modelio.input_size(meta))
+    pixels = decode_images(rows["path"], modelio.input_size(meta))
     info = {"split": "train", "n": int(len(pixels)), "seed": seed, "class_balanced": True, "split_source": origin}
     return pixels, info
 
@@ -149,8 +159,8 @@ def balanced_sample(frame: pd.DataFrame, n: int, seed: int = SEED) -> pd.DataFra
     return pd.concat(picked).sort_values("image_id") if picked else frame.iloc[:0]
 
 
-def _decode(image_paths, size) -> np.ndarray:
-    """Decode files to model inputs (uint8) exactly as serving does."""
+def decode_images(image_paths, size) -> np.ndarray:
+    """Decode files to ``(n, H, W, 3)`` uint8 model inputs exactly as serving does."""
     try:
         return np.stack([read_model_pixels(p, size) for p in image_paths])
     except (ImageError, OSError) as err:
@@ -286,7 +296,7 @@ def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARIT
     if saved.empty:
         raise ExportError(f"parity: none of the images of {csv.name} is in the dataset")
     saved = saved.sample(n=min(n, len(saved)), random_state=seed).sort_values("image_id")
-    pixels = _decode(frame.loc[saved["image_id"], "path"], runner.input_size)
+    pixels = decode_images(frame.loc[saved["image_id"], "path"], runner.input_size)
     result = parity(saved[list(meta["classes"])].to_numpy(), runner.predict(pixels))
     return {**result, "split": "val", "reference": "the Keras model's saved predictions_val.csv (6 decimals)",
             "sample_seed": seed}

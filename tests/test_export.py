@@ -128,7 +128,7 @@ def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     table = splits.load_splits(folder / splits.SPLIT_FILE)
     decoded = []
-    monkeypatch.setattr(export, "_decode", lambda image_paths, size: decoded.extend(image_paths) or np.zeros(1))
+    monkeypatch.setattr(export, "decode_images", lambda image_paths, size: decoded.extend(image_paths) or np.zeros(1))
     meta = export.check_request(folder, "tflite", "int8")
     export.representative_sample(folder, meta, n=1000)
     used = {Path(p).stem for p in decoded}
