@@ -9,7 +9,7 @@ import streamlit as st  # noqa: E402  (page_setup must run first)
 from core.evaluate import PredictionsError  # noqa: E402
 from core.modelio import ModelFolderError  # noqa: E402
 from core.uploads import redact_paths  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, model_export, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -51,3 +51,4 @@ with tabs[7]:
     compare.compare_panel(models, source)
 with tabs[8]:
     compare.export_panel(source, preds)
+    model_export.tflite_panel(model)
