@@ -35,9 +35,12 @@ from core.data import load_dataset  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
 from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
+from core import runfolder as rf  # noqa: E402
+from core.runfolder import RunFolder, write_json_atomic  # noqa: E402
+from core.runfolder import now_iso as now  # noqa: E402
 from core.train import (  # noqa: E402
-    RunFolder, _on_sigterm, export_model, library_versions, make_progress_callback, now, prepare_split,
-    sample_lesions, setup_logging, write_json_atomic,
+    _on_sigterm, export_model, library_versions, make_progress_callback, prepare_split,
+    sample_lesions, setup_logging,
 )
 
 log = logging.getLogger("core.segment_train")
@@ -188,13 +191,13 @@ class SegmentTrainer:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "resume"}
         config.update(task="segmentation", split_sha256=self.split_sha256, n_images=len(self.frame),
                       versions=library_versions(), created=now(), **segment.recipe())
-        write_json_atomic(self.folder.dir / "config.json", config)
+        write_json_atomic(self.folder.dir / rf.CONFIG_FILE, config)
 
     def build(self) -> None:
         """Build the model, or load ``last.keras`` when resuming."""
         import keras
 
-        last, state_file = self.folder.dir / "last.keras", self.folder.dir / "state.json"
+        last, state_file = self.folder.dir / rf.CHECKPOINT_FILE, self.folder.dir / rf.STATE_FILE
         if self.args.resume and last.is_file() and state_file.is_file():
             state = json.loads(state_file.read_text())
             self.model = keras.models.load_model(last, compile=False)
@@ -235,10 +238,10 @@ class SegmentTrainer:
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
         if self.best is None or means["val_dice"] > self.best["val_dice"]:
             self.best = {"epoch": epoch + 1, **means}
-            export_model(self.model, self.folder.dir / "model.keras")
+            export_model(self.model, self.folder.dir / rf.MODEL_FILE)
             self.write_model_metadata(segment.THRESHOLD)
-        export_model(self.model, self.folder.dir / "last.keras")
-        write_json_atomic(self.folder.dir / "state.json", {"epoch": epoch + 1, "best": self.best})
+        export_model(self.model, self.folder.dir / rf.CHECKPOINT_FILE)
+        write_json_atomic(self.folder.dir / rf.STATE_FILE, {"epoch": epoch + 1, "best": self.best})
         self.folder.update(best=self.best)
 
     def predict(self, idx: np.ndarray, model=None) -> np.ndarray:
@@ -258,7 +261,7 @@ class SegmentTrainer:
         import keras
 
         self.folder.update(phase="score", message="scoring val and test with the best checkpoint")
-        best = keras.models.load_model(self.folder.dir / "model.keras", compile=False)
+        best = keras.models.load_model(self.folder.dir / rf.MODEL_FILE, compile=False)
         val_frame = self.frame.iloc[self.idx["val"]]
         val_probs = self.predict(self.idx["val"], best)
         by_threshold = {t: float(score_split(val_frame, val_probs, t)["dice"].mean()) for t in THRESHOLDS}
@@ -296,7 +299,7 @@ def train(args, folder) -> int:
 
 def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
     """The options a run was started with, read back from its config.json."""
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / rf.CONFIG_FILE).read_text(encoding="utf-8"))
     defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
     merged = {k: config.get(k, v) for k, v in defaults.items()}
     for key in ("data_dir", "split_file"):
@@ -310,14 +313,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        if not (args.run_dir / "config.json").is_file():
+        if not (args.run_dir / rf.CONFIG_FILE).is_file():
             parser.error(f"--resume: {args.run_dir / 'config.json'} not found")
         args = load_resume_args(parser, args.run_dir)
     errors = validate_args(args)
     if errors:
         parser.error("; ".join(errors))
     folder = RunFolder(args.run_dir)
-    (folder.dir / "STOP").unlink(missing_ok=True)
+    (folder.dir / rf.STOP_FILE).unlink(missing_ok=True)
     setup_logging(folder.dir)
     signal.signal(signal.SIGTERM, _on_sigterm)  # the progress callback then stops after the batch
     folder.update(state="running", message="starting")
