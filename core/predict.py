@@ -48,6 +48,7 @@ from core.images import ImageError, decode_image, iter_sources, model_pixels, to
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
+from core.runfolder import predictions_file
 from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
 OOD_METHOD = "max_softmax"
@@ -139,7 +140,7 @@ def ood_threshold(model_dir: Path, meta: dict) -> tuple:
     entry = meta.get("ood") or {}
     if entry.get("method") == OOD_METHOD and entry.get("threshold") is not None:
         return float(entry["threshold"]), "metadata"
-    val_file = Path(model_dir) / "predictions_val.csv"
+    val_file = Path(model_dir) / predictions_file("val")
     if val_file.is_file():
         try:
             frame = pd.read_csv(val_file)
