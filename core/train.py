@@ -530,7 +530,9 @@ class Trainer:
             write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs, self.classes)
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
-            log.info("%s (n=%d): %s", split, len(idx), score(self.labels[idx], probs, self.k))
+                log.info("val (n=%d): %s", len(idx), score(self.labels[idx], probs, self.k))
+            else:  # the test split is scored once, by whoever evaluates the finished model, not in the log
+                log.info("%s (n=%d): predictions written", split, len(idx))
         if len(self.idx["val"]):
             self.fit_ood(best)
 
