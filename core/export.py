@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, modelio, paths, splits
+from core import data, modelio, paths, runfolder, splits
 from core.images import ImageError, read_model_pixels
 
 FORMATS = ("tflite",)
@@ -55,7 +55,7 @@ REPRESENTATIVE_IMAGES = 200
 PARITY_IMAGES = 100
 SEED = 0
 EXPORT_DIR = "export"  # inside a model folder: ready-made exports, model_<quantisation>.tflite + .json
-RUN_CONFIG_FILE = "config.json"  # core.runs.CONFIG_FILE; core.runs is not imported for one name
+RUN_CONFIG_FILE = runfolder.CONFIG_FILE
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
 
 

@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.resume:
         if not (args.run_dir / rf.CONFIG_FILE).is_file():
-            parser.error(f"--resume: {args.run_dir / 'config.json'} not found")
+            parser.error(f"--resume: {args.run_dir / rf.CONFIG_FILE} not found")
         args = load_resume_args(parser, args.run_dir)
     errors = validate_args(args)
     if errors:
