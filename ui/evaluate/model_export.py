@@ -33,7 +33,8 @@ def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _saved(model_dir: str, model_mtime: int, quantize: str) -> export.Export | None:
+def _saved(model_dir: str, model_mtime: int, saved_mtime: int, quantize: str) -> export.Export | None:
+    """``core.export.load_saved`` behind the cache; the two mtimes are only keys."""
     return export.load_saved(Path(model_dir), quantize)
 
 
@@ -47,7 +48,13 @@ def tflite_panel(model: Evaluable) -> None:
         st.info(f"{model.name} has predictions but no {modelio.MODEL_FILE}: there is nothing to export.")
         return
     quantize = st.radio("Quantisation", list(CHOICES), format_func=CHOICES.get, horizontal=True, key=KEY_QUANTIZE)
-    result = _saved(str(model.path), mtime(model_file), quantize) or _requested(model, quantize)
+    saved = export.saved_path(model.path, quantize)
+    saved_mtime = mtime(saved) if saved.is_file() else 0
+    ready = _saved(str(model.path), mtime(model_file), saved_mtime, quantize)
+    if ready is not None:
+        st.caption(f"Ready-made: `{saved.relative_to(model.path)}` ships with this model "
+                   f"(converted {ready.card.get('created', 'at an unknown time')}).")
+    result = ready or _requested(model, quantize)
     if result is not None:
         _show(model, quantize, result)
 
