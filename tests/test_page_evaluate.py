@@ -127,9 +127,11 @@ def test_compare_runs_side_by_side(models):
     assert compare.value == ["default (shipped)", "run_b"]
     compare.set_value(["default (shipped)", "run_a", "run_b"]).run()
     assert not at.exception
-    tables = [df.value for df in at.dataframe if "run" in df.value.columns]
-    assert tables and tables[0]["run"].tolist() == ["default (shipped)", "run_b", "run_a"]
-    assert (tables[0]["split"] == "test").all()
+    tables = [df.value for df in at.dataframe if "metric" in df.value.columns]
+    assert tables and tables[0].columns.tolist() == ["metric", "default (shipped)", "run_b", "run_a"]
+    table = tables[0].set_index("metric")
+    assert (table.loc["split"] == "test").all()
+    assert any("mel" in m for m in table.index)  # the melanoma rows are there, not scrolled off the page
 
 
 def test_compare_on_validation_lists_only_runs_with_it(models):

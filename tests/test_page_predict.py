@@ -4,6 +4,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 from conftest import write_tiny_dataset
@@ -63,7 +64,7 @@ def test_no_model_explains_where_it_is_expected(monkeypatch, env):
 def test_upload_shows_probabilities_saliency_and_curves(env):
     at = run_page()
     assert [r.value for r in at.radio][:1] == ["Upload"]
-    assert at.radio[0].options == ["Upload", "Camera"]  # no dataset, no sample source
+    assert at.radio[0].options == ["Upload", "Camera", "Example images"]  # no dataset, no sample source
     at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
     assert not at.exception, at.exception
     page = texts(at)
@@ -77,6 +78,32 @@ def test_upload_shows_probabilities_saliency_and_curves(env):
     at.selectbox(key="predict_method").set_value("Grad-CAM++").run()
     assert not at.exception, at.exception
     assert "Grad-CAM++" in str(at.get("image")[1].captions)
+
+
+def test_example_images_work_without_a_dataset(env):
+    at = run_page()
+    at.radio(key="predict_source").set_value("Example images").run()
+    assert not at.exception, at.exception
+    examples = at.selectbox(key="predict_example")
+    assert [o.split(" · ")[0] for o in examples.options] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    examples.set_value("ISIC_0024481").run()  # the melanoma
+    assert not at.exception, at.exception
+    assert "CC BY-NC 4.0" in texts(at) and "Tschandl" in texts(at)
+    assert at.metric[0].label == "Malignant (mel + bcc + akiec)" or any("dermatoscopic" in e.value for e in at.error)
+
+
+def test_example_images_are_test_split_images_one_per_class():
+    from ui.predict import example_images
+
+    examples = example_images()
+    assert sorted(dx for dx, _ in examples.values()) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    for image_id, (dx, path) in examples.items():
+        rgb = np.asarray(Image.open(path))
+        assert rgb.ndim == 3 and rgb.shape[2] == 3 and path.stat().st_size < 20_000
+    from core.paths import default_model_dir
+
+    test_split = pd.read_csv(default_model_dir() / "predictions_test.csv").set_index("image_id")["dx"]
+    assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
 
 
 def test_bad_upload_shows_error_and_page_keeps_working(env):

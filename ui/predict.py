@@ -38,6 +38,7 @@ KEY_UPLOAD = "predict_upload"
 KEY_CAMERA = "predict_camera"
 KEY_SAMPLE_CLASS = "predict_sample_class"
 KEY_SAMPLE_ID = "predict_sample_id"
+KEY_EXAMPLE = "predict_example"
 KEY_TTA = "predict_tta"
 KEY_METHOD = "predict_method"
 KEY_TARGET = "predict_target"
@@ -146,8 +147,10 @@ def _dataset():
 def pick_input() -> InputImage | None:
     """Upload, camera or dataset sample (offered only when the dataset exists)."""
     frame = _dataset()
-    sources = SOURCES if frame is not None else SOURCES[:2]
+    sources = [*SOURCES[:2], EXAMPLE_SOURCE] + ([SOURCES[2]] if frame is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key=KEY_SOURCE)
+    if source == EXAMPLE_SOURCE:
+        return _pick_example()
     if source == "Upload":
         upload = st.file_uploader("Dermatoscopic image", type=list(UPLOAD_TYPES), key=KEY_UPLOAD)
         return decode_upload(upload.getvalue(), upload.name) if upload else None
@@ -173,6 +176,36 @@ def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
         image.mask = read_mask(row["mask_path"]) if row["mask_path"] else None
     except (OSError, ValueError, SyntaxError):
         st.caption("The lesion mask of this image is unreadable; shown without its outline.")
+    return image
+
+
+EXAMPLE_SOURCE = "Example images"
+
+
+def example_images() -> dict:
+    """The example images shipped with the app (ui/assets/examples): ``image_id -> (true class, path)``."""
+    folder = Path(__file__).resolve().parent / "assets" / "examples"
+    found = {}
+    for path in sorted(folder.glob("*_ISIC_*.jpg")):
+        dx, image_id = path.stem.split("_", 1)
+        found[image_id] = (dx, path)
+    return found
+
+
+def _pick_example() -> InputImage | None:
+    """One of the shipped example images (one per class, test split), with its true label."""
+    examples = example_images()
+    if not examples:
+        st.info("No example images in this installation (ui/assets/examples).")
+        return None
+    image_id = st.selectbox("Example image", list(examples), key=KEY_EXAMPLE,
+                            format_func=lambda i: f"{_class_label(examples[i][0])} · {i}")
+    dx, path = examples[image_id]
+    image = decode_upload(path.read_bytes(), image_id)
+    if image is not None:
+        image.true_dx = dx
+    st.caption("HAM10000 test-split image, © ViDIR Group, Medical University of Vienna, CC BY-NC 4.0 "
+               "(Tschandl et al., Sci. Data 5, 180161, 2018).")
     return image
 
 

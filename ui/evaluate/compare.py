@@ -61,13 +61,14 @@ def compare_panel(models: list, source: Source) -> None:
 
 
 def _comparison_table(sources: list, positive: str, t: float) -> pd.DataFrame:
-    rows = []
+    """One row per metric, one column per run: a few runs fit the page, however many metrics there are."""
+    columns = {}
     for s in sources:
         table = headline_table(s, positive, t)
-        row = {"run": s.model.name, "split": SPLIT_LABELS[s.split], "n": int(table["n"].iloc[0])}
-        row.update({r["label"]: fmt_ci(r["value"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        column = {"split": SPLIT_LABELS[s.split], "n": f"{int(table['n'].iloc[0]):,}"}
+        column.update({r["label"]: fmt_ci(r["value"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()})
+        columns[s.model.name] = column
+    return pd.DataFrame(columns).rename_axis("metric").reset_index()
 
 
 def _warn_different_splits(sources: list) -> None:

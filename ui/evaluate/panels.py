@@ -62,7 +62,7 @@ def confusion_panel(source: Source, preds: pd.DataFrame) -> None:
     keys = _cell_keys(source)
     _apply_cell_selection(event, classes, keys)
     figure_download(fig, f"confusion_{source.split}", "evaluate_dl_confusion")
-    st.caption("Drag a small box over a cell (or pick the cell below) to see its images.")
+    st.caption("Click a cell (or pick it below) to see its images.")
     true_class, pred_class = _cell_pickers(classes, counts, keys)
     mask = (preds["dx"] == true_class).to_numpy() & (metrics.predicted_labels(probs) == classes.index(pred_class))
     _cell_images(source, preds[mask], classes, true_class, pred_class)
