@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
+SPLIT_FILE = "splits.csv"  # the split beside every run and model folder
 
 
 def make_splits(

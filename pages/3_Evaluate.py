@@ -7,7 +7,7 @@ page_setup("Evaluate", "📊")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, overlap, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -28,6 +28,7 @@ try:
 except (PredictionsError, OSError) as err:
     st.error(f"Cannot evaluate {source.label}: {err}")
     st.stop()
+overlap.overlap_panel(source)
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
                 "Subgroups", "Compare runs", "Export"])
