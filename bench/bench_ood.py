@@ -66,8 +66,7 @@ def trivial(n: int, rng) -> list:
 
 def test_images(n: int, model_dir: Path, rng) -> list:
     """``n`` images of the model's test split."""
-    import pandas as pd
-
+    from core import predictions
     from core.data import load_dataset
     from core.leakage import find_model_split
     from core.modelio import read_metadata
@@ -76,7 +75,7 @@ def test_images(n: int, model_dir: Path, rng) -> list:
     if split is not None:
         ids = split.loc[split["split"] == "test", "image_id"]
     else:
-        ids = pd.read_csv(model_dir / "predictions_test.csv", dtype={"image_id": str})["image_id"]
+        ids = predictions.read_frame(model_dir / predictions.FILES["test"])["image_id"]
     frame = load_dataset(paths.dataset_dir()).set_index("image_id").loc[ids]
     chosen = frame.iloc[np.sort(rng.permutation(len(frame))[:n])]
     return [decode_image(Path(p).read_bytes()) for p in chosen["path"]]

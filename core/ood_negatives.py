@@ -5,13 +5,14 @@ crops, rescales, grey and inverted versions of the natural photos named in
 :data:`FIT_PHOTOS` (scikit-learn's ``china.jpg``; ``flower.jpg`` is kept out so
 the benchmark can show the detector a photo it never saw), and synthetic
 textures: flat colours, noise, smooth noise, gradients, stripes,
-checkerboards and tiny images blown up.
+checkerboards and tiny images blown up, a quarter of them in grey.
 """
 
 import numpy as np
 
 FIT_PHOTOS = ("china.jpg",)
 HELD_OUT_PHOTOS = ("flower.jpg",)  # for bench/bench_ood.py only
+GREY_SHARE = 0.25
 
 
 def sample_photo(name: str) -> np.ndarray:
@@ -43,7 +44,7 @@ def photo_variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         small = Image.fromarray(crop).resize((max(2, crop.shape[1] // 8), max(2, crop.shape[0] // 8)))
         crop = np.asarray(small.resize((crop.shape[1], crop.shape[0]), Image.Resampling.BILINEAR))
     elif kind == 2:
-        crop = np.repeat(crop.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+        crop = grey(crop)
     elif kind == 3:
         crop = 255 - crop
     return crop
@@ -91,5 +92,11 @@ def negatives(n: int, seed: int = 0, photos=FIT_PHOTOS) -> list:
         if i % 2 == 0 and loaded:
             images.append(photo_variant(loaded[(i // 2) % len(loaded)], rng))
         else:
-            images.append(texture(TEXTURES[(i // 2) % len(TEXTURES)], rng))
+            image = texture(TEXTURES[(i // 2) % len(TEXTURES)], rng)
+            images.append(grey(image) if rng.random() < GREY_SHARE else image)
     return images
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """The image in shades of grey (dermatoscopic images are never colourless)."""
+    return np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)

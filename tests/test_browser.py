@@ -84,3 +84,48 @@ def test_deep_link_on_a_fresh_server_renders_the_page(path, expected, server_env
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _start_server(env: dict) -> tuple:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+           "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_healthy(port, proc)
+    return port, proc
+
+
+@pytest.mark.timeout(600)
+def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
+    """Upload scikit-learn's flower photo: the page says it is not dermatoscopic and shows no verdict."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    from tiny_models import save_ood_model_folder
+
+    flower = tmp_path / "flower.jpg"
+    Image.fromarray(load_sample_image("flower.jpg")).save(flower, quality=90)
+    model = save_ood_model_folder(tmp_path / "model")
+    port, proc = _start_server({**server_env, "HAM_DEFAULT_MODEL": str(model)})
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/Predict", wait_until="domcontentloaded")
+            page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=120_000)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+            page.locator('input[type="file"]').first.set_input_files(str(flower), timeout=120_000)
+            page.get_by_text("This does not look like a dermatoscopic image").first.wait_for(timeout=120_000)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+            page.screenshot(path=str(tmp_path / "gate.png"), full_page=True)
+            assert page.get_by_text("Show the prediction anyway").count() == 1
+            assert page.get_by_text("Malignant (mel + bcc + akiec)").count() == 0
+            assert page.get_by_text("Where did the model look?").count() == 0
+            page.get_by_text("Show the prediction anyway").click()
+            page.get_by_text("Malignant (mel + bcc + akiec)").first.wait_for(timeout=120_000)
+            assert page.get_by_text("Shown on request").count() == 1
+            assert page.locator('[data-testid="stException"]').count() == 0
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -4,22 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from tiny_models import build_tiny_model, save_model_folder
+from tiny_models import build_tiny_model, save_model_folder, save_ood_model_folder, skin_like
 
 from core import ood, ood_fit
 from core.models import build_model
 from core.ood_negatives import FIT_PHOTOS, HELD_OUT_PHOTOS, TEXTURES, negatives, texture
 from core.predict import Predictor
-
-
-def skin(rng, n: int, size: int = 32) -> np.ndarray:
-    """Skin-coloured noisy images with a darker blob: stand-ins for dermatoscopic images."""
-    yy, xx = np.mgrid[:size, :size]
-    images = np.clip(rng.normal((190, 120, 100), 12, (n, size, size, 3)), 0, 255)
-    for image in images:
-        cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(4, 9)
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] *= 0.55
-    return images.astype(np.float32)
 
 
 def test_statistics_parts_grow_away_from_the_training_features():
@@ -87,25 +77,18 @@ def test_scorer_follows_the_method_in_model_json(tmp_path):
 
 
 def test_fitted_predictor_flags_images_unlike_the_training_images(tmp_path):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(2)
-    model = build_model("small_cnn", image_size=32, n_classes=7)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    entry = ood_fit.fit_for_model(folder, model, skin(rng, 300), skin(rng, 400), seed=0, n_negatives=200)
-    meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], "image_size": 32,
-            "last_conv_layer": "last_conv", "ood": entry}
-    (folder / "model.json").write_text(json.dumps(meta))
-    predictor = Predictor(folder, model=model)
+    folder = save_ood_model_folder(tmp_path / "model")
+    entry = json.loads((folder / "model.json").read_text())["ood"]
+    predictor = Predictor(folder)
     assert predictor.ood.method == ood.STATISTICS and predictor.ood.threshold == entry["threshold"]
+    assert predictor.ood.layers == ("rescale", "relu0", "relu1", "relu2", "last_conv")
+    rng = np.random.default_rng(7)
     # thresholds sit at the 99.5th percentile of 400 such images: over 100 fresh ones a few may pass it
-    usual = predictor.predict_batch(list(skin(rng, 100).astype(np.uint8)))
+    usual = predictor.predict_batch(list(skin_like(rng, 100).astype(np.uint8)))
     assert np.mean([p.ood.flagged for p in usual]) <= 0.05
     odd = predictor.predict_batch([np.zeros((32, 32, 3), np.uint8), texture("stripes", np.random.default_rng(9)),
                                    texture("noise", np.random.default_rng(9))])
     assert all(p.ood.flagged for p in odd) and min(p.ood.score for p in odd) > max(p.ood.score for p in usual)
     assert "Dermatoscopy check" in odd[0].ood.text
-    tta = predictor.predict(skin(rng, 1)[0].astype(np.uint8), tta=True)
+    tta = predictor.predict(skin_like(rng, 1)[0].astype(np.uint8), tta=True)
     assert np.isfinite(tta.ood.score)
