@@ -416,10 +416,11 @@ def write_scalar(tag: str, value: float, step: int) -> None:
 
 
 def write_predictions(path: Path, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "dx": frame["dx"].to_numpy()})
-    for k, c in enumerate(classes):
-        table[c] = np.round(probs[:, k].astype(np.float64), 6)
-    table.to_csv(path, index=False)
+    """Write the model's own (raw) probabilities of ``frame``'s images in the ``core.predictions`` format."""
+    from core import predictions
+
+    table = predictions.make_table(frame["image_id"], probs, classes, truth=frame["dx"])
+    predictions.write(path, table, predictions.RAW)
 
 
 class Trainer:
@@ -586,12 +587,13 @@ class Trainer:
 
     def fit_ood(self, model, max_train: int = 3000) -> None:
         """Fit the feature-space out-of-distribution score (core.ood) and record it in model.json."""
-        from core import ood
+        from core import ood_fit
 
         rng = np.random.default_rng(self.args.seed)
         train = self.idx["train"]
         train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
-        entry = ood.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]])
+        entry = ood_fit.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]],
+                                      seed=self.args.seed)
         meta = read_metadata(self.folder.dir)
         meta["ood"] = entry
         write_metadata(self.folder.dir, meta)
@@ -602,7 +604,7 @@ class Trainer:
         from core.calibration import expected_calibration_error, fit_temperature, save_temperature
 
         temperature = fit_temperature(val_probs, val_labels)
-        save_temperature(self.folder.dir, temperature)
+        save_temperature(self.folder.dir, temperature, n=len(val_labels))
         log.info("temperature %.3f fitted on val (n=%d); val ECE %.4f before scaling", temperature,
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 

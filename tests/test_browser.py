@@ -149,3 +149,34 @@ def test_predict_example_image_without_uploading(browser_page):
     verdict = page.get_by_text("Malignant (mel + bcc + akiec)").or_(page.get_by_text("does not look like"))
     verdict.first.wait_for(timeout=WAIT_MS)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.timeout(900)
+def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
+    """Upload scikit-learn's flower photo: the page says it is not dermatoscopic and shows no verdict."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    from tiny_models import save_ood_model_folder
+
+    flower = tmp_path / "flower.jpg"
+    Image.fromarray(load_sample_image("flower.jpg")).save(flower, quality=90)
+    model = save_ood_model_folder(tmp_path / "model")
+    with streamlit_server({**server_env, "HAM_DEFAULT_MODEL": str(model)}) as url, playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        page.locator('input[type="file"]').first.set_input_files(str(flower), timeout=WAIT_MS)
+        page.get_by_text("This does not look like a dermatoscopic image").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        page.screenshot(path=str(tmp_path / "gate.png"), full_page=True)
+        assert page.get_by_text("Show the prediction anyway").count() == 1
+        assert page.get_by_text("Malignant (mel + bcc + akiec)").count() == 0
+        assert page.get_by_text("Where did the model look?").count() == 0
+        page.get_by_text("Show the prediction anyway").click()
+        page.get_by_text("Malignant (mel + bcc + akiec)").first.wait_for(timeout=WAIT_MS)
+        assert page.get_by_text("Shown on request").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()

@@ -48,11 +48,13 @@ def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["last_conv_layer"] == "last_conv" and meta["split_sha256"] == config["split_sha256"]
     assert meta["temperature"] > 0 and "temperature" in (run_dir / "train.log").read_text()
-    assert meta["ood"]["method"] == "feature_distance" and (run_dir / "ood.npz").is_file()
+    assert meta["ood"]["method"] == "feature_statistics" and (run_dir / "ood.npz").is_file()
+    assert meta["temperature_n"] == len(pd.read_csv(run_dir / "predictions_val.csv", skiprows=1))
     splits = pd.read_csv(run_dir / "splits.csv")
     for split in ("val", "test"):
-        preds = pd.read_csv(run_dir / f"predictions_{split}.csv")
-        assert list(preds.columns) == ["image_id", "dx", *CLASSES]
+        assert (run_dir / f"predictions_{split}.csv").read_text().startswith("# probabilities: raw")
+        preds = pd.read_csv(run_dir / f"predictions_{split}.csv", skiprows=1)
+        assert list(preds.columns) == ["image_id", "dx", "dx_pred", *CLASSES]
         assert set(preds["image_id"]) == set(splits.loc[splits["split"] == split, "image_id"])
         assert np.allclose(preds[list(CLASSES)].sum(axis=1), 1, atol=1e-4)
     assert "run finished" in (run_dir / "train.log").read_text()
