@@ -105,8 +105,10 @@ def _read_metadata(path: Path) -> pd.DataFrame:
             first_line = handle.readline()
         sep = "\t" if "\t" in first_line else ","
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as err:
+        raise DatasetError(f"{path.name}: the metadata file is empty") from err
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise DatasetError(f"{path}: cannot read metadata ({err})") from err
+        raise DatasetError(f"{path}: cannot read metadata ({str(err).splitlines()[0]})") from err
     frame.columns = [str(c).strip().strip('"').lower() for c in frame.columns]
     _require_columns(frame, METADATA_COLUMNS, path)
     return frame
@@ -428,9 +430,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (DatasetError, OSError) as err:
+        print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}", file=sys.stderr)
+        return 1 if args.command == "download" else 2  # 2: the input is unusable
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, metrics, modelio, paths
+from core import data, metrics, modelio, paths, validation
 from core.images import ImageError
 
 SPLIT_FILES = {
@@ -210,14 +210,16 @@ def read_truth(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
     (and optionally HAM10000 metadata columns). Every listed image must exist.
 
     Raises:
-        core.data.DatasetError: unreadable CSV, unknown format or missing images.
+        core.validation.InputError: empty, header-only, non-UTF-8 or malformed CSV, empty
+            labels, duplicate or conflicting rows, one-hot rows that are not one-hot.
+        core.data.DatasetError: unknown format or missing images.
     """
     truth_csv, images_dir = Path(truth_csv), Path(images_dir)
     if not truth_csv.is_file():
         raise data.DatasetError(f"{truth_csv}: truth CSV not found")
     if not images_dir.is_dir():
         raise data.DatasetError(f"{images_dir}: image folder not found")
-    columns = set(pd.read_csv(truth_csv, nrows=0).columns)
+    columns = set(validation.read_truth_csv(truth_csv).columns)
     if "image" in columns:
         table = data.load_isic_csv(truth_csv, images_dir)
     elif {"image_id", "dx"} <= columns:
@@ -305,10 +307,10 @@ def evaluate_external(
         ``{"predictions": path, "truth": path, "metrics": path, "submission": path}``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = read_truth(truth_csv, images_dir)
     predictions = predict_table(model_dir, table, batch_size=batch_size, progress=progress)
     classes = modelio.read_metadata(model_dir)["classes"]
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     written = {
         "predictions": out_dir / SPLIT_FILES["external"],
         "truth": out_dir / TRUTH_FILE,
@@ -339,10 +341,11 @@ def main(argv=None) -> int:
         print(f"\rpredicted {done}/{total}", end="", file=sys.stderr, flush=True)
 
     try:
-        written = evaluate_external(args.model, args.images, args.truth, args.out, args.batch_size, report)
-    except (PredictionsError, data.DatasetError, modelio.ModelFolderError, ImageError) as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2
+        batch_size = validation.positive_int(args.batch_size, "--batch-size")
+        written = evaluate_external(args.model, args.images, args.truth, args.out, batch_size, report)
+    except (ValueError, OSError) as err:  # every input error of the chain is a ValueError subclass
+        print(f"\nerror: {validation.one_line(err)}", file=sys.stderr)
+        return validation.EXIT_BAD_INPUT
     print(file=sys.stderr)
     summary = pd.read_csv(written["metrics"])
     head = summary[summary["scope"] == "overall"][["metric", "value", "ci_low", "ci_high"]]

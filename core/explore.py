@@ -7,6 +7,8 @@ computing every aggregate the page draws takes a few tens of milliseconds.
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -174,7 +176,11 @@ def outlined_image(image_path: str, mask_path: str = "", max_width: int = 400, c
     """An RGB image, shrunk to ``max_width``, with its lesion mask's outline drawn on it.
 
     The mask is resized to the image (masks and images may differ in size); an
-    empty ``mask_path`` gives the plain image.
+    empty ``mask_path`` gives the plain image, and so does an unreadable mask
+    (``image.info["mask_error"]`` then says why).
+
+    Raises:
+        OSError, ValueError: the image itself cannot be read.
     """
     with Image.open(image_path) as raw:
         image = raw.convert("RGB")
@@ -182,8 +188,12 @@ def outlined_image(image_path: str, mask_path: str = "", max_width: int = 400, c
         image = image.resize((max_width, round(image.height * max_width / image.width)), Image.BILINEAR)
     if not mask_path:
         return image
-    with Image.open(mask_path) as raw:
-        mask = np.asarray(raw.convert("L").resize(image.size, Image.NEAREST)) > 127
+    try:
+        with Image.open(mask_path) as raw:
+            mask = np.asarray(raw.convert("L").resize(image.size, Image.NEAREST)) > 127
+    except (OSError, ValueError, SyntaxError) as err:
+        image.info["mask_error"] = f"mask {Path(mask_path).name} unreadable ({type(err).__name__})"
+        return image
     pixels = np.asarray(image).copy()
     pixels[mask_outline(mask, thickness=max(1, image.width // 100))] = color
     return Image.fromarray(pixels)

@@ -5,13 +5,18 @@ Decoding is defensive because uploads come from anywhere:
 
 * EXIF orientation is applied, so a phone photo is shown and classified upright.
 * Grayscale, palette, CMYK, 16-bit and float images become 8-bit RGB. 16-bit
-  values are scaled by 1/257 (0..65535 maps onto 0..255).
+  values are scaled by 1/257 (0..65535 maps onto 0..255); float images whose
+  values lie in 0..1 are scaled by 255.
 * Transparent pixels are composited on white (``background``), which is how a
   browser shows a transparent PNG on a light page, so the model sees what the
   user saw.
 * Images larger than ``max_pixels`` (40 megapixels by default) are refused
   before any pixel is decoded; Pillow's decompression-bomb warning is turned
   into an error as well. Truncated or corrupt files raise :class:`ImageError`.
+* The app decodes with a lower limit (:data:`INTERACTIVE_MAX_PIXELS`) and a
+  ``max_side``: the image is reduced to the size it is shown at right after
+  decoding (JPEGs are even decoded at a reduced scale), so no full-size array,
+  saliency map or overlay of a huge upload is ever kept.
 
 Model inputs follow the model folder contract: a plain bilinear stretch to
 ``size × size`` (no crop) and float32 RGB in 0..255.
@@ -24,9 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
+# The app's limits: a 24-megapixel camera image passes, a 6,300 x 6,300 bomb does not;
+# what is kept is at most DISPLAY_MAX_SIDE pixels on its longer side.
+INTERACTIVE_MAX_PIXELS = 25_000_000
+DISPLAY_MAX_SIDE = 1024
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 MAX_ZIP_MEMBER_BYTES = 64 * 1024 * 1024
 WHITE = (255, 255, 255)
@@ -37,13 +46,15 @@ class ImageError(ValueError):
     """An upload that cannot be used as an image, with a message fit for the user."""
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, background=WHITE) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, background=WHITE, max_side: int | None = None) -> np.ndarray:
     """Decode image bytes to an upright 8-bit RGB array.
 
     Args:
         data: the encoded file (JPEG, PNG, BMP, TIFF, WebP, ...).
         max_pixels: refuse images with more pixels than this (checked from the header).
         background: RGB colour transparent pixels are composited on.
+        max_side: when given, reduce the image right after decoding so that its
+            longer side is at most this (aspect ratio kept).
 
     Returns:
         A ``(H, W, 3)`` uint8 array.
@@ -56,13 +67,33 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, background=WHITE) ->
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
-        image = _upright(image)
-        return _to_rgb(image, background)
+        image = _open(data, max_pixels, max_side)
+        turn = _orientation(image)
+        image = _shrink(image, max_side)
+        return _to_rgb(image.transpose(turn) if turn is not None else image, background)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open, check the size from the header, then decode the pixels."""
+def decode_upload(data: bytes) -> np.ndarray:
+    """:func:`decode_image` with the app's limits: :data:`INTERACTIVE_MAX_PIXELS`, :data:`DISPLAY_MAX_SIDE`."""
+    return decode_image(data, max_pixels=INTERACTIVE_MAX_PIXELS, max_side=DISPLAY_MAX_SIDE)
+
+
+def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
+    """The image reduced so its longer side is at most ``max_side``; metadata (EXIF) kept."""
+    if not max_side or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
+        small = image.resize(size, resample=Image.Resampling.NEAREST)
+    else:
+        small = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode).resize(
+            size, resample=Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return small
+
+
+def _open(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """Open, check the size from the header, then decode the pixels (JPEG at a reduced scale when allowed)."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
@@ -77,6 +108,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"The image is too large: {width}×{height} = {width * height / 1e6:.1f} megapixels "
             f"(the limit is {max_pixels / 1e6:g} megapixels)."
         )
+    if max_side and image.format == "JPEG" and max(width, height) > 2 * max_side:
+        image.draft("RGB", (max_side, max_side))  # DCT scaling: never holds the full-size pixels
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -86,12 +119,23 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored, not fatal."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image):
+    """The transpose that makes the image upright (EXIF orientation), or None.
+
+    Read before any resizing, which drops format-specific tags. A broken EXIF
+    block is ignored, not fatal.
+    """
     try:
-        return ImageOps.exif_transpose(image)
+        return _TRANSPOSE.get(int(image.getexif().get(0x0112, 1)))
     except (OSError, SyntaxError, ValueError, TypeError, KeyError):
-        return image
+        return None
 
 
 def _to_rgb(image: Image.Image, background) -> np.ndarray:
@@ -113,9 +157,11 @@ def _to_rgb(image: Image.Image, background) -> np.ndarray:
 
 def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
     """Scale a 16-bit, 32-bit integer or float grayscale image to 8-bit RGB."""
-    values = np.asarray(image, dtype=np.float64)
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
     top = float(values.max()) if values.size else 0.0
-    if image.mode.startswith("I;16") or 255 < top <= 65535:
+    if image.mode == "F" and float(values.min(initial=0.0)) >= 0.0 and 0.0 < top <= 1.0:
+        values = values * 255.0  # float images in 0..1, the usual convention
+    elif image.mode.startswith("I;16") or 255 < top <= 65535:
         values = values / 257.0
     elif top > 65535:
         # Values beyond 16 bits have no agreed range: stretch them.
@@ -192,7 +238,7 @@ def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
         raise ImageError(f"Not a readable zip file ({err}).") from err
     with archive:
         for info in archive.infolist():
-            if info.is_dir() or not is_image_name(info.filename) or "__MACOSX" in info.filename:
+            if not _is_image_member(info):
                 continue
             if info.file_size > MAX_ZIP_MEMBER_BYTES:
                 yield info.filename, ImageError(f"{info.filename}: too large inside the zip.")
@@ -203,19 +249,41 @@ def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
                 yield info.filename, ImageError(f"{info.filename}: cannot be extracted ({err}).")
 
 
-def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
-    """Yield ``(name, bytes)`` for image files, folders (recursively) and zips.
+def count_zip_members(data: bytes) -> int:
+    """How many entries :func:`zip_members` would yield (0 for an unreadable zip); reads no member."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return sum(_is_image_member(info) for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return 0
 
-    Unreadable entries are yielded with an :class:`ImageError` in place of bytes.
+
+def _is_image_member(info: zipfile.ZipInfo) -> bool:
+    return not info.is_dir() and is_image_name(info.filename) and "__MACOSX" not in info.filename
+
+
+def _unsupported(path: Path) -> ImageError:
+    kind = path.suffix.lower() or "without a suffix"
+    return ImageError(f"not an image type this reads ({kind}; accepted: {', '.join(UPLOAD_TYPES)}, zip).")
+
+
+def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
+    """Yield ``(name, bytes)`` for image files, folders (recursively) and zips, one file at a time.
+
+    Unreadable entries, and files of other types (``.gif``, ``.svg``, ``.txt``, ...;
+    hidden files excepted), are yielded with an :class:`ImageError` in place of bytes.
     """
     for path in map(Path, paths):
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if is_image_name(child.name) or child.suffix.lower() == ".zip":
-                    yield from iter_sources([child])
+            for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                yield from iter_sources([child])
+        elif path.is_file() and not (is_image_name(path.name) or path.suffix.lower() == ".zip"):
+            yield str(path), _unsupported(path)
         elif path.suffix.lower() == ".zip":
             try:
-                yield from ((f"{path}!{n}", d) for n, d in zip_members(path.read_bytes()))
+                for member in zip_members(path.read_bytes()):
+                    yield f"{path}!{member[0]}", member[1]
+                    del member  # not kept alive while the next member is extracted
             except (ImageError, OSError) as err:
                 yield str(path), ImageError(f"{path}: {err}")
         else:

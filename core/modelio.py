@@ -2,13 +2,21 @@
 
 ``read_metadata`` needs no TensorFlow, so pages can list models cheaply;
 ``load_model`` imports Keras only when called.
+
+The class list of ``model.json`` is checked because nothing else would catch a
+wrong one: it must name known classes (``core.labels.CLASSES``) once each, in
+the order the folder's ``config.json`` and ``predictions_val.csv`` recorded
+when they exist, and as many as the model has outputs (checked on loading).
+Messages name the folder by its name only.
 """
 
+import csv
 import json
 from pathlib import Path
 
-MODEL_FILE = "model.keras"
-METADATA_FILE = "model.json"
+from core.labels import CLASSES
+from core.runfolder import METADATA_FILE, MODEL_FILE, write_json_atomic
+
 REQUIRED_KEYS = ("classes", "last_conv_layer")
 
 
@@ -30,8 +38,51 @@ def read_metadata(model_dir: Path) -> dict:
         missing.append("image_height/image_width")
     if missing:
         raise ModelFolderError(f"{path}: missing keys {missing}")
+    check_classes(meta["classes"], Path(model_dir))
     meta.setdefault("temperature", None)
     return meta
+
+
+def check_classes(classes, model_dir: Path) -> None:
+    """Refuse a class list that is not a list of known, distinct codes in the recorded order.
+
+    Raises:
+        ModelFolderError: naming the folder and the problem.
+    """
+    where = f"model {Path(model_dir).name}: {METADATA_FILE}"
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ModelFolderError(f"{where} 'classes' must be a non-empty list of class codes")
+    duplicated = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicated:
+        raise ModelFolderError(f"{where} lists classes more than once: {duplicated}")
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise ModelFolderError(f"{where} lists unknown classes {unknown}; known classes are {list(CLASSES)}")
+    for name, recorded in _recorded_orders(Path(model_dir)):
+        if recorded != classes:
+            raise ModelFolderError(f"{where} lists classes {classes} but {name} recorded {recorded}")
+
+
+def _recorded_orders(model_dir: Path) -> list:
+    """``(file name, class list)`` from the folder's ``config.json`` and ``predictions_val.csv`` header."""
+    found = []
+    config = model_dir / "config.json"
+    try:
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("classes") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, list):
+        found.append((config.name, recorded))
+    val = model_dir / "predictions_val.csv"
+    try:
+        with open(val, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError):
+        header = []
+    columns = [c for c in header if c in CLASSES]
+    if columns:
+        found.append((val.name, columns))
+    return found
 
 
 def input_size(meta: dict) -> tuple[int, int]:
@@ -43,10 +94,7 @@ def input_size(meta: dict) -> tuple[int, int]:
 
 def write_metadata(model_dir: Path, meta: dict) -> None:
     """Write ``model.json`` atomically."""
-    path = Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(Path(model_dir) / METADATA_FILE, meta, sort_keys=True)
 
 
 def is_model_dir(path: Path) -> bool:
@@ -55,11 +103,30 @@ def is_model_dir(path: Path) -> bool:
     return (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
 
 
-def load_model(model_dir: Path):
-    """Load the Keras model of a model folder (imports TensorFlow)."""
+def load_model(model_dir: Path, meta: dict | None = None):
+    """Load the Keras model of a model folder (imports TensorFlow).
+
+    The model must have one output per class of ``model.json`` (``meta``, read
+    from the folder when not given).
+
+    Raises:
+        ModelFolderError: no model file, a file Keras cannot load, or a class count
+            that differs from the model's outputs.
+    """
     import keras
 
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
         raise ModelFolderError(f"{path}: model file not found")
-    return keras.models.load_model(path, compile=False)
+    meta = read_metadata(model_dir) if meta is None else meta
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001  (Keras raises many types for a damaged file)
+        raise ModelFolderError(f"model {Path(model_dir).name}: {MODEL_FILE} cannot be loaded ({type(err).__name__})") from err
+    outputs = int(model.outputs[0].shape[-1])
+    if outputs != len(meta["classes"]):
+        raise ModelFolderError(
+            f"model {Path(model_dir).name}: {METADATA_FILE} lists {len(meta['classes'])} classes "
+            f"but the model has {outputs} outputs"
+        )
+    return model

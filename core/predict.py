@@ -28,7 +28,8 @@ Command line::
     python -m core.predict --model DIR --out FILE.csv [--tta] PATH...
 
 PATHs are image files, folders (searched recursively) or zip files. One row per
-image: ``image_id`` (file stem), ``dx`` (the *predicted* class; in the
+image: ``image_id`` (the file stem; the path from the first folder that differs
+when two files share a stem), ``dx`` (the *predicted* class; in the
 evaluation CSVs the same column holds the true label), then one probability column per class code. Unreadable files are reported on stderr
 and skipped.
 """
@@ -43,10 +44,11 @@ import pandas as pd
 
 from core import ood as feature_ood
 from core.calibration import apply_temperature
-from core.images import ImageError, decode_image, iter_sources, to_model_input
+from core.images import ImageError, decode_image, iter_sources, model_pixels, to_model_input
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
+from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
 OOD_METHOD = "max_softmax"
 OOD_PERCENTILE = 5.0
@@ -250,7 +252,8 @@ def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: in
     return predict_sources(predictor, iter_sources(paths), tta=tta, batch_size=batch_size, on_skip=on_skip)
 
 
-def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size: int = 16, on_skip=None):
+def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size: int = 16, on_skip=None,
+                    decode=decode_image):
     """Classify ``(name, bytes)`` pairs (bytes may be an ImageError to report).
 
     Args:
@@ -259,24 +262,70 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
         tta: average over flips and 90° rotations.
         batch_size: images decoded and classified at a time.
         on_skip: called with ``(name, message)`` for each unreadable entry.
+        decode: bytes -> RGB array; the app passes ``core.images.decode_upload`` (its pixel limits).
 
     Returns:
-        A DataFrame ``image_id, dx (predicted), <one column per class>``; ``image_id`` is the file stem.
+        A DataFrame ``image_id, dx (predicted), <one column per class>``; ``image_id`` is
+        the file stem, made distinct by :func:`distinct_ids` when stems repeat.
+
+    Sources are consumed one at a time and each image is reduced to the model's
+    input size right after decoding, so memory stays bounded by one decoded image
+    plus ``batch_size`` small inputs, whatever the number and size of the files.
     """
-    rows, pending = [], []
+    rows, pending, names = [], [], []
     for name, data in sources:
         try:
             if isinstance(data, ImageError):
                 raise data
-            pending.append((name, decode_image(data)))
+            pending.append((name, model_pixels(decode(data), predictor.input_size)))
         except ImageError as err:
             if on_skip:
                 on_skip(name, str(err))
         if len(pending) >= batch_size:
             rows += _rows(predictor, pending, tta)
+            names += [n for n, _ in pending]
             pending = []
     rows += _rows(predictor, pending, tta) if pending else []
-    return pd.DataFrame(rows, columns=["image_id", "dx", *predictor.classes])
+    names += [n for n, _ in pending]
+    table = pd.DataFrame(rows, columns=["image_id", "dx", *predictor.classes])
+    table["image_id"] = distinct_ids(names)
+    return table
+
+
+def distinct_ids(names) -> list:
+    """Image ids from source names: the file stem, or, for stems that repeat, the
+    path below the deepest folder the repeating names share (suffix dropped).
+
+    ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
+    inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
+    """
+    parts = [tuple(p for p in Path(str(n).replace("!", "/")).with_suffix("").parts if p.strip("/\\"))
+             for n in names]
+    stems = [p[-1] if p else "" for p in parts]
+    counts = pd.Series(stems, dtype=object).value_counts()
+    ids = []
+    for stem, path in zip(stems, parts):
+        if counts.get(stem, 0) < 2:
+            ids.append(stem)
+            continue
+        group = [p for s, p in zip(stems, parts) if s == stem]
+        shared = len(_common_prefix(group))
+        ids.append("/".join(path[min(shared, len(path) - 1):]))
+    seen: dict = {}
+    for k, image_id in enumerate(ids):  # the same name given twice: number the repeats
+        seen[image_id] = seen.get(image_id, 0) + 1
+        ids[k] = image_id if seen[image_id] == 1 else f"{image_id}#{seen[image_id]}"
+    return ids
+
+
+def _common_prefix(paths: list) -> tuple:
+    prefix = paths[0]
+    for path in paths[1:]:
+        k = 0
+        while k < min(len(prefix), len(path)) and prefix[k] == path[k]:
+            k += 1
+        prefix = prefix[:k]
+    return prefix
 
 
 def _rows(predictor: Predictor, named_images: list, tta: bool) -> list:
@@ -288,7 +337,7 @@ def _rows(predictor: Predictor, named_images: list, tta: bool) -> list:
 
 
 def main(argv=None) -> int:
-    """Command-line entry point; returns the exit status (1 when no image was readable)."""
+    """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
     parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
@@ -296,19 +345,27 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    predictor = Predictor(args.model)
     skipped = []
 
     def report(name, message):
         skipped.append(name)
         print(f"skipped {name}: {message}", file=sys.stderr)
 
-    table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=args.batch_size, on_skip=report)
+    try:
+        batch_size = positive_int(args.batch_size, "--batch-size")
+        predictor = Predictor(args.model)
+        table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=report)
+    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if table.empty:
+        print(f"error: no readable image among the paths given (skipped {len(skipped)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
     print(f"wrote {len(table)} rows ({calibrated} probabilities) to {args.out}; skipped {len(skipped)}")
-    return 0 if len(table) else 1
+    return 0
 
 
 if __name__ == "__main__":

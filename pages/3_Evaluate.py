@@ -7,7 +7,9 @@ page_setup("Evaluate", "📊")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from core.modelio import ModelFolderError  # noqa: E402
+from core.uploads import redact_paths  # noqa: E402
+from ui.evaluate import common, compare, model_export, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -25,8 +27,8 @@ if source is None:
     st.stop()
 try:
     preds = common.load_source(source)
-except (PredictionsError, OSError) as err:
-    st.error(f"Cannot evaluate {source.label}: {err}")
+except (PredictionsError, ModelFolderError, OSError) as err:
+    st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
     st.stop()
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
@@ -49,3 +51,4 @@ with tabs[7]:
     compare.compare_panel(models, source)
 with tabs[8]:
     compare.export_panel(source, preds)
+    model_export.tflite_panel(model)

@@ -85,7 +85,7 @@ def test_apply_temperature_of_one_is_identity_and_rejects_nonpositive():
 
 
 def test_save_temperature_writes_model_json(tmp_path):
-    meta = {"classes": ["a", "b"], "image_size": 8, "last_conv_layer": "conv", "temperature": None, "arch": "x"}
+    meta = {"classes": ["akiec", "bcc"], "image_size": 8, "last_conv_layer": "conv", "temperature": None, "arch": "x"}
     (tmp_path / "model.json").write_text(json.dumps(meta))
     calibration.save_temperature(tmp_path, 1.75)
     saved = modelio.read_metadata(tmp_path)

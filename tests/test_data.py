@@ -196,7 +196,7 @@ def test_cli_validate_and_split(tiny_dataset, tmp_path, capsys):
 
     assert split_file.is_file() and digest == split_hash(split_file)
     (tiny_dataset / "HAM10000_metadata.csv").unlink()
-    assert data.main(["validate", str(tiny_dataset)]) == 1
+    assert data.main(["validate", str(tiny_dataset)]) == 2
     assert "no metadata file" in capsys.readouterr().err
 
 

@@ -213,7 +213,7 @@ def test_cli_writes_one_row_per_readable_image(model_dir, image_tree, tmp_path, 
 def test_cli_reports_unreadable_files_and_fails_only_when_nothing_read(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    assert main(["--model", str(model_dir), "--out", str(tmp_path / "p.csv"), str(bad)]) == 1
+    assert main(["--model", str(model_dir), "--out", str(tmp_path / "p.csv"), str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"skipped {bad}" in err and "not an image" in err
 

@@ -4,18 +4,22 @@ from pathlib import Path
 
 import numpy as np
 
+from core.images import as_hw
 from core.labels import CLASSES
 from core.modelio import write_metadata
 
 SIZE = 32
 
 
-def build_tiny_model(size: int = SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
-    """Rescaling → two Conv2D (the second named ``last_conv``) → GAP → Dense softmax."""
+def build_tiny_model(size=SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
+    """Rescaling → two Conv2D (the second named ``last_conv``) → GAP → Dense softmax.
+
+    ``size`` is one side (a square input) or a ``(height, width)`` pair.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(size, size, 3), name="image")
+    inputs = keras.Input(shape=(*as_hw(size), 3), name="image")
     x = keras.layers.Rescaling(scale=1.0 / 255.0, name="rescale")(inputs)
     x = keras.layers.Conv2D(filters=4, kernel_size=3, padding="same", activation="relu", name="conv1")(x)
     x = keras.layers.Conv2D(filters=4, kernel_size=1, padding="same", activation="relu", name="last_conv")(x)
@@ -79,9 +83,10 @@ def save_model_folder(model, folder: Path, temperature=None, extra: dict | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
+    height, width = (int(n) for n in model.inputs[0].shape[1:3])
     meta = {
         "classes": list(CLASSES),
-        "image_size": int(model.inputs[0].shape[1]),
+        "image_size": height,
         "arch": "tiny_cnn",
         "preprocessing": "Rescaling(1/255) inside the model",
         "last_conv_layer": "last_conv",
@@ -90,6 +95,38 @@ def save_model_folder(model, folder: Path, temperature=None, extra: dict | None 
         "created": "2024-01-01T00:00:00",
         "run_id": "tiny",
     }
+    if height != width:
+        meta.update(image_height=height, image_width=width)
     meta.update(extra or {})
     write_metadata(folder, meta)
+    return folder
+
+
+def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = True) -> Path:
+    """A model folder as a run on ``dataset`` leaves it: split hash, ``splits.csv``, Keras validation predictions.
+
+    The split is the dataset's seed-42 split; with ``save_split=False`` the folder
+    keeps only its hash, as the shipped model does.
+    """
+    import pandas as pd
+
+    from core import splits
+    from core.data import load_dataset
+    from core.images import read_model_pixels
+
+    frame = load_dataset(dataset)
+    table = splits.make_splits(frame, seed=42)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = splits.save_splits(table, folder / splits.SPLIT_FILE)
+    if not save_split:
+        (folder / splits.SPLIT_FILE).unlink()
+    save_model_folder(model, folder, extra={"split_sha256": digest})
+    val = frame[frame["image_id"].isin(table.loc[table["split"] == "val", "image_id"])]
+    size = tuple(int(n) for n in model.inputs[0].shape[1:3])
+    x = np.stack([read_model_pixels(p, size) for p in val["path"]]).astype(np.float32)
+    probs = pd.DataFrame(model(x, training=False).numpy(), columns=list(CLASSES))
+    probs.insert(0, "dx", val["dx"].to_numpy())
+    probs.insert(0, "image_id", val["image_id"].to_numpy())
+    probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
     return folder

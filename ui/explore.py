@@ -5,15 +5,17 @@ Session state (declared here, nowhere else): the filter widgets' keys
 ``explore_lesion``.
 """
 
+import logging
 import math
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+from PIL import Image
 
 from core import download, explore
 from core.labels import CLASS_NAMES, CLASSES, DX_TYPES
-from core.paths import dataset_dir
+from core.paths import dataset_dir, read_only
 
 KEY_CLASSES = "explore_classes"
 KEY_SEXES = "explore_sexes"
@@ -28,6 +30,7 @@ PER_PAGE = 12
 COLUMNS = 4
 CLASS_COLORS = dict(zip(CLASSES, px.colors.qualitative.Safe))
 AGE_LIMITS = (0, 90)
+log = logging.getLogger(__name__)
 
 
 def _options(frame: pd.DataFrame, column: str) -> list:
@@ -129,8 +132,19 @@ def charts_section(aggregates: dict, normalize: bool) -> None:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _thumbnail(path: str, mask_path: str, width: int):
-    """The image shrunk to ``width`` with the lesion outline drawn (cached per file)."""
-    return explore.outlined_image(path, mask_path, max_width=width)
+    """The image shrunk to ``width`` with the lesion outline drawn (cached per file).
+
+    An unreadable mask gives the plain image, an unreadable image a grey tile;
+    both are logged on the server, neither stops the gallery.
+    """
+    try:
+        image = explore.outlined_image(path, mask_path, max_width=width)
+    except (OSError, ValueError, SyntaxError) as err:
+        log.warning("gallery: image %s unreadable: %s", path, err)
+        return Image.new("RGB", (width, width * 3 // 4), (200, 200, 200))
+    if "mask_error" in image.info:
+        log.warning("gallery: %s", image.info["mask_error"])
+    return image
 
 
 def _caption(row) -> str:
@@ -199,6 +213,9 @@ def no_dataset_panel(problem: str | None = None) -> None:
         "(`HAM10000_images_part_1/`, `HAM10000_metadata`) and `images/` + `HAM10000_metadata.csv` work. "
         "From a terminal: `python -m core.data download --dest DIR`."
     )
+    if read_only():
+        st.caption("This is a read-only demo: the dataset cannot be downloaded from here.")
+        return
     if st.button(f"Download HAM10000 into {root}", type="primary", disabled=problem is not None):
         _run_download(root)
 

@@ -1,6 +1,10 @@
 """Streamlit helpers of the Predict page: cached model and explainer, inputs, result panels.
 
 Uploads stay in memory (Streamlit keeps them in RAM; decoding works on bytes).
+Memory stays bounded under hostile uploads: an image is refused above
+``core.images.INTERACTIVE_MAX_PIXELS`` and reduced to at most
+``DISPLAY_MAX_SIDE`` pixels right after decoding, so maps and overlays are
+drawn at display size; batch files and zip members are decoded one at a time.
 The model and its explainer are cached per (folder, modification time), so a
 retrained model is picked up and at most two models stay in memory.
 """
@@ -15,12 +19,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import DatasetError
-from core.images import UPLOAD_TYPES, ImageError, decode_image, read_mask, zip_members
+from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_members
+from core.images import decode_upload as decode_upload_pixels
 from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources
 from ui.frame import NOT_A_DEVICE, dataset_table
+from ui.guard import guarded, public
 
 # Session-state keys of this page, in one place.
 KEY_MODEL = "predict_model"
@@ -65,8 +71,12 @@ def _predictor(path: str, mtime: int) -> Predictor:
 
 
 def load_predictor(model_dir: Path) -> Predictor:
-    """The cached, warmed-up :class:`Predictor` of ``model_dir``."""
-    return _predictor(str(Path(model_dir).resolve()), model_mtime(model_dir))
+    """The cached, warmed-up :class:`Predictor` of ``model_dir``; an unusable folder stops the page with a message."""
+    try:
+        return _predictor(str(Path(model_dir).resolve()), model_mtime(model_dir))
+    except ModelFolderError as err:
+        st.error(f"This model cannot be used: {public(err)}")
+        st.stop()
 
 
 def _model_label(path: Path) -> str:
@@ -99,7 +109,7 @@ def device_notice() -> None:
 def decode_upload(data: bytes, name: str) -> InputImage | None:
     """Decode uploaded bytes; shows a clear error and returns None when they are not usable."""
     try:
-        return InputImage(name=name, rgb=decode_image(data))
+        return InputImage(name=name, rgb=decode_upload_pixels(data))
     except ImageError as err:
         st.error(f"Cannot use **{name}**: {err}")
         return None
@@ -138,7 +148,10 @@ def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
     if image is None:
         return None
     image.true_dx = dx
-    image.mask = read_mask(row["mask_path"]) if row["mask_path"] else None
+    try:
+        image.mask = read_mask(row["mask_path"]) if row["mask_path"] else None
+    except (OSError, ValueError, SyntaxError):
+        st.caption("The lesion mask of this image is unreadable; shown without its outline.")
     return image
 
 
@@ -159,6 +172,7 @@ def probability_figure(prediction) -> go.Figure:
     return fig
 
 
+@guarded("The prediction")
 def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
     """Prediction panel: class, description, malignancy, calibration, OOD, all probabilities."""
     prediction = predictor.predict(image.rgb, tta=tta)
@@ -209,6 +223,7 @@ def _ood_panel(prediction) -> None:
         st.caption("Out-of-distribution check passed. " + text)
 
 
+@guarded("The saliency map")
 def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
     """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image."""
     from ui import saliency_view
@@ -216,21 +231,38 @@ def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, pred
     saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir))
 
 
-def upload_sources(files) -> list:
-    """``(name, bytes | ImageError)`` for uploaded images and the images inside uploaded zips."""
-    sources = []
+def upload_sources(files):
+    """Yield ``(name, bytes | ImageError)`` for uploaded images and the images inside uploaded zips.
+
+    One at a time: a zip member is extracted only when the previous one has
+    been decoded and reduced, so a zip of many huge members never sits in memory at once.
+    """
     for upload in files:
-        data = upload.getvalue()
-        if upload.name.lower().endswith(".zip"):
-            try:
-                sources += list(zip_members(data))
-            except ImageError as err:
-                sources.append((upload.name, err))
-        else:
-            sources.append((upload.name, data))
-    return sources
+        if not upload.name.lower().endswith(".zip"):
+            yield upload.name, upload.getvalue()
+            continue
+        try:
+            for member in zip_members(upload.getvalue()):
+                yield f"{upload.name}!{member[0]}", member[1]
+                del member  # not kept alive while the next member is extracted
+        except ImageError as err:
+            yield upload.name, err
 
 
+def count_sources(files) -> int:
+    """How many entries :func:`upload_sources` yields, without extracting any zip member."""
+    zips = [f for f in files if f.name.lower().endswith(".zip")]
+    return len(files) - len(zips) + sum(max(1, count_zip_members(f.getvalue())) for f in zips)
+
+
+def _with_progress(sources, total: int, bar):
+    """Pass ``sources`` through, moving ``bar`` after each one."""
+    for i, item in enumerate(sources, start=1):
+        yield item
+        bar.progress(min(1.0, i / max(1, total)), text=f"Classified {i} of {total}")
+
+
+@guarded("Batch prediction")
 def batch_mode(predictor: Predictor) -> None:
     """Several images or zips → a predictions table with a progress bar and a CSV download."""
     files = st.file_uploader("Images or zip files", type=[*UPLOAD_TYPES, "zip"], accept_multiple_files=True,
@@ -238,13 +270,10 @@ def batch_mode(predictor: Predictor) -> None:
     tta = st.toggle("Test-time augmentation", value=False, key="predict_batch_tta")
     if not files or not st.button(f"Classify {len(files)} file(s)", type="primary"):
         return
-    sources = upload_sources(files)
     skipped, bar = [], st.progress(0.0, text="Classifying…")
-    tables = []
-    for i, source in enumerate(sources):
-        tables.append(predict_sources(predictor, [source], tta=tta, on_skip=lambda n, m: skipped.append((n, m))))
-        bar.progress((i + 1) / max(1, len(sources)), text=f"Classified {i + 1} of {len(sources)}")
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    sources = _with_progress(upload_sources(files), count_sources(files), bar)
+    table = predict_sources(predictor, sources, tta=tta, on_skip=lambda n, m: skipped.append((n, m)),
+                            decode=decode_upload_pixels)
     for name, message in skipped:
         st.error(f"Skipped **{name}**: {message}")
     if table.empty:

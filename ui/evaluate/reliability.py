@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import calibration, evaluate, metrics, modelio
+from core import calibration, evaluate, metrics, modelio, paths
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     SEED,
@@ -61,13 +61,16 @@ def _temperature_controls(source: Source, meta: dict, fitted: float | None) -> N
         return
     if source.split == "val":
         st.caption("This is the split the temperature was fitted on: judge it on test or external data.")
+    if paths.read_only():
+        st.caption(f"Fitted T = {fitted:.3f}. This is a read-only demo: it cannot be saved into model.json here.")
+        return
     if st.button(f"Save T = {fitted:.3f} into model.json", key="evaluate_save_temperature"):
         try:
             calibration.save_temperature(source.model.path, fitted)
         except (OSError, ValueError) as err:
             st.error(f"Could not save the temperature: {err}")
         else:
-            st.success(f"Saved temperature {fitted:.3f} into {source.model.path / modelio.METADATA_FILE}.")
+            st.success(f"Saved temperature {fitted:.3f} into {source.model.name}'s {modelio.METADATA_FILE}.")
 
 
 @st.cache_data(max_entries=16, show_spinner="Auditing subgroups…")

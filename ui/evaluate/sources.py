@@ -1,19 +1,30 @@
-"""Evaluate page: predicting an external test set and picking an earlier external result."""
+"""Evaluate page: predicting an external test set and picking one of this session's results.
 
-import hashlib
+External sets come from uploads, or from folders under the roots the operator
+allows (``HAM_EXTERNAL_ROOTS``, see ``core.uploads``). Uploads and results live
+in the session's private temporary folder, so one visitor never sees another's
+images, and the folder goes away with the session. Messages show no server path.
+Predicting writes nothing persistent, so it stays available in read-only mode.
+"""
+
+import logging
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, modelio, paths
+from core import evaluate, modelio, uploads
 from ui.evaluate.common import KEY_EXTERNAL, Source, mtime
+
+KEY_WORKSPACE = "evaluate_workspace"  # the session's core.uploads.Workspace
+KEEP_RESULTS = 3  # results kept per session; older ones (and their uploads) are removed
+log = logging.getLogger(__name__)
 
 
 def external_source(model: evaluate.Evaluable) -> Source | None:
-    """Form to predict an external test set, and a picker of earlier results of this model."""
+    """Form to predict an external test set, and a picker of this session's results for this model."""
     if not modelio.is_model_dir(model.path):
-        st.info(f"`{model.path}` has no `model.keras`, so it cannot predict an external test set.")
+        st.info(f"Model {model.name} has no `model.keras`, so it cannot predict an external test set.")
         return None
     results = external_results(model.path)
     with st.expander("Predict an external test set (image folder + ISIC ground-truth CSV)", expanded=not results):
@@ -24,7 +35,7 @@ def external_source(model: evaluate.Evaluable) -> Source | None:
                 st.session_state[KEY_EXTERNAL] = str(out)
                 results = external_results(model.path)
     if not results:
-        st.info("No external predictions for this model yet.")
+        st.info("No external predictions for this model in this session yet.")
         return None
     names = [str(r) for r in results]
     if st.session_state.get(KEY_EXTERNAL) not in names:
@@ -33,13 +44,21 @@ def external_source(model: evaluate.Evaluable) -> Source | None:
     return Source(model, "external", chosen / evaluate.SPLIT_FILES["external"], chosen / evaluate.TRUTH_FILE)
 
 
+def workspace() -> uploads.Workspace:
+    """The session's private temporary folder (created on first use, recreated if removed)."""
+    current = st.session_state.get(KEY_WORKSPACE)
+    if current is None or not current.alive:
+        current = uploads.Workspace(prefix="ham-evaluate-")
+        st.session_state[KEY_WORKSPACE] = current
+    return current
+
+
 def external_results(model_dir: Path) -> list:
-    """Earlier external predictions of a model folder, newest first."""
-    root = paths.cache_dir() / "external"
-    if not root.is_dir():
-        return []
+    """This session's external predictions of a model folder, newest first."""
+    root = workspace().path
     wanted = str(Path(model_dir).resolve())
-    found = [p for p in root.iterdir() if (p / "source.json").is_file() and (p / evaluate.SPLIT_FILES["external"]).is_file()]
+    found = [p for p in root.glob("result-*") if (p / "source.json").is_file()
+             and (p / evaluate.SPLIT_FILES["external"]).is_file()]
     mine = [p for p in found if pd.read_json(p / "source.json", typ="series").get("model") == wanted]
     return sorted(mine, key=lambda p: mtime(p / "source.json"), reverse=True)
 
@@ -50,51 +69,81 @@ def _describe_result(folder: str) -> str:
 
 
 def _external_inputs() -> tuple | None:
-    """(images folder, truth CSV) from typed paths or from uploads saved to the cache."""
-    mode = st.radio("Input", ["Folder paths", "Upload files"], horizontal=True, key="evaluate_external_mode")
-    if mode == "Folder paths":
-        images = st.text_input("Image folder", key="evaluate_external_images")
-        truth = st.text_input("Ground-truth CSV (ISIC one-hot `image,MEL,NV,…` or `image_id,dx`)", key="evaluate_external_truth")
-        return (Path(images).expanduser(), Path(truth).expanduser()) if images and truth else None
+    """(images, truth CSV) as typed folders under the allowed roots, or as uploads (saved on Predict)."""
+    mode = st.radio("Input", ["Upload files", "Folder on the server"], horizontal=True, key="evaluate_external_mode")
+    if mode == "Folder on the server":
+        return _typed_inputs()
     truth_file = st.file_uploader("Ground-truth CSV", type=["csv"], key="evaluate_upload_truth")
     image_files = st.file_uploader("Images", type=["jpg", "jpeg", "png"], accept_multiple_files=True,
                                    key="evaluate_upload_images")
     if truth_file is None or not image_files:
         return None
-    return _save_uploads(truth_file, image_files)
+    return truth_file, image_files
 
 
-def _save_uploads(truth_file, image_files) -> tuple:
-    digest = hashlib.sha256(truth_file.getvalue())
+def _typed_inputs() -> tuple | None:
+    """Typed paths, resolved and checked against ``HAM_EXTERNAL_ROOTS`` before anything is read."""
+    if not uploads.external_roots():
+        st.info("This server accepts uploaded external sets only.")
+        return None
+    st.caption("Only folders inside the folders this server allows (HAM_EXTERNAL_ROOTS; by default the "
+               "dataset folder) can be read. Relative paths start in the first of them.")
+    images = st.text_input("Image folder", key="evaluate_external_images")
+    truth = st.text_input("Ground-truth CSV (ISIC one-hot `image,MEL,NV,…` or `image_id,dx`)", key="evaluate_external_truth")
+    if not (images and truth):
+        return None
+    try:
+        return uploads.resolve_external(images, "image folder"), uploads.resolve_external(truth, "ground-truth CSV")
+    except uploads.OutsideRootsError as err:
+        st.error(str(err))
+        return None
+
+
+def _save_uploads(folder: Path, truth_file, image_files) -> tuple:
+    """Write the uploaded CSV and images into ``folder`` (of the session workspace)."""
+    ws = workspace()
+    images = folder / "images"
+    images.mkdir(parents=True)
+    truth = ws.save_upload(folder, truth_file.name, truth_file.getvalue())
     for f in image_files:
-        digest.update(f.name.encode())
-        digest.update(str(f.size).encode())
-    folder = paths.cache_dir() / "uploads" / digest.hexdigest()[:16]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "truth.csv").write_bytes(truth_file.getvalue())
-    for f in image_files:
-        (folder / "images" / Path(f.name).name).write_bytes(f.getvalue())
-    return folder / "images", folder / "truth.csv"
+        ws.save_upload(images, f.name, f.getvalue())
+    return images, truth
 
 
-def _run_external(model_dir: Path, images: Path, truth: Path) -> Path | None:
-    """Predict with a progress bar; returns the output folder, or None after showing the error."""
-    key = "|".join([str(Path(model_dir).resolve()), str(mtime(Path(model_dir) / modelio.MODEL_FILE)),
-                    str(images.resolve()), str(truth.resolve())])
-    out = paths.cache_dir() / "external" / f"{Path(model_dir).name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+def _new_result_folder() -> Path:
+    """A fresh ``result-<k>`` folder of the workspace; results beyond ``KEEP_RESULTS`` are removed."""
+    ws = workspace()
+    existing = sorted(ws.path.glob("result-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in existing[: max(0, len(existing) - KEEP_RESULTS + 1)]:
+        ws.remove(old.name)
+    number = int(existing[-1].name.split("-")[1]) + 1 if existing else 1
+    return ws.fresh(f"result-{number}")
+
+
+def _run_external(model_dir: Path, first, second) -> Path | None:
+    """Predict with a progress bar into this session's workspace; returns the result folder, or None after an error."""
+    out = _new_result_folder()
     bar = st.progress(0.0, text="Loading the model…")
 
     def progress(done: int, total: int) -> None:
         bar.progress(done / total, text=f"Predicted {done} of {total} images")
 
     try:
+        images, truth = (first, second) if isinstance(first, Path) else _save_uploads(out / "upload", first, second)
         evaluate.evaluate_external(model_dir, images, truth, out, progress=progress)
     except (OSError, ValueError) as err:
         bar.empty()
-        st.error(f"Could not predict the external test set: {err}")
+        log.warning("external test set refused: %s", err)
+        st.error(f"Could not predict the external test set: {public_message(err)}")
+        workspace().remove(out.name)
         return None
     bar.progress(1.0, text="Done")
     return out
+
+
+def public_message(err: BaseException) -> str:
+    """An error's message with the session folder and every other server path removed."""
+    return uploads.redact_paths(str(err), {workspace().path: "upload"})
 
 
 def source_for(model: evaluate.Evaluable, split: str) -> Source | None:

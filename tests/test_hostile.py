@@ -1,0 +1,473 @@
+"""Hostile input, case by case: every finding of the hardening review is a test asserting its message.
+
+Inputs are generated here (no downloads). Memory cases use small members and
+tracemalloc peaks instead of wall-clock or RSS limits, so they run in CI.
+"""
+
+import gc
+import io
+import json
+import os
+import tomllib
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from conftest import write_tiny_dataset
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+from test_page_evaluate import write_predictions
+from tiny_models import build_tiny_model, save_model_folder
+
+from core import data, evaluate, images, modelio, predict, uploads, validation
+from core.labels import CLASSES
+
+PROJECT = Path(__file__).resolve().parent.parent
+PAGES = PROJECT / "pages"
+TIMEOUT = 180
+pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
+
+
+# --- shared inputs ---------------------------------------------------------------------------------------------
+
+def write_images(folder: Path, ids, size=(40, 30)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for image_id in ids:
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{image_id}.jpg")
+    return folder
+
+
+def labelled_csv(path: Path, rows) -> Path:
+    pd.DataFrame(rows, columns=["image_id", "dx"]).to_csv(path, index=False)
+    return path
+
+
+def one_hot_csv(path: Path, rows) -> Path:
+    """``rows``: (image, {CODE: value}) pairs; unspecified classes are 0."""
+    table = [{"image": image, **{c.upper(): 0 for c in CLASSES}, **cells} for image, cells in rows]
+    pd.DataFrame(table).to_csv(path, index=False)
+    return path
+
+
+def stderr_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A real (tiny) Keras model folder with val/test predictions, as the Evaluate page lists it."""
+    folder = save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("hostile") / "default")
+    ids = [f"ISIC_{i:07d}" for i in range(14)]
+    for seed, split in enumerate(("val", "test")):
+        write_predictions(folder / f"predictions_{split}.csv", ids, [CLASSES[i % 7] for i in range(14)], seed, 3.0)
+    return folder
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+# --- 1. arbitrary file reads ------------------------------------------------------------------------------------
+
+def test_typed_paths_outside_the_roots_are_refused_without_naming_them(tmp_path, monkeypatch):
+    root = tmp_path / "allowed"
+    (root / "set").mkdir(parents=True)
+    secret = tmp_path / "private" / "private_photo.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(b"x")
+    (root / "link").symlink_to(secret.parent)
+    monkeypatch.setenv(uploads.ROOTS_ENV, str(root))
+    assert uploads.resolve_external("set", "image folder") == (root / "set").resolve()
+    assert uploads.resolve_external(str(root / "set")) == (root / "set").resolve()
+    for typed in (str(secret.parent), "/etc", "../private", "set/../../private", "link", str(root / "link")):
+        with pytest.raises(uploads.OutsideRootsError, match="not inside a folder this server allows") as err:
+            uploads.resolve_external(typed, "image folder")
+        assert "private" not in str(err.value) and "/etc" not in str(err.value)
+
+
+def test_roots_default_to_the_dataset_and_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.delenv(uploads.ROOTS_ENV, raising=False)
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "ham"))
+    assert uploads.external_roots() == [(tmp_path / "ham").resolve()]
+    monkeypatch.setenv(uploads.ROOTS_ENV, "")
+    assert uploads.external_roots() == []
+    with pytest.raises(uploads.OutsideRootsError, match="upload the files instead"):
+        uploads.resolve_external(str(tmp_path))
+
+
+def test_session_workspace_keeps_upload_names_inside_and_disappears_with_the_session():
+    ws = uploads.Workspace()
+    folder = ws.fresh("upload")
+    saved = ws.save_upload(folder, "../../etc/passwd", b"x")
+    assert saved.parent == folder and saved.name == "passwd"
+    assert ws.save_upload(folder, "..", b"y").name == "upload"
+    path = ws.path
+    del ws, folder, saved
+    gc.collect()
+    assert not path.exists()
+
+
+def test_redaction_keeps_the_message_and_drops_server_paths():
+    text = "/srv/data/truth.csv: 2 row(s), e.g. 0.6/0.4 (see https://doi.org/10.7910/DVN/DBW86T)."
+    assert uploads.redact_paths(text) == "truth.csv: 2 row(s), e.g. 0.6/0.4 (see https://doi.org/10.7910/DVN/DBW86T)."
+    assert uploads.redact_paths("/tmp/ws/images: no", {"/tmp/ws": "upload"}) == "upload/images: no"
+
+
+@pytest.fixture
+def evaluate_env(tmp_path, monkeypatch, tiny_model_dir):
+    """The Evaluate page on the tiny model, with an allowed root holding an external set."""
+    root = tmp_path / "allowed"
+    write_images(root / "images", [f"ISIC_{i:07d}" for i in range(7)])
+    labelled_csv(root / "truth.csv", [(f"ISIC_{i:07d}", CLASSES[i]) for i in range(7)])
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
+    monkeypatch.setenv("HAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(uploads.ROOTS_ENV, str(root))
+    return root
+
+
+def external_form(typed_images: str, typed_truth: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at.radio(key="evaluate_split").set_value("external").run()
+    at.radio(key="evaluate_external_mode").set_value("Folder on the server").run()
+    at.text_input(key="evaluate_external_images").input(typed_images)
+    at.text_input(key="evaluate_external_truth").input(typed_truth).run()
+    return at
+
+
+def page_text(at: AppTest) -> str:
+    kinds = ("markdown", "caption", "warning", "error", "info", "success", "subheader")
+    return "\n".join(str(e.value) for kind in kinds for e in at.get(kind))
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_page_refuses_a_server_folder_outside_the_roots(evaluate_env, tmp_path):
+    outside = tmp_path / "elsewhere"
+    write_images(outside, ["private_photo"])
+    labelled_csv(tmp_path / "steal.csv", [("private_photo", "nv")])
+    at = external_form(str(outside), str(tmp_path / "steal.csv"))
+    assert not at.exception
+    assert "not inside a folder this server allows" in at.error[0].value
+    assert not any(b.key == "evaluate_external_run" for b in at.button)
+    assert all(str(tmp_path) not in e.value for e in [*at.main.error, *at.main.info, *at.main.caption])
+
+
+@pytest.mark.timeout(600)
+def test_external_results_are_per_session_and_removed_with_it(evaluate_env):
+    first = external_form("images", "truth.csv")
+    first.button(key="evaluate_external_run").click().run()
+    assert not first.exception, first.exception
+    assert "external test set" in page_text(first) and "n = 7" in page_text(first)
+    workspace = first.session_state["evaluate_workspace"].path
+    assert workspace.is_dir() and not (Path(os.environ["HAM_CACHE_DIR"]) / "external").exists()
+    second = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    second.radio(key="evaluate_split").set_value("external").run()
+    assert "No external predictions for this model in this session yet." in page_text(second)
+    del first
+    gc.collect()
+    assert not workspace.exists()
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_page_names_an_empty_dx_without_a_traceback_or_path(evaluate_env):
+    labelled_csv(evaluate_env / "bad.csv", [("ISIC_0000000", "mel"), ("ISIC_0000001", "")])
+    at = external_form("images", "bad.csv")
+    at.button(key="evaluate_external_run").click().run()
+    assert not at.exception
+    message = at.error[0].value
+    assert "bad.csv: 1 row(s) with an empty dx" in message and str(evaluate_env) not in message
+
+
+# --- 2. bounded memory ------------------------------------------------------------------------------------------
+
+def zip_of_zeros(members: int, member_bytes: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for k in range(members):
+            archive.writestr(f"zeros_{k:02d}.png", bytes(member_bytes))
+    return buffer.getvalue()
+
+
+class Upload:
+    """What ``st.file_uploader`` returns, as far as the batch helpers use it."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self._data = name, data
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def batch_peak(members: int, member_bytes: int) -> int:
+    """Peak Python-traced memory of the Batch tab's source loop over a zip of zeros (decoding included)."""
+    from ui import predict as view
+
+    files = [Upload("bomb.zip", zip_of_zeros(members, member_bytes))]
+    assert view.count_sources(files) == members
+    tracemalloc.start()
+    seen = 0
+    for _, content in view.upload_sources(files):
+        seen += 1
+        with pytest.raises(images.ImageError, match="not an image in a supported format"):
+            images.decode_upload(content)
+        del content
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seen == members
+    return peak
+
+
+def test_zip_members_are_extracted_one_at_a_time():
+    member = 4 * 1024 * 1024
+    one, twenty = batch_peak(1, member), batch_peak(20, member)
+    assert twenty < one + member // 2, f"20 members peak at {twenty / 1e6:.1f} MB, one at {one / 1e6:.1f} MB"
+
+
+def test_a_huge_png_is_refused_from_its_header_in_the_app():
+    buffer = io.BytesIO()
+    Image.new("L", (6300, 6300)).save(buffer, format="PNG", optimize=True)
+    assert len(buffer.getvalue()) < 200_000
+    with pytest.raises(images.ImageError, match=r"6300×6300 = 39\.7 megapixels \(the limit is 25 megapixels\)"):
+        images.decode_upload(buffer.getvalue())
+
+
+def test_large_images_are_reduced_right_after_decoding_and_stay_upright():
+    pixels = np.zeros((3000, 4000, 3), np.uint8)
+    pixels[:, :2000, 0] = 255  # red left half
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=fmt, exif=exif)
+        rgb = images.decode_upload(buffer.getvalue())
+        assert rgb.shape == (images.DISPLAY_MAX_SIDE, 768, 3), fmt
+        assert rgb[10, 384, 0] > 200 and rgb[-10, 384, 0] < 50, fmt  # red on top once upright
+
+
+# --- 3. input validation: core.evaluate, core.predict, core.data, model loading --------------------------------
+
+TRUTH_CASES = {
+    "duplicate rows": (lambda p: labelled_csv(p, [("ISIC_0000000", "mel"), ("ISIC_0000000", "mel")]),
+                       "1 image(s) listed more than once, e.g. ['ISIC_0000000']"),
+    "conflicting rows": (lambda p: labelled_csv(p, [("ISIC_0000000", "mel"), ("ISIC_0000000", "nv")]),
+                         "1 image(s) with conflicting labels, e.g. ISIC_0000000 is both mel and nv"),
+    "0.6/0.4 one-hot": (lambda p: one_hot_csv(p, [("ISIC_0000000", {"MEL": 0.6, "NV": 0.4})]),
+                        "1 row(s) are not one-hot (every class cell 0 or 1, exactly one 1), e.g. ISIC_0000000: "),
+    "-1 one-hot": (lambda p: one_hot_csv(p, [("ISIC_0000000", {"MEL": 1, "NV": -1})]),
+                   "are not one-hot"),
+    "duplicate one-hot": (lambda p: one_hot_csv(p, [("ISIC_0000000", {"MEL": 1}), ("ISIC_0000000", {"MEL": 1})]),
+                          "listed more than once"),
+    "empty file": (lambda p: p.write_bytes(b""), "is empty"),
+    "header only": (lambda p: p.write_text("image_id,dx\n"), "has a header but no rows"),
+    "empty dx": (lambda p: labelled_csv(p, [("ISIC_0000000", "mel"), ("ISIC_0000001", "")]),
+                 "1 row(s) with an empty dx, e.g. ['ISIC_0000001']"),
+    "latin-1": (lambda p: p.write_bytes("image_id,dx,note\nISIC_0000000,mel,naevus café\n".encode("latin-1")),
+                "is not UTF-8 text"),
+    "unknown format": (lambda p: p.write_text("name,label\na,mel\n"), "needs an 'image' column"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRUTH_CASES))
+def test_evaluate_cli_answers_bad_truth_with_one_line_and_exit_2(case, tmp_path, capsys):
+    write_images(tmp_path / "images", ["ISIC_0000000", "ISIC_0000001"])
+    make, expected = TRUTH_CASES[case]
+    make(tmp_path / "truth.csv")
+    code = evaluate.main(["--model", str(tmp_path / "model"), "--images", str(tmp_path / "images"),
+                          "--truth", str(tmp_path / "truth.csv"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    line = stderr_line(capsys)
+    assert expected in line and str(tmp_path) not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_and_predict_cli_refuse_batch_size_zero(tmp_path, capsys):
+    assert evaluate.main(["--model", "m", "--images", "i", "--truth", "t.csv", "--out", "o", "--batch-size", "0"]) == 2
+    assert stderr_line(capsys) == "error: --batch-size must be a positive whole number, got 0"
+    assert predict.main(["--model", "m", "--out", str(tmp_path / "p.csv"), "--batch-size", "0", "x.jpg"]) == 2
+    assert stderr_line(capsys) == "error: --batch-size must be a positive whole number, got 0"
+
+
+def tamper(folder: Path, **changes) -> Path:
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(changes)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+MODEL_CASES = {
+    "one class missing": (dict(classes=list(CLASSES[:-1])), "lists 6 classes but the model has 7 outputs"),
+    "one class missing, order recorded": (dict(classes=list(CLASSES[:-1])), "but predictions_val.csv recorded"),
+    "unknown class": (dict(classes=[*CLASSES[:-1], "melanoma"]), "lists unknown classes ['melanoma']"),
+    "duplicated class": (dict(classes=[*CLASSES[:-1], "mel"]), "lists classes more than once: ['mel']"),
+    "swapped order": (dict(classes=["akiec", "bcc", "bkl", "df", "nv", "mel", "vasc"]),
+                      "but predictions_val.csv recorded ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc']"),
+    "not a list": (dict(classes="akiec,bcc"), "'classes' must be a non-empty list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_tampered_model_json_is_a_one_line_error_in_the_predict_cli(case, tiny_model_dir, tmp_path, capsys):
+    changes, expected = MODEL_CASES[case]
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
+    if "recorded" not in expected:  # without recorded orders, the model's own outputs decide
+        (folder / "predictions_val.csv").unlink()
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    assert predict.main(["--model", str(folder), "--out", str(tmp_path / "p.csv"), str(tmp_path / "in")]) == 2
+    line = stderr_line(capsys)
+    assert line.startswith("error: model model: model.json") and expected in line
+
+
+def test_order_is_checked_against_the_runs_config(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "run")
+    (folder / "predictions_val.csv").unlink()
+    (folder / "config.json").write_text(json.dumps({"classes": list(reversed(CLASSES))}))
+    with pytest.raises(modelio.ModelFolderError, match="but config.json recorded"):
+        modelio.read_metadata(folder)
+
+
+@pytest.mark.parametrize("content, expected", [(b"", "the metadata file is empty"),
+                                                (b"lesion_id,image_id,dx\n", "missing column(s)")])
+def test_data_validate_answers_an_empty_metadata_file(content, expected, tmp_path, capsys):
+    root = write_tiny_dataset(tmp_path / "ham", lesions_per_class=1)
+    (root / "HAM10000_metadata.csv").write_bytes(content)
+    assert data.main(["validate", str(root)]) == 2
+    line = stderr_line(capsys)
+    assert line.startswith("error: ") and expected in line
+
+
+# --- tracebacks never reach the browser --------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_tampered_model_json_on_predict_and_evaluate_pages(tiny_model_dir, tmp_path, monkeypatch):
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "default"), classes=list(CLASSES[:-1]))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(folder))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "none"))
+    predict_page = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    assert not predict_page.exception
+    assert "This model cannot be used: model default: model.json lists classes" in predict_page.error[0].value
+    assert "but predictions_val.csv recorded" in predict_page.error[0].value
+    tamper(folder, classes=[*CLASSES[:-1], "mel"])
+    evaluate_page = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not evaluate_page.exception
+    message = evaluate_page.error[0].value
+    assert "lists classes more than once: ['mel']" in message and str(tmp_path) not in message
+
+
+@pytest.mark.timeout(600)
+def test_empty_metadata_file_on_explore_and_predict(tiny_model_dir, tmp_path, monkeypatch):
+    root = write_tiny_dataset(tmp_path / "ham", lesions_per_class=1)
+    (root / "HAM10000_metadata.csv").write_bytes(b"")
+    monkeypatch.setenv("HAM10000_DIR", str(root))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    explore = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    assert not explore.exception
+    assert "the metadata file is empty" in explore.error[0].value
+    predict_page = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    assert not predict_page.exception
+    assert predict_page.radio(key="predict_source").options == ["Upload", "Camera"]
+
+
+def test_corrupt_mask_keeps_the_gallery(tmp_path, monkeypatch):
+    root = write_tiny_dataset(tmp_path / "ham", lesions_per_class=1)
+    first = sorted((root / "masks").iterdir())[0]
+    first.write_bytes(b"\x89PNG broken")
+    sorted((root / "images").iterdir())[1].write_bytes(b"not a jpeg")
+    monkeypatch.setenv("HAM10000_DIR", str(root))
+    at = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.get("image")) == 7
+
+
+GUARDED_SCRIPT = '''
+import streamlit as st
+from ui.guard import guarded
+
+@guarded("The demo section")
+def section():
+    raise KeyError("/srv/secret/file.csv")
+
+section()
+st.write("the page goes on")
+'''
+
+
+def test_guard_turns_an_unexpected_exception_into_a_message_and_a_log_entry(caplog):
+    at = AppTest.from_string(GUARDED_SCRIPT, default_timeout=30).run()
+    assert not at.exception
+    message = at.error[0].value
+    assert message.startswith("The demo section failed unexpectedly (KeyError).") and "/srv" not in message
+    reference = message.split("reference ")[1].rstrip(".")
+    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)
+    assert at.markdown[0].value == "the page goes on"
+
+
+def test_server_config_is_deliberate():
+    config = tomllib.loads((PROJECT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["server"]["enableXsrfProtection"] is True
+    assert config["server"]["maxUploadSize"] * 1024 * 1024 == images.MAX_ZIP_MEMBER_BYTES
+
+
+# --- 5. read-only mode ------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_read_only_mode_hides_saving_the_temperature_and_the_download(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "none"))
+    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert not any(b.key == "evaluate_save_temperature" for b in at.button)
+    assert "read-only demo: it cannot be saved into model.json here" in page_text(at)
+    explore = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    assert not any("Download HAM10000" in b.label for b in explore.button)
+    assert "read-only demo: the dataset cannot be downloaded" in page_text(explore)
+
+
+# --- 6. small ones -----------------------------------------------------------------------------------------------
+
+def test_float_tiff_in_zero_to_one_is_scaled_not_black():
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp, mode="F").save(buffer, format="TIFF")
+    rgb = images.decode_image(buffer.getvalue())
+    assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and rgb[4, 0, 0] == round(32 / 63 * 255)
+
+
+def test_same_stem_in_different_folders_gets_distinct_ids():
+    names = ["/in/a/ISIC_1.jpg", "/in/b/ISIC_1.png", "/in/a/ISIC_2.jpg", "set.zip!x/ISIC_1.jpg", "up.jpg", "up.jpg"]
+    assert predict.distinct_ids(names) == ["in/a/ISIC_1", "in/b/ISIC_1", "ISIC_2", "set.zip/x/ISIC_1", "up", "up#2"]
+
+
+def test_cli_names_the_files_it_skips(tiny_model_dir, tmp_path, capsys):
+    folder = write_images(tmp_path / "in" / "a", ["ISIC_1"])
+    write_images(tmp_path / "in" / "b", ["ISIC_1"])
+    for name in ("anim.gif", "logo.svg", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    out = tmp_path / "p.csv"
+    assert predict.main(["--model", str(tiny_model_dir), "--out", str(out), str(tmp_path / "in")]) == 0
+    err = capsys.readouterr().err
+    for name, kind in (("anim.gif", ".gif"), ("logo.svg", ".svg"), ("notes.txt", ".txt")):
+        assert f"skipped {folder / name}: not an image type this reads ({kind};" in err
+    assert sorted(pd.read_csv(out)["image_id"]) == ["a/ISIC_1", "b/ISIC_1"]
+
+
+def test_validation_helpers_read_utf8_with_bom(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("\ufeffimage_id,dx\nISIC_1,mel\n".encode("utf-8"))
+    assert list(validation.read_truth_csv(path).columns) == ["image_id", "dx"]
