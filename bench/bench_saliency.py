@@ -7,7 +7,7 @@ split), every method explains the model's predicted class. Reported per method:
 * **energy in lesion** — share of the map's mass inside the lesion mask (mean, 95 % CI);
 * **pointing game** — share of images whose map peaks inside the lesion;
 * **deletion / insertion AUC** (``core.faithfulness``, blurred baseline, 10 steps):
-  lower / higher is more faithful;
+  lower / higher is more faithful; on the first ``--curve-n`` images (22 forward passes each);
 * **native** — the resolution the map is computed at, before upsampling;
 * **p50 / p90 ms** — latency of one map after warm-up (wall clock), and the p50
   of the CPU time it used on all threads (what it costs when the machine is shared);
@@ -94,23 +94,26 @@ def saliency_of(explainer, method: str, x, target: int) -> np.ndarray:
     return explain(explainer, x, method, target)
 
 
-def score_method(method, images, predictor, explainer, keep: int) -> tuple:
-    """``(records, maps of the first keep images)``: one record per image, latency after one warm-up call."""
+def score_method(method, images, predictor, explainer, curves: int) -> list:
+    """One record per image; latency measured after one warm-up call.
+
+    Deletion and insertion curves (22 forward passes an image) are run on the first ``curves`` images.
+    """
     from core import faithfulness as ff
 
     saliency_of(explainer, method, *images[0][::2])  # warm-up: tracing is not latency
-    records, maps = [], []
-    for x, mask, target in images:
+    records = []
+    for i, (x, mask, target) in enumerate(images):
         start, cpu = time.perf_counter(), time.process_time()
         saliency = saliency_of(explainer, method, x, target)
         ms, cpu_ms = (time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000
-        records.append({"method": method, "ms": ms, "cpu_ms": cpu_ms, "energy": ff.energy_in_mask(saliency, mask),
-                        "pointing": ff.pointing_game(saliency, mask),
-                        "deletion": ff.deletion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc,
-                        "insertion": ff.insertion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc})
-        if len(maps) < keep:
-            maps.append(saliency)
-    return records, maps
+        record = {"method": method, "ms": ms, "cpu_ms": cpu_ms, "energy": ff.energy_in_mask(saliency, mask),
+                  "pointing": ff.pointing_game(saliency, mask), "deletion": np.nan, "insertion": np.nan}
+        if i < curves:
+            record["deletion"] = ff.deletion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
+            record["insertion"] = ff.insertion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
+        records.append(record)
+    return records
 
 
 def cascade(model, last_conv: str, images, methods, trained_maps: dict, seed: int) -> pd.DataFrame:
@@ -140,7 +143,8 @@ def summary(records: pd.DataFrame, natives: dict) -> pd.DataFrame:
     for method, group in records.groupby("method", sort=False):
         energy = group["energy"]
         half = 1.96 * energy.std(ddof=1) / np.sqrt(len(energy)) if len(energy) > 1 else float("nan")
-        rows.append({"method": method, "n": len(group), "native": natives[method],
+        rows.append({"method": method, "n": len(group), "n curves": int(group["deletion"].notna().sum()),
+                     "native": natives[method],
                      "energy in lesion": f"{energy.mean():.3f} ± {half:.3f}",
                      "pointing": round(group["pointing"].mean(), 3), "deletion ↓": round(group["deletion"].mean(), 3),
                      "insertion ↑": round(group["insertion"].mean(), 3),
@@ -165,9 +169,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: models/default)")
     parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: HAM10000_DIR)")
     parser.add_argument("--n", type=int, default=200, help="images for localisation, faithfulness and latency")
-    parser.add_argument("--slow-n", type=int, default=30, help="images for the tf-keras-vis back-end (slow)")
+    parser.add_argument("--curve-n", type=int, default=50, help="of which for deletion/insertion curves")
+    parser.add_argument("--slow-n", type=int, default=20, help="images for the tf-keras-vis back-end (slow)")
     parser.add_argument("--sanity-n", type=int, default=12, help="images for the randomisation checks")
-    parser.add_argument("--sanity-slow-n", type=int, default=6, help="of which for the tf-keras-vis back-end")
+    parser.add_argument("--sanity-slow-n", type=int, default=4, help="of which for the tf-keras-vis back-end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="saliency methods (names as in the UI)")
     args = parser.parse_args(argv)
@@ -181,18 +186,21 @@ def main(argv=None) -> None:
     rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed)
     images = load_inputs(rows, predictor)
     methods = [*BASELINES, *args.methods]
-    records, trained_maps, natives = [], {}, {}
+    slow = {m for m in methods if m in METHODS and METHODS[m].backend == "tf-keras-vis"}
+    trained = {m: [saliency_of(explainer, m, x, t) for x, _, t in images[: args.sanity_slow_n if m in slow
+                                                                           else args.sanity_n]] for m in methods}
+    sanity = cascade(predictor.model, predictor.meta["last_conv_layer"], images[: args.sanity_n], methods, trained,
+                     args.seed)
+    print(sanity.round(2).to_string(), file=sys.stderr, flush=True)
+    records, natives = [], {}
     for method in methods:
-        slow = method in METHODS and METHODS[method].backend == "tf-keras-vis"
-        found, trained_maps[method] = score_method(method, images[: args.slow_n] if slow else images, predictor,
-                                                   explainer, args.sanity_slow_n if slow else args.sanity_n)
+        found = score_method(method, images[: args.slow_n] if method in slow else images, predictor, explainer,
+                             args.curve_n)
         records += found
         natives[method] = "×".join(map(str, METHODS[method].native_size(explainer))) if method in METHODS else "—"
         print(f"  {method}: {len(found)} images, energy {np.mean([r['energy'] for r in found]):.3f}",
               file=sys.stderr, flush=True)
     table = summary(pd.DataFrame(records), natives)
-    sanity = cascade(predictor.model, predictor.meta["last_conv_layer"], images[: args.sanity_n], methods,
-                     trained_maps, args.seed)
     report(table, sanity, note, source, len(images), args, DEFAULT_METHOD)
 
 

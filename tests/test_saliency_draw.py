@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from core.images import mask_outline as outline
 from core.saliency.draw import (
     CONTOUR_LEVELS,
     colorize,
@@ -10,7 +11,6 @@ from core.saliency.draw import (
     draw_outline,
     legend,
     lut,
-    outline,
     overlay,
     render,
     resize_map,

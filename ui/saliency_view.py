@@ -97,7 +97,7 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int) -> None:
     cols = st.columns(3)
     original = draw.upscale(image.rgb, DISPLAY_WIDTH)
     if image.mask is not None:
-        original = draw.draw_outline(original, image.mask, width=max(1, original.shape[1] // 200))
+        original = draw.draw_outline(original, image.mask, width=draw.line_width(original))
     cols[0].image(original, caption="Original" + outlined, width="stretch")
     target_code = predictor.classes[options["target"]]
     for col, method, model_map in zip(cols[1:], options["methods"], maps):

@@ -29,7 +29,7 @@ import numpy as np
 from core.faithfulness import energy_in_mask as energy_inside
 from core.faithfulness import pointing_game
 from core.saliency import cam, gradients
-from core.saliency.draw import colorize, draw_outline, outline, overlay, resize_map
+from core.saliency.draw import colorize, draw_outline, overlay, resize_map
 from core.saliency.explainer import Explainer, normalize_map
 
 gradcam_fast = cam.gradcam_fast
@@ -133,5 +133,5 @@ def explain_image(explainer: Explainer, rgb: np.ndarray, method: str, class_inde
 
 __all__ = [
     "DEFAULT_METHOD", "METHODS", "Explainer", "Method", "colorize", "draw_outline", "energy_inside", "explain",
-    "explain_image", "gradcam", "gradcam_fast", "normalize_map", "outline", "overlay", "pointing_game", "resize_map",
+    "explain_image", "gradcam", "gradcam_fast", "normalize_map", "overlay", "pointing_game", "resize_map",
 ]

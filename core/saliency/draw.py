@@ -13,7 +13,8 @@ own aspect.
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
+
+from core.images import mask_outline, resize_mask
 
 CMAPS = ("viridis", "inferno", "jet")
 DEFAULT_CMAP = "viridis"
@@ -74,24 +75,9 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, opacity: float = 0.5, cmap: s
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
-    """The border pixels of a bool mask, ``width`` pixels thick, drawn inwards (bool array).
-
-    A region cut by the frame gets no line along the frame: the line marks
-    only borders that are really in the image.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    edge = mask & ~ndimage.binary_erosion(mask, border_value=1)
-    if width > 1:
-        edge = ndimage.binary_dilation(edge, iterations=width - 1) & mask
-    return edge
-
-
 def draw_outline(rgb: np.ndarray, mask: np.ndarray, color=LESION_COLOUR, width: int = 2) -> np.ndarray:
     """Draw the outline of a mask (resized to the image, nearest neighbour) on a copy of ``rgb``."""
-    from core.images import resize_mask
-
-    edge = outline(resize_mask(mask, rgb.shape[:2]), width)
+    edge = mask_outline(resize_mask(mask, rgb.shape[:2]), width)
     out = np.array(rgb, dtype=np.uint8, copy=True)
     out[edge] = color
     return out
@@ -121,7 +107,7 @@ def contours(rgb: np.ndarray, saliency: np.ndarray, levels=CONTOUR_LEVELS, cmap:
     for level in sorted(levels):
         region = saliency >= level
         if region.any():
-            out[outline(region, width)] = colours[int(round(level * 255))]
+            out[mask_outline(region, width)] = colours[int(round(level * 255))]
     return out
 
 
@@ -144,10 +130,15 @@ def render(rgb: np.ndarray, saliency: np.ndarray, style: str = "contours", cmap:
     if style == "blend":
         out = overlay(rgb, saliency, opacity, cmap)
     else:
-        out = contours(rgb, saliency, cmap=cmap, width=max(1, rgb.shape[1] // 200))
+        out = contours(rgb, saliency, cmap=cmap, width=line_width(rgb))
     if mask is not None:
-        out = draw_outline(out, mask, width=max(1, rgb.shape[1] // 200))
+        out = draw_outline(out, mask, width=line_width(rgb))
     return out
+
+
+def line_width(rgb: np.ndarray) -> int:
+    """Line width in pixels for an image: 3 px at 480 px wide, never below 1."""
+    return max(1, rgb.shape[1] // 160)
 
 
 def upscale(rgb: np.ndarray, min_width: int) -> np.ndarray:
