@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.images import mask_outline
 from core.labels import CLASSES
 
 
@@ -185,20 +186,6 @@ def lesion_images(frame: pd.DataFrame, lesion_id: str) -> pd.DataFrame:
     return frame[frame["lesion_id"] == lesion_id].sort_values("image_id")
 
 
-def mask_outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
-    """The boundary pixels of a binary mask, ``thickness`` pixels wide (numpy only)."""
-    inside = mask.astype(bool)
-    eroded = inside.copy()
-    for _ in range(max(1, thickness)):
-        shrunk = eroded.copy()
-        shrunk[1:, :] &= eroded[:-1, :]
-        shrunk[:-1, :] &= eroded[1:, :]
-        shrunk[:, 1:] &= eroded[:, :-1]
-        shrunk[:, :-1] &= eroded[:, 1:]
-        eroded = shrunk
-    return inside & ~eroded
-
-
 def outlined_image(image_path: str, mask_path: str = "", max_width: int = 400, color=(0, 255, 255)) -> Image.Image:
     """An RGB image, shrunk to ``max_width``, with its lesion mask's outline drawn on it.
 
@@ -222,5 +209,5 @@ def outlined_image(image_path: str, mask_path: str = "", max_width: int = 400, c
         image.info["mask_error"] = f"mask {Path(mask_path).name} unreadable ({type(err).__name__})"
         return image
     pixels = np.asarray(image).copy()
-    pixels[mask_outline(mask, thickness=max(1, image.width // 100))] = color
+    pixels[mask_outline(mask, width=max(1, image.width // 100))] = color
     return Image.fromarray(pixels)

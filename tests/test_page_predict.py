@@ -12,6 +12,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from tiny_models import build_tiny_model, save_model_folder
 
+from core import explain as explain_cli
+from core.saliency import DEFAULT_METHOD
+
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")
 TIMEOUT = 180
 
@@ -85,9 +88,13 @@ def test_upload_shows_probabilities_saliency_and_curves(env):
     assert "Out-of-distribution check passed. Confidence check only" in page
     assert "Malignant (mel + bcc + akiec)" == at.metric[0].label
     assert len(at.get("plotly_chart")) == 2  # probabilities + deletion/insertion curves
-    assert len(at.get("image")) == 3  # original, heat map, overlay
-    assert at.selectbox(key="predict_method").value == "Grad-CAM (fast)"
-    at.selectbox(key="predict_method").set_value("Grad-CAM++").run()
+    assert len(at.get("image")) == 4  # original, two maps side by side, colour-scale legend
+    assert at.selectbox(key="predict_method").value == DEFAULT_METHOD
+    assert at.selectbox(key="predict_method_b").value != DEFAULT_METHOD
+    assert at.radio(key="predict_style").value == "contours" and at.radio(key="predict_cmap").value == "viridis"
+    assert "Colour scale" in page
+    at.selectbox(key="predict_method").set_value("Grad-CAM++ (tf-keras-vis)").run()
+    at.radio(key="predict_style").set_value("blend").run()
     assert not at.exception, at.exception
     assert "Grad-CAM++" in str(at.get("image")[1].captions)
 
@@ -118,6 +125,38 @@ def test_example_images_are_test_split_images_one_per_class():
     assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
 
 
+@pytest.fixture
+def media(monkeypatch) -> dict:
+    """Every file the page hands to the browser (images, downloads), by file name or mimetype."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    files = {}
+
+    class Recording(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            files[filename or mimetype] = path_or_data
+            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return files
+
+
+def test_page_and_cli_give_the_same_map(env, media, model_dir):
+    at = run_page()
+    at.file_uploader[0].set_value(("lesion.png", png(5), "image/png")).run()
+    assert not at.exception, at.exception
+    page_map = np.load(io.BytesIO(media["lesion.npy"]))
+    source = env / "in" / "lesion.png"
+    source.parent.mkdir()
+    source.write_bytes(png(5))
+    assert explain_cli.main(["--model", str(model_dir), "--out", str(env / "out"), str(source)]) == 0
+    cli_map = np.load(env / "out" / "lesion.npy")
+    assert page_map.shape == cli_map.shape == (45, 60) and cli_map.dtype == np.float32
+    np.testing.assert_allclose(page_map, cli_map, atol=1e-6)
+    assert cli_map.max() > 0
+
+
 def test_bad_upload_shows_error_and_page_keeps_working(env):
     at = run_page()
     at.file_uploader[0].set_value(("broken.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg", "image/jpeg")).run()
@@ -139,7 +178,7 @@ def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, env):
     assert "True label (dataset): **mel · Melanoma**" in page
     assert "carries no split file" in page
     assert "Against the lesion mask" in page
-    assert "lesion outline" in str(at.get("image")[0].captions)
+    assert "lesion border" in str(at.get("image")[0].captions)
 
 
 def test_batch_mode_table_and_skipped_files(env):

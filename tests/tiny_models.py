@@ -28,6 +28,26 @@ def build_tiny_model(size=SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
     return keras.Model(inputs=inputs, outputs=outputs, name="tiny")
 
 
+def build_strided_model(height: int = 48, width: int = 64, seed: int = 0, n_classes: int = len(CLASSES)):
+    """A non-square backbone with stages at strides 2 … 32, like MobileNetV2's, and a batch norm.
+
+    The stage ends are ``stage8`` (6 × 8), ``stage16`` (3 × 4) and ``last_conv`` (2 × 2).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = keras.layers.Rescaling(scale=1.0 / 255.0, name="rescale")(inputs)
+    names = {8: "stage8", 16: "stage16", 32: "last_conv"}
+    for k, stride in enumerate((2, 4, 8, 16, 32)):
+        x = keras.layers.Conv2D(filters=8, kernel_size=3, strides=2, padding="same", name=f"conv{k}")(x)
+        x = keras.layers.BatchNormalization(name=f"conv{k}_bn")(x)
+        x = keras.layers.ReLU(name=names.get(stride, f"relu{k}"))(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs=inputs, outputs=outputs, name="strided")
+
+
 def build_colour_model(size: int = SIZE):
     """A tiny model wired by hand: class 0 ("akiec") fires on red pixels, class 1 ("bcc") on green.
 

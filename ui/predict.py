@@ -10,7 +10,6 @@ retrained model is picked up and at most two models stay in memory.
 """
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image
 
-from core import faithfulness, leakage, saliency
+from core import leakage
 from core import predictions as contract
 from core.data import DatasetError
-from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, to_model_input, zip_members
+from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_members
 from core.images import decode_upload as decode_upload_pixels
 from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
@@ -41,16 +39,12 @@ KEY_SAMPLE_CLASS = "predict_sample_class"
 KEY_SAMPLE_ID = "predict_sample_id"
 KEY_EXAMPLE = "predict_example"
 KEY_TTA = "predict_tta"
-KEY_METHOD = "predict_method"
-KEY_TARGET = "predict_target"
-KEY_OPACITY = "predict_opacity"
 KEY_BATCH = "predict_batch_files"
 KEY_SHOW_ANYWAY = "predict_show_anyway"
 
 SOURCES = ("Upload", "Camera", "Dataset sample")
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 SAMPLES_PER_CLASS = 200
-CURVE_STEPS = 20
 
 
 @dataclass
@@ -81,15 +75,6 @@ def _predictor(path: str, mtime: int) -> Predictor:
     return predictor
 
 
-@st.cache_resource(max_entries=2, show_spinner="Preparing Grad-CAM…")
-def _explainer(path: str, mtime: int) -> saliency.Explainer:
-    """The explainer of a folder's model, its fast Grad-CAM traced once."""
-    predictor = _predictor(path, mtime)
-    explainer = saliency.Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    saliency.gradcam_fast(explainer, np.zeros((*predictor.input_size, 3), np.float32), 0)
-    return explainer
-
-
 def load_predictor(model_dir: Path) -> Predictor:
     """The cached, warmed-up :class:`Predictor` of ``model_dir``; an unusable folder stops the page with a message."""
     try:
@@ -97,11 +82,6 @@ def load_predictor(model_dir: Path) -> Predictor:
     except ModelFolderError as err:
         st.error(f"This model cannot be used: {public(err)}")
         st.stop()
-
-
-def load_explainer(model_dir: Path) -> saliency.Explainer:
-    """The cached :class:`core.saliency.Explainer` of ``model_dir``."""
-    return _explainer(str(Path(model_dir).resolve()), model_mtime(model_dir))
 
 
 def _model_label(path: Path) -> str:
@@ -303,89 +283,12 @@ def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
         st.caption("This model folder carries no split file, so whether it has seen this image is unknown.")
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing the saliency map…")
-def _saliency_map(path: str, mtime: int, digest: str, method: str, target: int, _x: np.ndarray) -> np.ndarray:
-    """One saliency map, cached by model, image content, method and class (``_x`` is not hashed)."""
-    return saliency.explain(_explainer(path, mtime), _x, method, target)
-
-
-@st.cache_data(max_entries=32, show_spinner="Computing deletion and insertion curves…")
-def _curves(path: str, mtime: int, digest: str, method: str, target: int, _x, _map) -> tuple:
-    predict_fn = _predictor(path, mtime).predict_fn
-    return (faithfulness.deletion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS),
-            faithfulness.insertion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS))
-
-
-def saliency_controls(predictor: Predictor, prediction) -> dict:
-    """Method, target class, opacity and colour map; the predicted class is the default target."""
-    cols = st.columns([3, 3, 2, 2])
-    method = cols[0].selectbox("Method", list(saliency.METHODS), key=KEY_METHOD,
-                               help="Grad-CAM (fast) is instant; the others take one to twenty seconds.")
-    classes = list(predictor.classes)
-    target = cols[1].selectbox("Explain class", classes, index=classes.index(prediction.predicted),
-                               format_func=_class_label, key=f"{KEY_TARGET}_{prediction.predicted}")
-    opacity = cols[2].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=KEY_OPACITY)
-    cmap = cols[3].radio("Colours", ("jet", "inferno"), horizontal=True)
-    return {"method": method, "target": classes.index(target), "opacity": opacity, "cmap": cmap}
-
-
 @guarded("The saliency map")
 def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
-    """Original, heat map and overlay side by side, PNG download, faithfulness curves."""
-    options = saliency_controls(predictor, prediction)
-    key = (str(Path(model_dir).resolve()), model_mtime(model_dir), image.digest, options["method"], options["target"])
-    x = to_model_input(image.rgb, predictor.input_size)
-    saliency_map = _saliency_map(*key, _x=x)
-    heat = saliency.colorize(saliency.resize_map(saliency_map, image.rgb.shape[:2]), options["cmap"])
-    blended = saliency.overlay(image.rgb, saliency_map, options["opacity"], options["cmap"])
-    original = image.rgb
-    if image.mask is not None:
-        original, blended = (saliency.draw_outline(a, image.mask) for a in (original, blended))
-    cols = st.columns(3)
-    outlined = " (lesion outline in green)" if image.mask is not None else ""
-    cols[0].image(original, caption="Original" + outlined, width="stretch")
-    cols[1].image(heat, caption=f"{options['method']} · {predictor.classes[options['target']]}", width="stretch")
-    cols[2].image(blended, caption="Overlay" + outlined, width="stretch")
-    if saliency_map.max() == 0:
-        st.info("The map is empty: nothing in the last conv layer raises this class's score.")
-    cols[2].download_button("Download overlay (PNG)", _png(blended), file_name=f"{Path(image.name).stem}_overlay.png",
-                            mime="image/png", on_click="ignore")
-    _mask_scores(saliency_map, image.mask)
-    show_curves(*_curves(*key, _x=x, _map=saliency_map))
+    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image."""
+    from ui import saliency_view
 
-
-def _mask_scores(saliency_map: np.ndarray, mask) -> None:
-    if mask is None:
-        return
-    hit = faithfulness.pointing_game(saliency_map, mask)
-    share = faithfulness.energy_in_mask(saliency_map, mask)
-    st.caption(f"Against the lesion mask: the map's peak is {'inside' if hit else 'outside'} the lesion; "
-               f"{share:.0%} of the map's mass lies inside it.")
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def curves_figure(deletion, insertion) -> go.Figure:
-    """Deletion and insertion curves with their AUCs in the legend."""
-    fig = go.Figure()
-    for curve, hint, colour in ((deletion, "lower is better", "#d62728"), (insertion, "higher is better", "#2ca02c")):
-        fig.add_trace(go.Scatter(x=curve.fractions, y=curve.scores, mode="lines+markers", line={"color": colour},
-                                 name=f"{curve.kind} · AUC {curve.auc:.3f} ({hint})"))
-    fig.update_layout(xaxis={"title": "share of pixels removed / inserted, most salient first", "tickformat": ".0%"},
-                      yaxis={"title": "class probability (uncalibrated)", "range": [0, 1.02]}, height=320,
-                      margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": 1.12})
-    return fig
-
-
-def show_curves(deletion, insertion) -> None:
-    """The faithfulness section: curves plus a one-line reading guide."""
-    st.markdown("**Is the map faithful?** Deletion blurs the most salient pixels first; insertion restores "
-                "them on a blurred copy. A faithful map makes the probability drop fast / rise fast.")
-    st.plotly_chart(curves_figure(deletion, insertion), width="stretch", key="predict_curves")
+    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir))
 
 
 def upload_sources(files):
