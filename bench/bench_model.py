@@ -4,7 +4,13 @@ Prints, for one split, the headline metrics with bootstrap 95 % intervals, melan
 sensitivity at specificity 0.80 (both read off the split's own ROC curve and with
 the threshold chosen on validation, then applied), calibration before and after
 the model's temperature, the per-class table and, when the dataset is present, the
-subgroup audit. Nothing is re-predicted.
+subgroup audit. Nothing is re-predicted, except with ``--tta``.
+
+With ``--compare DIR`` (default: ``models/v1``, the first shipped model's predictions)
+it first prints both models side by side on the same images, with the paired
+bootstrap interval of each difference (both models resampled with the same draws).
+``--tta`` re-predicts the split from the dataset with test-time augmentation
+(the flips that keep the frame) and prints the headline again.
 
     HAM10000_DIR=../shared/data/ham10000 .venv/bin/python bench/bench_model.py [--model models/default] [--split test]
 """
@@ -49,6 +55,67 @@ def melanoma_rows(model_dir: Path, split: str, y_true, probs, classes) -> list:
     return rows
 
 
+def _mel_at_val_threshold(model_dir: Path, y_true, probs, classes) -> tuple:
+    """(threshold, called positive) with the threshold chosen on the model's own validation split."""
+    k = list(classes).index("mel")
+    val_true, val_probs = evaluate.arrays(evaluate.load_predictions(model_dir, "val"), classes)
+    threshold = threshold_for_specificity(val_true == k, val_probs[:, k])
+    return threshold, probs[:, k] >= threshold
+
+
+def paired_stats(model_dir: Path, split: str, classes) -> tuple:
+    """(image ids, functions of bootstrap weights) for the metrics compared side by side."""
+    frame = evaluate.load_predictions(model_dir, split).sort_values("image_id").reset_index(drop=True)
+    y_true, probs = evaluate.arrays(frame, classes)
+    k, n_classes = list(classes).index("mel"), len(classes)
+    is_mel = y_true == k
+    _, called = _mel_at_val_threshold(model_dir, y_true, probs, classes)
+    y_pred = metrics.predicted_labels(probs)
+    stats = {
+        "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes),
+        "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes),
+        "mel ROC AUC": lambda w: metrics.weighted_auc(w, is_mel, probs[:, k]),
+        "mel sensitivity, val threshold for spec 0.80": lambda w: metrics.weighted_rate(w, called, is_mel),
+        "mel specificity, same threshold": lambda w: metrics.weighted_rate(w, ~called, ~is_mel),
+    }
+    return frame["image_id"].to_numpy(), stats
+
+
+def side_by_side(model_dirs: list, split: str, classes, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Each metric for every model, and the last minus the first with a paired bootstrap 95 % interval."""
+    loaded = [paired_stats(d, split, classes) for d in model_dirs]
+    ids = loaded[0][0]
+    if any(len(i) != len(ids) or (i != ids).any() for i, _ in loaded):
+        raise SystemExit(f"the models' {split} predictions cover different images: no paired comparison")
+    boot, ones = metrics.bootstrap_counts(len(ids), n_boot, seed), np.ones((1, len(ids)))
+    rows = []
+    for name in loaded[0][1]:
+        fns = [stats[name] for _, stats in loaded]
+        diff = fns[-1](boot) - fns[0](boot)
+        low, high = np.nanpercentile(diff, [2.5, 97.5])
+        row = {"metric": name, **{Path(d).name: float(f(ones)[0]) for d, f in zip(model_dirs, fns)}}
+        rows.append({**row, "difference": float(fns[-1](ones)[0] - fns[0](ones)[0]), "95 % CI": f"[{low:+.3f}, {high:+.3f}]"})
+    return pd.DataFrame(rows)
+
+
+def tta_headline(model_dir: Path, split: str, classes) -> pd.DataFrame:
+    """The headline metrics re-predicted from the dataset's images, without and with test-time augmentation."""
+    from core.data import load_dataset
+    from core.images import read_model_pixels
+    from core.predict import Predictor
+
+    frame = evaluate.load_predictions(model_dir, split)
+    paths_by_id = load_dataset(paths.dataset_dir()).set_index("image_id")["path"]
+    predictor = Predictor(model_dir)
+    pixels = np.stack([read_model_pixels(p, predictor.input_size) for p in paths_by_id.loc[frame["image_id"]]])
+    probs, probs_tta = ([predictor.raw_probabilities(chunk.astype(np.float32), tta=tta) for chunk in np.array_split(pixels, 16)]
+                        for tta in (False, True))
+    y_true = metrics.encode_labels(frame["dx"], classes)
+    table = metrics.headline(y_true, np.concatenate(probs), classes, n_boot=1000, seed=0)
+    tta = metrics.headline(y_true, np.concatenate(probs_tta), classes, n_boot=1000, seed=0)
+    return table[["label", "value", "ci_low", "ci_high", "n"]].join(tta[["value", "ci_low", "ci_high"]].add_suffix(" (TTA)"))
+
+
 def calibration_rows(meta: dict, y_true, probs) -> list:
     rows = [("ECE (15 bins, top label), uncalibrated", calibration.expected_calibration_error(probs, y_true)),
             ("Brier score, uncalibrated", calibration.brier_score(probs, y_true))]
@@ -85,6 +152,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
+    parser.add_argument("--compare", type=Path, default=paths.PROJECT_ROOT / "models" / "v1",
+                        help="a model folder to print side by side first (default: the first shipped model)")
+    parser.add_argument("--tta", action="store_true", help="also re-predict the split with test-time augmentation")
     args = parser.parse_args()
     model_dir = args.model or paths.default_model_dir()
     meta = modelio.read_metadata(model_dir)
@@ -92,8 +162,15 @@ def main() -> None:
     predictions = evaluate.load_predictions(model_dir, args.split)
     y_true, probs = evaluate.arrays(predictions, classes)
     show = markdown if args.markdown else (lambda t: t.to_string(index=False, float_format="%.3f"))
-    print(f"model {model_dir} ({meta.get('arch')}, {meta.get('image_size')} px), split {args.split}, n={len(y_true)}, "
+    height, width = modelio.input_size(meta)
+    print(f"model {model_dir} ({meta.get('arch')}, {width}×{height} px), split {args.split}, n={len(y_true)}, "
           f"split sha256 {str(meta.get('split_sha256'))[:12]}\n")
+    if args.compare and Path(args.compare).resolve() != Path(model_dir).resolve() and Path(args.compare).is_dir():
+        print(f"side by side on {args.split} (n={len(y_true)}), paired bootstrap, 1000 resamples, seed 0:")
+        print(show(side_by_side([args.compare, model_dir], args.split, classes)), "\n")
+    if args.tta:
+        print(f"{args.split} re-predicted from the images, without and with test-time augmentation:")
+        print(show(tta_headline(model_dir, args.split, classes)), "\n")
     print(show(metrics.headline(y_true, probs, classes, n_boot=1000, seed=0).drop(columns="metric")), "\n")
     for label, value in melanoma_rows(model_dir, args.split, y_true, probs, classes) + calibration_rows(meta, y_true, probs):
         print(f"{label}: {value:.4f}")

@@ -1,12 +1,31 @@
-"""Do saliency maps look at the lesion? Pointing game and energy-in-mask per method.
+"""Saliency benchmark: do the maps look at the lesion, are they faithful, do they explain the model?
 
-Over a fixed, seeded sample of HAM10000 images with lesion masks (the test split
-of the model, from its ``splits.csv`` or ``predictions_test.csv``, else its val split, else any images), each
-method explains the model's predicted class; a centred Gaussian is the
-baseline every method should beat. With ``--curves``, deletion (lower is
-better) and insertion (higher is better) AUCs are added.
+Over a fixed, seeded sample of HAM10000 images with lesion masks (the model's
+test split, from its ``splits.csv`` or ``predictions_test.csv``, else its val
+split), every method explains the model's predicted class. Reported per method:
 
-    HAM10000_DIR=... .venv/bin/python bench/bench_saliency.py [--model DIR] [--n 20] [--curves]
+* **energy in lesion** — share of the map's mass inside the lesion mask (mean, 95 % CI);
+* **pointing game** — share of images whose map peaks inside the lesion;
+* **deletion / insertion AUC** (``core.faithfulness``, blurred baseline, 10 steps):
+  lower / higher is more faithful; on the first ``--curve-n`` images (22 forward passes each);
+* **native** — the resolution the map is computed at, before upsampling;
+* **p50 / p90 ms** — latency of one map after warm-up (wall clock), and the p50
+  of the CPU time it used on all threads (what it costs when the machine is shared);
+* **sanity** (Adebayo et al., 2018) — cascading randomisation of the weights from
+  the top: Spearman rank correlation between the trained and the randomised
+  model's maps, per depth (mean over ``--sanity-n`` images; low is good).
+
+The tf-keras-vis back-end is slow (it clones the model, Score-CAM runs ten
+forward passes, SmoothGrad ten backward passes): it is scored on the first
+``--slow-n`` images only.
+
+Baselines: a centred Gaussian (what "lesions sit in the middle" alone gives)
+and a uniform map (ties broken at random: its energy is the lesion's area share).
+The winner is the method with the highest energy in the lesion among those
+whose maps decorrelate once the last stage is randomised (Spearman ≤ 0.5)
+and take ≤ 100 ms p50.
+
+    HAM10000_DIR=... nice .venv/bin/python bench/bench_saliency.py [--model DIR] [--n 200]
 """
 
 import argparse
@@ -22,7 +41,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from standin import model_folder  # noqa: E402
 
-BASELINE = "Centred Gaussian (baseline)"
+GAUSSIAN = "Centred Gaussian (baseline)"
+UNIFORM = "Uniform (baseline)"
+BASELINES = (GAUSSIAN, UNIFORM)
+SANITY_MAX = 0.5
+P50_MAX_MS = 100.0
+SANITY_DEPTH = "down to stride 32"
 
 
 def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int) -> tuple:
@@ -49,42 +73,108 @@ def held_out_ids(model_dir: Path, split: str) -> set:
     return set(pd.read_csv(predictions, dtype=str)["image_id"]) if predictions.is_file() else set()
 
 
-def score_image(row, predictor, explainer, methods, curves: bool) -> list:
-    """One record per method for one image."""
-    from core import faithfulness as ff
+def load_inputs(rows, predictor) -> list:
+    """``[(model input, mask, predicted class)]`` for the sampled rows."""
     from core.images import decode_image, read_mask, to_model_input
+
+    inputs = [to_model_input(decode_image(Path(r.path).read_bytes()), predictor.input_size) for r in rows.itertuples()]
+    targets = np.argmax(predictor.raw_probabilities(np.stack(inputs)), axis=1)
+    return [(x, read_mask(r.mask_path), int(t)) for x, r, t in zip(inputs, rows.itertuples(), targets)]
+
+
+def saliency_of(explainer, method: str, x, target: int) -> np.ndarray:
+    """The map of a method or a baseline."""
+    from core.faithfulness import gaussian_baseline
     from core.saliency import explain
 
-    x = to_model_input(decode_image(Path(row.path).read_bytes()), predictor.input_size)
-    mask = read_mask(row.mask_path)
-    target = int(np.argmax(predictor.raw_probabilities(x[None])[0]))
+    if method == GAUSSIAN:
+        return gaussian_baseline(x.shape[:2])
+    if method == UNIFORM:  # constant, ties broken by one fixed random order of the pixels
+        return (1.0 + 1e-6 * np.random.default_rng(0).random(x.shape[:2])).astype(np.float32)
+    return explain(explainer, x, method, target)
+
+
+def score_method(method, images, predictor, explainer, curves: int) -> list:
+    """One record per image; latency measured after one warm-up call.
+
+    Deletion and insertion curves (22 forward passes an image) are run on the first ``curves`` images.
+    """
+    from core import faithfulness as ff
+
+    saliency_of(explainer, method, *images[0][::2])  # warm-up: tracing is not latency
     records = []
-    for method in [BASELINE, *methods]:
-        start = time.perf_counter()
-        if method == BASELINE:
-            saliency = ff.gaussian_baseline(x.shape[:2])
-        else:
-            saliency = explain(explainer, x, method, target)
-        record = {"method": method, "ms": (time.perf_counter() - start) * 1000,
-                  "pointing": ff.pointing_game(saliency, mask), "energy": ff.energy_in_mask(saliency, mask)}
-        if curves:
-            record["deletion_auc"] = ff.deletion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
-            record["insertion_auc"] = ff.insertion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
+    for i, (x, mask, target) in enumerate(images):
+        start, cpu = time.perf_counter(), time.process_time()
+        saliency = saliency_of(explainer, method, x, target)
+        ms, cpu_ms = (time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000
+        record = {"method": method, "ms": ms, "cpu_ms": cpu_ms, "energy": ff.energy_in_mask(saliency, mask),
+                  "pointing": ff.pointing_game(saliency, mask), "deletion": np.nan, "insertion": np.nan}
+        if i < curves:
+            record["deletion"] = ff.deletion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
+            record["insertion"] = ff.insertion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
         records.append(record)
     return records
 
 
+def cascade(model, last_conv: str, images, methods, trained_maps: dict, seed: int) -> pd.DataFrame:
+    """Spearman between trained and randomised maps, per method and depth of randomisation."""
+    from core.saliency import Explainer
+    from core.saliency.sanity import copy_model, depths, randomise, spearman, weight_groups
+
+    rng, clone = np.random.default_rng(seed), copy_model(model)
+    explainer, groups = Explainer(clone, last_conv), weight_groups(clone)
+    rows, done = [], 0
+    for label, upto in depths(groups):
+        for _, _, layers in groups[done:upto]:
+            randomise(layers, rng)
+        done = upto
+        explainer.weights_changed()
+        for method in methods:
+            rhos = [spearman(trained, saliency_of(explainer, method, x, t))
+                    for trained, (x, _, t) in zip(trained_maps[method], images)]
+            rows.append({"method": method, "depth": label, "spearman": float(np.mean(rhos))})
+    table = pd.DataFrame(rows).pivot(index="method", columns="depth", values="spearman")
+    return table.loc[list(methods), [label for label, _ in depths(groups)]]
+
+
+def summary(records: pd.DataFrame, natives: dict) -> pd.DataFrame:
+    """One row per method: n, native, energy (CI), pointing, deletion, insertion, p50, p90."""
+    rows = []
+    for method, group in records.groupby("method", sort=False):
+        energy = group["energy"]
+        half = 1.96 * energy.std(ddof=1) / np.sqrt(len(energy)) if len(energy) > 1 else float("nan")
+        rows.append({"method": method, "n": len(group), "n curves": int(group["deletion"].notna().sum()),
+                     "native": natives[method],
+                     "energy in lesion": f"{energy.mean():.3f} ± {half:.3f}",
+                     "pointing": round(group["pointing"].mean(), 3), "deletion ↓": round(group["deletion"].mean(), 3),
+                     "insertion ↑": round(group["insertion"].mean(), 3),
+                     "p50 ms": round(group["ms"].median(), 1), "p90 ms": round(group["ms"].quantile(0.9), 1),
+                     "p50 CPU ms": round(group["cpu_ms"].median(), 1),
+                     "_energy": energy.mean()})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def winner(table: pd.DataFrame, sanity: pd.DataFrame) -> str | None:
+    """The method with the best energy among those passing the sanity and latency bars."""
+    ok = [m for m in table.index if m not in BASELINES and m in sanity.index
+          and sanity.loc[m, SANITY_DEPTH] <= SANITY_MAX and table.loc[m, "p50 ms"] <= P50_MAX_MS]
+    return max(ok, key=lambda m: table.loc[m, "_energy"]) if ok else None
+
+
 def main(argv=None) -> None:
     from core.paths import dataset_dir
-    from core.saliency import METHODS
+    from core.saliency import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: models/default)")
     parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: HAM10000_DIR)")
-    parser.add_argument("--n", type=int, default=20, help="number of images")
+    parser.add_argument("--n", type=int, default=200, help="images for localisation, faithfulness and latency")
+    parser.add_argument("--curve-n", type=int, default=50, help="of which for deletion/insertion curves")
+    parser.add_argument("--slow-n", type=int, default=20, help="images for the tf-keras-vis back-end (slow)")
+    parser.add_argument("--sanity-n", type=int, default=12, help="images for the randomisation checks")
+    parser.add_argument("--sanity-slow-n", type=int, default=4, help="of which for the tf-keras-vis back-end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="saliency methods (names as in the UI)")
-    parser.add_argument("--curves", action="store_true", help="also deletion/insertion AUCs (slower)")
     args = parser.parse_args(argv)
     folder, note = model_folder(args.model)
 
@@ -94,11 +184,42 @@ def main(argv=None) -> None:
     predictor = Predictor(folder)
     explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
     rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed)
-    records = [r for row in rows.itertuples() for r in score_image(row, predictor, explainer, args.methods, args.curves)]
-    table = pd.DataFrame(records).groupby("method", sort=False).mean()
-    table = table.rename(columns={"pointing": "pointing hit rate", "energy": "energy in mask", "ms": "ms/map"})
-    print(f"{note}; {len(rows)} images ({source}, seed {args.seed}); target = predicted class")
-    print(table.round(3).to_string())
+    images = load_inputs(rows, predictor)
+    methods = [*BASELINES, *args.methods]
+    slow = {m for m in methods if m in METHODS and METHODS[m].backend == "tf-keras-vis"}
+    trained = {m: [saliency_of(explainer, m, x, t) for x, _, t in images[: args.sanity_slow_n if m in slow
+                                                                           else args.sanity_n]] for m in methods}
+    sanity = cascade(predictor.model, predictor.meta["last_conv_layer"], images[: args.sanity_n], methods, trained,
+                     args.seed)
+    print(sanity.round(2).to_string(), file=sys.stderr, flush=True)
+    records, natives = [], {}
+    for method in methods:
+        found = score_method(method, images[: args.slow_n] if method in slow else images, predictor, explainer,
+                             args.curve_n)
+        records += found
+        natives[method] = "×".join(map(str, METHODS[method].native_size(explainer))) if method in METHODS else "—"
+        print(f"  {method}: {len(found)} images, energy {np.mean([r['energy'] for r in found]):.3f}",
+              file=sys.stderr, flush=True)
+    table = summary(pd.DataFrame(records), natives)
+    report(table, sanity, note, source, len(images), args, DEFAULT_METHOD)
+
+
+def report(table, sanity, note, source, n, args, default) -> None:
+    """Print both tables and the verdict."""
+    pd.set_option("display.width", 250)
+    print(f"{note}; {n} images with masks ({source}, seed {args.seed}); target = predicted class; "
+          f"tf-keras-vis methods on the first {args.slow_n}")
+    print(table.drop(columns="_energy").to_string())
+    print(f"\nSanity (Adebayo et al. 2018): Spearman between trained and randomised maps, mean over "
+          f"{args.sanity_n} images ({args.sanity_slow_n} for tf-keras-vis); weights re-drawn from the top, cumulatively")
+    print(sanity.round(2).to_string())
+    best = winner(table, sanity)
+    print(f"\nWinner (best energy with Spearman ≤ {SANITY_MAX} at '{SANITY_DEPTH}' and p50 ≤ {P50_MAX_MS:g} ms): {best}")
+    if default in table.index:
+        row = table.loc[default]
+        print(f"Default '{default}': energy {row['energy in lesion']} (Gaussian baseline "
+              f"{table.loc[GAUSSIAN, 'energy in lesion']}), Spearman at '{SANITY_DEPTH}' "
+              f"{sanity.loc[default, SANITY_DEPTH]:.2f}, p50 {row['p50 ms']} ms")
 
 
 if __name__ == "__main__":

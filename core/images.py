@@ -234,6 +234,21 @@ def resize_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:
     return np.asarray(image) > 127
 
 
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The border pixels of a bool mask, ``width`` pixels thick, drawn inwards (bool array).
+
+    A region cut by the frame gets no line along the frame: the line marks only
+    borders that are really in the image.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=1)
+    if width > 1:
+        edge = ndimage.binary_dilation(edge, iterations=width - 1) & mask
+    return edge
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Read a binary lesion mask file as a bool ``(H, W)`` array."""
     with Image.open(path) as image:

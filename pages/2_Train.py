@@ -1,30 +1,34 @@
-"""Train: launch a run in the background, follow it live, browse and manage past runs."""
+"""Train: launch a run in the background, follow it live, browse, compare and manage past runs."""
 
 import streamlit as st
 
-from core import runs
+from core import paths, runs
 from ui import train as train_ui
 from ui.frame import page_setup
+from ui.train_compare import compare_section
 
 page_setup("Train", "🏋️")
 st.title("🏋️ Train a classifier")
 st.caption("Training runs in a background process; this page only watches its run folder, "
            "so you can reload or close it at any time.")
 
-dataset_ready = train_ui.dataset_notice()
 active = runs.active_run()
-if active:
-    st.info(f"Run `{active['id']}` is {active['state']}. Only one run trains at a time.")
-
-with st.expander("New training run", expanded=active is None):
-    options = train_ui.options_form(enabled=dataset_ready)
-    if options is not None:
-        train_ui.launch_run(options)
+if paths.read_only():
+    st.info(train_ui.READ_ONLY_NOTE)
+else:
+    dataset_ready = train_ui.dataset_notice()
+    if active:
+        st.info(f"Run `{active['id']}` is {active['state']}. Only one run trains at a time.")
+    with st.expander("New training run", expanded=active is None):
+        options = train_ui.options_form(enabled=dataset_ready)
+        if options is not None:
+            train_ui.launch_run(options)
 
 st.subheader("Runs")
 infos = runs.list_runs()
 if not infos:
     st.info("No runs yet. Launch one above; it will be listed here with its status and scores.")
     st.stop()
-train_ui.history_table(infos)
+train_ui.history_view()
 train_ui.run_view(train_ui.pick_run(infos))
+compare_section(infos)

@@ -7,9 +7,7 @@ page_setup("Evaluate", "📊")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
-from core.modelio import ModelFolderError  # noqa: E402
-from core.uploads import redact_paths  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, model_export, overlap, panels, reliability, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -30,6 +28,7 @@ try:
 except (PredictionsError, ModelFolderError, OSError) as err:
     st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
     st.stop()
+overlap.overlap_panel(source)
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
                 "Subgroups", "Compare runs", "Export"])
@@ -51,3 +50,4 @@ with tabs[7]:
     compare.compare_panel(models, source)
 with tabs[8]:
     compare.export_panel(source, preds)
+    model_export.tflite_panel(model)

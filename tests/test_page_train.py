@@ -108,6 +108,10 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def chart_keys(at: AppTest) -> set:
+    return {chart.key for chart in at.get("plotly_chart")}
+
+
 def submit_button(at: AppTest):
     return next(b for b in at.button if "Launch training" in b.label)
 
@@ -135,7 +139,7 @@ def test_running_run_shows_progress_curves_and_stops(fixture_runs, env):
     bars = [p.proto.text for p in at.get("progress")]
     assert any("epoch 3/6 (finetune)" in t and "ETA" in t for t in bars), bars
     assert any("batch 40/100 of epoch 3" in t for t in bars), bars
-    assert len(at.get("plotly_chart")) == 2
+    assert {"train_curves", "train_lr"} <= chart_keys(at)
     stop = next(b for b in at.button if "Stop" in b.label)
     stop.click().run()
     assert (env / fixture_runs["running"] / "STOP").is_file()
@@ -144,7 +148,7 @@ def test_running_run_shows_progress_curves_and_stops(fixture_runs, env):
 
 def test_opening_a_done_run_shows_curves_metrics_and_config(fixture_runs):
     at = open_run(run_page(), fixture_runs["done"])
-    assert len(at.get("plotly_chart")) == 2  # the four metric curves and the learning rate
+    assert {"train_curves", "train_lr"} <= chart_keys(at)  # the four metric curves and the learning rate
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Val balanced acc."] == "0.480" and metrics["Best epoch"] == "4"
     assert at.json[0].value and json.loads(at.json[0].value)["arch"] == "mobilenet_v2"
@@ -159,9 +163,23 @@ def test_crashed_run_explains_and_offers_resume_refused_while_busy(fixture_runs)
     assert any(f"a run is already active: {fixture_runs['queued']}" in e.value for e in at.error)
 
 
+def test_choosing_an_architecture_sets_its_defaults(env):
+    at = run_page()
+    at.selectbox(key="train_opt_arch").set_value("small_cnn").run()
+    assert at.selectbox(key="train_opt_weights").value == "none"
+    assert at.number_input(key="train_opt_warmup_epochs").value == 0
+    assert at.number_input(key="train_opt_finetune_lr").value == pytest.approx(1e-3)
+    at.selectbox(key="train_opt_arch").set_value("mobilenet_v2").run()
+    assert at.selectbox(key="train_opt_weights").value == "offline-imagenet"
+    assert at.number_input(key="train_opt_warmup_epochs").value == 2
+    at.selectbox(key="train_opt_arch").set_value("efficientnet_b0").run()
+    assert at.selectbox(key="train_opt_weights").value == "imagenet"
+
+
 def test_form_validation_error_is_shown_and_nothing_launches(fixture_runs, env):
     at = run_page()
-    at.selectbox(key="train_opt_arch").set_value("small_cnn")
+    at.selectbox(key="train_opt_arch").set_value("small_cnn").run()
+    at.selectbox(key="train_opt_weights").set_value("imagenet")
     at.number_input(key="train_opt_warmup_epochs").set_value(20)
     submit_button(at).click().run()
     errors = "\n".join(e.value for e in at.error)
@@ -211,10 +229,74 @@ def test_only_an_active_run_is_polled(fixture_runs, monkeypatch):
     original, scheduled = streamlit.fragment, []
 
     def recording_fragment(func=None, *, run_every=None, **kwargs):
-        scheduled.append(run_every)
+        scheduled.append((func.__name__, run_every))
         return original(func, run_every=run_every, **kwargs)
 
     monkeypatch.setattr(streamlit, "fragment", recording_fragment)
     at = open_run(run_page(), fixture_runs["done"])
     open_run(at, fixture_runs["running"])
-    assert scheduled == [2.0, None, 2.0]  # queued (opened by default), done, running
+    panels = [every for name, every in scheduled if name == "_run_panel"]
+    assert panels == [2.0, None, 2.0]  # queued (opened by default), done, running
+    # while a run is active the history refreshes with the live view
+    assert {every for name, every in scheduled if name == "_history"} == {2.0}
+
+
+def test_history_is_not_polled_without_an_active_run(env, dead_pid, monkeypatch):
+    import streamlit
+
+    _write(env / "20250101-120000-done", {"state": "done", "pid": dead_pid, "epochs": 2, "epoch": 2}, epochs=2)
+    original, scheduled = streamlit.fragment, []
+
+    def recording_fragment(func=None, *, run_every=None, **kwargs):
+        scheduled.append((func.__name__, run_every))
+        return original(func, run_every=run_every, **kwargs)
+
+    monkeypatch.setattr(streamlit, "fragment", recording_fragment)
+    run_page()
+    assert ("_history", None) in scheduled and ("_history", 2.0) not in scheduled
+
+
+def test_read_only_mode_hides_launch_stop_resume_and_delete(fixture_runs, monkeypatch):
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    at = open_run(run_page(), fixture_runs["running"])
+    assert any("Read-only mode" in i.value for i in at.info)
+    assert not [b for b in at.button if "Launch" in b.label or "Stop" in b.label]
+    open_run(at, fixture_runs["crashed"])
+    assert not [b for b in at.button if "Resume" in b.label or "Delete" in b.label]
+    assert at.dataframe[0].value.shape[0] == len(STATES)
+
+
+def test_lr_axis_is_logarithmic_with_labelled_ticks():
+    import pandas as pd
+
+    from ui.train import lr_figure
+
+    epochs = pd.DataFrame({"epoch": [1, 2, 3, 4], "lr": [1e-3, 5e-5, 3e-5, 2.5e-6]})
+    axis = lr_figure(epochs).layout.yaxis
+    assert axis.type == "log" and axis.title.text == "learning rate"
+    assert len(axis.tickvals) == 5 and axis.ticktext[0] == "2.5e-06" and axis.ticktext[-1] == "1.0e-03"
+    narrow = lr_figure(pd.DataFrame({"epoch": [1, 2], "lr": [5e-5, 4e-5]})).layout.yaxis
+    assert narrow.tickvals and all("e-05" in t for t in narrow.ticktext)
+
+
+def test_runs_overlay_with_smoothing(fixture_runs):
+    at = run_page()
+    assert at.multiselect(key="train_compare_runs").value == [fixture_runs["stopped"], fixture_runs["queued"]]
+    at.multiselect(key="train_compare_runs").set_value([fixture_runs["done"], fixture_runs["crashed"]]).run()
+    at.slider(key="train_compare_smoothing").set_value(0.0).run()
+    assert not at.exception
+    assert "train_compare_chart" in chart_keys(at)
+
+
+def test_overlay_figure_draws_raw_and_smoothed_lines_per_run():
+    import pandas as pd
+
+    from ui.train_compare import overlay_figure
+
+    frames = {"a": pd.DataFrame({"epoch": [1, 2, 3], "val_auc": [0.5, 0.9, 0.7]}),
+              "b": pd.DataFrame({"epoch": [1, 2], "val_auc": [0.6, 0.8]})}
+    fig = overlay_figure(frames, "val_auc", 0.5)
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b"]
+    raw, smoothed = fig.data[0], fig.data[1]
+    assert list(raw.y) == [0.5, 0.9, 0.7]
+    assert smoothed.y[0] == pytest.approx(0.5) and smoothed.y[1] == pytest.approx((0.5 * 0.25 + 0.5 * 0.9) / 0.75)

@@ -4,24 +4,48 @@ from pathlib import Path
 
 import numpy as np
 
+from core.images import as_hw
 from core.labels import CLASSES
 from core.modelio import write_metadata
 
 SIZE = 32
 
 
-def build_tiny_model(size: int = SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
-    """Rescaling → two Conv2D (the second named ``last_conv``) → GAP → Dense softmax."""
+def build_tiny_model(size=SIZE, seed: int = 0, n_classes: int = len(CLASSES)):
+    """Rescaling → two Conv2D (the second named ``last_conv``) → GAP → Dense softmax.
+
+    ``size`` is one side (a square input) or a ``(height, width)`` pair.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(size, size, 3), name="image")
+    inputs = keras.Input(shape=(*as_hw(size), 3), name="image")
     x = keras.layers.Rescaling(scale=1.0 / 255.0, name="rescale")(inputs)
     x = keras.layers.Conv2D(filters=4, kernel_size=3, padding="same", activation="relu", name="conv1")(x)
     x = keras.layers.Conv2D(filters=4, kernel_size=1, padding="same", activation="relu", name="last_conv")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="tiny")
+
+
+def build_strided_model(height: int = 48, width: int = 64, seed: int = 0, n_classes: int = len(CLASSES)):
+    """A non-square backbone with stages at strides 2 … 32, like MobileNetV2's, and a batch norm.
+
+    The stage ends are ``stage8`` (6 × 8), ``stage16`` (3 × 4) and ``last_conv`` (2 × 2).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = keras.layers.Rescaling(scale=1.0 / 255.0, name="rescale")(inputs)
+    names = {8: "stage8", 16: "stage16", 32: "last_conv"}
+    for k, stride in enumerate((2, 4, 8, 16, 32)):
+        x = keras.layers.Conv2D(filters=8, kernel_size=3, strides=2, padding="same", name=f"conv{k}")(x)
+        x = keras.layers.BatchNormalization(name=f"conv{k}_bn")(x)
+        x = keras.layers.ReLU(name=names.get(stride, f"relu{k}"))(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs=inputs, outputs=outputs, name="strided")
 
 
 def build_colour_model(size: int = SIZE):
@@ -59,9 +83,10 @@ def save_model_folder(model, folder: Path, temperature=None, extra: dict | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
+    height, width = (int(n) for n in model.inputs[0].shape[1:3])
     meta = {
         "classes": list(CLASSES),
-        "image_size": int(model.inputs[0].shape[1]),
+        "image_size": height,
         "arch": "tiny_cnn",
         "preprocessing": "Rescaling(1/255) inside the model",
         "last_conv_layer": "last_conv",
@@ -70,6 +95,64 @@ def save_model_folder(model, folder: Path, temperature=None, extra: dict | None 
         "created": "2024-01-01T00:00:00",
         "run_id": "tiny",
     }
+    if height != width:
+        meta.update(image_height=height, image_width=width)
     meta.update(extra or {})
     write_metadata(folder, meta)
     return folder
+
+
+def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = True) -> Path:
+    """A model folder as a run on ``dataset`` leaves it: split hash, ``splits.csv``, Keras validation predictions.
+
+    The split is the dataset's seed-42 split; with ``save_split=False`` the folder
+    keeps only its hash, as the shipped model does.
+    """
+    import pandas as pd
+
+    from core import splits
+    from core.data import load_dataset
+    from core.images import read_model_pixels
+
+    frame = load_dataset(dataset)
+    table = splits.make_splits(frame, seed=42)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = splits.save_splits(table, folder / splits.SPLIT_FILE)
+    if not save_split:
+        (folder / splits.SPLIT_FILE).unlink()
+    save_model_folder(model, folder, extra={"split_sha256": digest})
+    val = frame[frame["image_id"].isin(table.loc[table["split"] == "val", "image_id"])]
+    size = tuple(int(n) for n in model.inputs[0].shape[1:3])
+    x = np.stack([read_model_pixels(p, size) for p in val["path"]]).astype(np.float32)
+    probs = pd.DataFrame(model(x, training=False).numpy(), columns=list(CLASSES))
+    probs.insert(0, "dx", val["dx"].to_numpy())
+    probs.insert(0, "image_id", val["image_id"].to_numpy())
+    probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
+    return folder
+
+
+def skin_like(rng, n: int, size: int = SIZE) -> np.ndarray:
+    """Skin-coloured noisy images with a darker blob: stand-ins for dermatoscopic images (float32 0..255)."""
+    yy, xx = np.mgrid[:size, :size]
+    images = np.clip(rng.normal((190, 120, 100), 12, (n, size, size, 3)), 0, 255)
+    for image in images:
+        cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.12, 0.28)]
+        image[(yy - cy * size) ** 2 + (xx - cx * size) ** 2 < (r * size) ** 2] *= 0.55
+    return images.astype(np.float32)
+
+
+def save_ood_model_folder(folder: Path, seed: int = 0) -> Path:
+    """A small CNN whose out-of-distribution check is fitted on :func:`skin_like` images."""
+    import keras
+
+    from core import ood_fit
+    from core.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model("small_cnn", image_size=SIZE, n_classes=len(CLASSES))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = ood_fit.fit_for_model(folder, model, skin_like(rng, 300), skin_like(rng, 400), seed=seed, n_negatives=200)
+    return save_model_folder(model, folder, extra={"ood": entry})

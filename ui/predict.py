@@ -10,7 +10,6 @@ retrained model is picked up and at most two models stay in memory.
 """
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image
 
-from core import faithfulness, saliency
+from core import leakage
+from core import predictions as contract
 from core.data import DatasetError
-from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, to_model_input, zip_members
+from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_members
 from core.images import decode_upload as decode_upload_pixels
 from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
@@ -38,15 +37,14 @@ KEY_UPLOAD = "predict_upload"
 KEY_CAMERA = "predict_camera"
 KEY_SAMPLE_CLASS = "predict_sample_class"
 KEY_SAMPLE_ID = "predict_sample_id"
+KEY_EXAMPLE = "predict_example"
 KEY_TTA = "predict_tta"
-KEY_METHOD = "predict_method"
-KEY_TARGET = "predict_target"
-KEY_OPACITY = "predict_opacity"
 KEY_BATCH = "predict_batch_files"
+KEY_SHOW_ANYWAY = "predict_show_anyway"
 
 SOURCES = ("Upload", "Camera", "Dataset sample")
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 SAMPLES_PER_CLASS = 200
-CURVE_STEPS = 20
 
 
 @dataclass
@@ -77,15 +75,6 @@ def _predictor(path: str, mtime: int) -> Predictor:
     return predictor
 
 
-@st.cache_resource(max_entries=2, show_spinner="Preparing Grad-CAM…")
-def _explainer(path: str, mtime: int) -> saliency.Explainer:
-    """The explainer of a folder's model, its fast Grad-CAM traced once."""
-    predictor = _predictor(path, mtime)
-    explainer = saliency.Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    saliency.gradcam_fast(explainer, np.zeros((*predictor.input_size, 3), np.float32), 0)
-    return explainer
-
-
 def load_predictor(model_dir: Path) -> Predictor:
     """The cached, warmed-up :class:`Predictor` of ``model_dir``; an unusable folder stops the page with a message."""
     try:
@@ -93,11 +82,6 @@ def load_predictor(model_dir: Path) -> Predictor:
     except ModelFolderError as err:
         st.error(f"This model cannot be used: {public(err)}")
         st.stop()
-
-
-def load_explainer(model_dir: Path) -> saliency.Explainer:
-    """The cached :class:`core.saliency.Explainer` of ``model_dir``."""
-    return _explainer(str(Path(model_dir).resolve()), model_mtime(model_dir))
 
 
 def _model_label(path: Path) -> str:
@@ -146,8 +130,10 @@ def _dataset():
 def pick_input() -> InputImage | None:
     """Upload, camera or dataset sample (offered only when the dataset exists)."""
     frame = _dataset()
-    sources = SOURCES if frame is not None else SOURCES[:2]
+    sources = [*SOURCES[:2], EXAMPLE_SOURCE] + ([SOURCES[2]] if frame is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key=KEY_SOURCE)
+    if source == EXAMPLE_SOURCE:
+        return _pick_example()
     if source == "Upload":
         upload = st.file_uploader("Dermatoscopic image", type=list(UPLOAD_TYPES), key=KEY_UPLOAD)
         return decode_upload(upload.getvalue(), upload.name) if upload else None
@@ -176,6 +162,36 @@ def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
     return image
 
 
+EXAMPLE_SOURCE = "Example images"
+
+
+def example_images() -> dict:
+    """The example images shipped with the app (ui/assets/examples): ``image_id -> (true class, path)``."""
+    folder = Path(__file__).resolve().parent / "assets" / "examples"
+    found = {}
+    for path in sorted(folder.glob("*_ISIC_*.jpg")):
+        dx, image_id = path.stem.split("_", 1)
+        found[image_id] = (dx, path)
+    return found
+
+
+def _pick_example() -> InputImage | None:
+    """One of the shipped example images (one per class, test split), with its true label."""
+    examples = example_images()
+    if not examples:
+        st.info("No example images in this installation (ui/assets/examples).")
+        return None
+    image_id = st.selectbox("Example image", list(examples), key=KEY_EXAMPLE,
+                            format_func=lambda i: f"{_class_label(examples[i][0])} · {i}")
+    dx, path = examples[image_id]
+    image = decode_upload(path.read_bytes(), image_id)
+    if image is not None:
+        image.true_dx = dx
+    st.caption("HAM10000 test-split image, © ViDIR Group, Medical University of Vienna, CC BY-NC 4.0 "
+               "(Tschandl et al., Sci. Data 5, 180161, 2018).")
+    return image
+
+
 def _class_label(code: str) -> str:
     return f"{code} · {CLASS_NAMES.get(code, code)}"
 
@@ -195,15 +211,21 @@ def probability_figure(prediction) -> go.Figure:
 
 @guarded("The prediction")
 def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
-    """Prediction panel: class, description, malignancy, calibration, OOD, all probabilities."""
+    """The out-of-distribution gate, then the verdict: class, description, malignancy, all probabilities.
+
+    Returns:
+        The :class:`core.predict.Prediction`, or None when the image was flagged and the user has not
+        asked to see the verdict anyway (the page then shows no probabilities and no maps either).
+    """
     prediction = predictor.predict(image.rgb, tta=tta)
+    if not ood_gate(prediction, image):
+        return None
     left, right = st.columns([2, 3])
     with left:
         st.subheader(_class_label(prediction.predicted))
         st.write(DESCRIPTIONS.get(prediction.predicted, ""))
         if image.true_dx:
-            verdict = "✅ matches" if image.true_dx == prediction.predicted else "❌ differs from"
-            st.write(f"True label (dataset): **{_class_label(image.true_dx)}** — the prediction {verdict} it.")
+            _truth_line(predictor, image, prediction)
         st.metric("Malignant (mel + bcc + akiec)", f"{prediction.malignant:.1%}",
                   help="Sum of the probabilities of the malignant classes; benign = the rest.")
         st.caption(f"Benign: {1 - prediction.malignant:.1%}")
@@ -212,121 +234,61 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
     with right:
         st.plotly_chart(probability_figure(prediction), width="stretch", key="predict_probs")
         st.caption(_calibration_text(predictor, tta))
-    _ood_panel(prediction)
+    if not prediction.ood.flagged:
+        st.caption("Out-of-distribution check passed. " + prediction.ood.text)
     return prediction
 
 
 def _calibration_text(predictor: Predictor, tta: bool) -> str:
     views = " Averaged over 8 flips/rotations (TTA)." if tta else ""
-    if predictor.temperature is None:
-        return "Uncalibrated: the model's own softmax (model.json has no temperature)." + views
-    return f"Calibrated with temperature scaling, T = {predictor.temperature:.3f} (fitted on validation)." + views
+    return predictor.calibration["text"] + views
 
 
-def _ood_panel(prediction) -> None:
-    ood = prediction.ood
-    if ood.method == "feature_distance":
-        text = (f"Distance to the training images in the model's feature space: {ood.score:.2f} × the threshold; "
-                "images beyond 1 are flagged (about 99 % of HAM10000 validation images stay below).")
-        reason = "its features are far from every training image"
-    else:
-        source = {
-            "metadata": "fitted on HAM10000 validation images (model.json)",
-            "validation predictions": "5th percentile of the validation images' scores (predictions_val.csv)",
-            "default": "a default guess: this model has no fitted OOD threshold",
-        }[ood.source]
-        text = f"Confidence score (max softmax) {ood.score:.2f}, threshold {ood.threshold:.2f} — {source}."
-        reason = "low confidence"
-    if ood.flagged:
-        st.warning("This image looks unlike the dermatoscopic images the model was trained on "
-                   f"({reason}); treat the result with extra caution. " + text, icon="🛑")
-    else:
-        st.caption("Out-of-distribution check passed. " + text)
+NOT_DERMOSCOPIC = (
+    "**This does not look like a dermatoscopic image.** The model has only ever seen dermatoscope "
+    "photographs of pigmented skin lesions; shown anything else it still names one of its seven classes, "
+    "and that name means nothing. No diagnosis, probabilities or saliency maps are shown for it."
+)
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing the saliency map…")
-def _saliency_map(path: str, mtime: int, digest: str, method: str, target: int, _x: np.ndarray) -> np.ndarray:
-    """One saliency map, cached by model, image content, method and class (``_x`` is not hashed)."""
-    return saliency.explain(_explainer(path, mtime), _x, method, target)
+def ood_gate(prediction, image: InputImage) -> bool:
+    """The gate before the verdict: True when the image passed, or the user asked to see the verdict anyway."""
+    if not prediction.ood.flagged:
+        return True
+    st.error(NOT_DERMOSCOPIC, icon="🛑")
+    st.caption(prediction.ood.text)
+    if st.toggle("Show the prediction anyway", key=f"{KEY_SHOW_ANYWAY}_{image.digest}"):
+        st.warning("Shown on request for an image flagged as unlike the training images: read it as the output "
+                   "of a model outside its domain, not as a verdict.", icon="⚠️")
+        return True
+    return False
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing deletion and insertion curves…")
-def _curves(path: str, mtime: int, digest: str, method: str, target: int, _x, _map) -> tuple:
-    predict_fn = _predictor(path, mtime).predict_fn
-    return (faithfulness.deletion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS),
-            faithfulness.insertion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS))
+@st.cache_data(max_entries=4, show_spinner=False)
+def _model_split(path: str, mtime: int) -> pd.DataFrame | None:
+    """The split a model folder was trained on (None when it carries none); ``mtime`` is only a key."""
+    return leakage.find_model_split(Path(path), read_metadata(Path(path)))
 
 
-def saliency_controls(predictor: Predictor, prediction) -> dict:
-    """Method, target class, opacity and colour map; the predicted class is the default target."""
-    cols = st.columns([3, 3, 2, 2])
-    method = cols[0].selectbox("Method", list(saliency.METHODS), key=KEY_METHOD,
-                               help="Grad-CAM (fast) is instant; the others take one to twenty seconds.")
-    classes = list(predictor.classes)
-    target = cols[1].selectbox("Explain class", classes, index=classes.index(prediction.predicted),
-                               format_func=_class_label, key=f"{KEY_TARGET}_{prediction.predicted}")
-    opacity = cols[2].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=KEY_OPACITY)
-    cmap = cols[3].radio("Colours", ("jet", "inferno"), horizontal=True)
-    return {"method": method, "target": classes.index(target), "opacity": opacity, "cmap": cmap}
+def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
+    """The dataset label against the prediction, with the image's split and a warning when the model saw it."""
+    verdict = "✅ matches" if image.true_dx == prediction.predicted else "❌ differs from"
+    split = leakage.split_of(image.name, _model_split(str(predictor.model_dir.resolve()), model_mtime(predictor.model_dir)))
+    where = f" (an image of the model's **{SPLIT_NAMES.get(split, split)}** split)" if split else ""
+    st.write(f"True label (dataset): **{_class_label(image.true_dx)}** — the prediction {verdict} it{where}.")
+    if split in ("train", "val"):
+        st.warning(f"The model {'was trained on' if split == 'train' else 'was tuned on'} this image: "
+                   "a match here says nothing about how it does on new images. Pick a test-split image for that.")
+    elif split is None:
+        st.caption("This model folder carries no split file, so whether it has seen this image is unknown.")
 
 
 @guarded("The saliency map")
 def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
-    """Original, heat map and overlay side by side, PNG download, faithfulness curves."""
-    options = saliency_controls(predictor, prediction)
-    key = (str(Path(model_dir).resolve()), model_mtime(model_dir), image.digest, options["method"], options["target"])
-    x = to_model_input(image.rgb, predictor.input_size)
-    saliency_map = _saliency_map(*key, _x=x)
-    heat = saliency.colorize(saliency.resize_map(saliency_map, image.rgb.shape[:2]), options["cmap"])
-    blended = saliency.overlay(image.rgb, saliency_map, options["opacity"], options["cmap"])
-    original = image.rgb
-    if image.mask is not None:
-        original, blended = (saliency.draw_outline(a, image.mask) for a in (original, blended))
-    cols = st.columns(3)
-    outlined = " (lesion outline in green)" if image.mask is not None else ""
-    cols[0].image(original, caption="Original" + outlined, width="stretch")
-    cols[1].image(heat, caption=f"{options['method']} · {predictor.classes[options['target']]}", width="stretch")
-    cols[2].image(blended, caption="Overlay" + outlined, width="stretch")
-    if saliency_map.max() == 0:
-        st.info("The map is empty: nothing in the last conv layer raises this class's score.")
-    cols[2].download_button("Download overlay (PNG)", _png(blended), file_name=f"{Path(image.name).stem}_overlay.png",
-                            mime="image/png", on_click="ignore")
-    _mask_scores(saliency_map, image.mask)
-    show_curves(*_curves(*key, _x=x, _map=saliency_map))
+    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image."""
+    from ui import saliency_view
 
-
-def _mask_scores(saliency_map: np.ndarray, mask) -> None:
-    if mask is None:
-        return
-    hit = faithfulness.pointing_game(saliency_map, mask)
-    share = faithfulness.energy_in_mask(saliency_map, mask)
-    st.caption(f"Against the lesion mask: the map's peak is {'inside' if hit else 'outside'} the lesion; "
-               f"{share:.0%} of the map's mass lies inside it.")
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def curves_figure(deletion, insertion) -> go.Figure:
-    """Deletion and insertion curves with their AUCs in the legend."""
-    fig = go.Figure()
-    for curve, hint, colour in ((deletion, "lower is better", "#d62728"), (insertion, "higher is better", "#2ca02c")):
-        fig.add_trace(go.Scatter(x=curve.fractions, y=curve.scores, mode="lines+markers", line={"color": colour},
-                                 name=f"{curve.kind} · AUC {curve.auc:.3f} ({hint})"))
-    fig.update_layout(xaxis={"title": "share of pixels removed / inserted, most salient first", "tickformat": ".0%"},
-                      yaxis={"title": "class probability (uncalibrated)", "range": [0, 1.02]}, height=320,
-                      margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": 1.12})
-    return fig
-
-
-def show_curves(deletion, insertion) -> None:
-    """The faithfulness section: curves plus a one-line reading guide."""
-    st.markdown("**Is the map faithful?** Deletion blurs the most salient pixels first; insertion restores "
-                "them on a blurred copy. A faithful map makes the probability drop fast / rise fast.")
-    st.plotly_chart(curves_figure(deletion, insertion), width="stretch", key="predict_curves")
+    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir))
 
 
 def upload_sources(files):
@@ -377,12 +339,21 @@ def batch_mode(predictor: Predictor) -> None:
     if table.empty:
         st.warning("No readable image among the uploaded files.")
         return
-    calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
-    st.caption(f"{len(table)} image(s) classified; {calibrated} probabilities.")
-    st.dataframe(table, hide_index=True, column_config=_probability_columns(predictor.classes))
-    st.download_button("Download predictions (CSV)", table.to_csv(index=False, float_format="%.6f"),
-                       file_name="predictions.csv", mime="text/csv", on_click="ignore")
+    flagged = int(table[contract.OOD_FLAG].sum())
+    st.caption(f"{len(table)} image(s) classified; {predictor.probabilities_kind} probabilities. "
+               f"{flagged} flagged as not looking dermatoscopic ({contract.OOD_FLAG} = 1): "
+               "their predicted class means nothing.")
+    shown = table.astype({contract.OOD_FLAG: bool})
+    st.dataframe(shown, hide_index=True, column_config=_batch_columns(predictor.classes))
+    csv = contract.to_csv(table, predictor.probabilities_kind, predictor.temperature)
+    st.download_button("Download predictions (CSV)", csv, file_name="predictions.csv", mime="text/csv",
+                       on_click="ignore")
 
 
-def _probability_columns(classes) -> dict:
-    return {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f") for c in classes}
+def _batch_columns(classes) -> dict:
+    columns = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f") for c in classes}
+    columns[contract.OOD_FLAG] = st.column_config.CheckboxColumn(
+        contract.OOD_FLAG, help="Flagged as unlike the dermatoscopic images the model learnt from")
+    columns[contract.OOD_SCORE] = st.column_config.NumberColumn(
+        contract.OOD_SCORE, format="%.2f", help="× the threshold: flagged above 1")
+    return columns

@@ -8,48 +8,24 @@ confirmation), so a reload or a server restart reattaches to the active run.
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from core import data, paths, runs
+from core import options as opts
+from core import runfolder as rf
 
 SELECTED_RUN = "train_selected_run"
 CONFIRM_DELETE = "train_confirm_delete"
+OPTION_KEY = "train_opt_{}"
 POLL_SECONDS = 2.0
 LOG_LINES = 200
-
-HELP = {
-    "arch": "Network. small_cnn is a tiny net trained from scratch (fast, weak); mobilenet_v2 and "
-    "mobilenet_v3_small are light ImageNet backbones; efficientnet_b0 is the most accurate and slowest.",
-    "weights": "Initial weights. none: random. imagenet: Keras download (needs internet). "
-    "offline-imagenet: a bundled MobileNetV2 ImageNet checkpoint, no network (mobilenet_v2 only).",
-    "image_size": "Width of the model input in pixels; images are stretched to it. "
-    "Larger sees more detail but trains roughly quadratically slower.",
-    "image_height": "Height of the model input in pixels; 0 makes the input square. "
-    "HAM10000 images are 4:3, so 144 for a width of 192 keeps the whole frame undistorted.",
-    "label_smoothing": "Share of each one-hot target spread over the other classes; "
-    "0.1 often calibrates and generalises better.",
-    "epochs": "Total passes over the training images, warm-up included.",
-    "warmup_epochs": "First epochs train only the new classifier head with the backbone frozen, "
-    "so large early gradients do not wreck the pretrained features.",
-    "unfreeze": "After warm-up, fine-tune only the top N backbone layers (0 = all layers). "
-    "Fewer layers: faster and less over-fitting on small data.",
-    "batch_size": "Images per gradient step. Larger is smoother but needs more memory.",
-    "lr": "Learning rate during warm-up (head only).",
-    "finetune_lr": "Peak learning rate after warm-up, decayed with a cosine schedule. "
-    "Keep it ~10× below the warm-up rate to preserve pretrained features.",
-    "dropout": "Share of features dropped before the classifier during training (regularisation).",
-    "imbalance": "HAM10000 is 67% nevi. class_weight: weight the loss by inverse class frequency. "
-    "oversample: draw every class equally often. focal: focal loss (gamma 2). none: plain loss.",
-    "augment": "Random changes to training images. light: flips and 90° rotations. "
-    "strong: also free rotation, zoom and colour jitter.",
-    "seed": "Seed of the split, initialisation and sampling: same seed, same split and run.",
-    "val_fraction": "Share of images (whole lesions) held out for validation: picks the best epoch.",
-    "test_fraction": "Share of images (whole lesions) held out for the final test, never used in training.",
-    "max_images": "Train on a lesion-grouped sample of about N images for a quick try (0 = all images).",
-}
+READ_ONLY_NOTE = ("Read-only mode: launching, stopping, resuming and deleting runs are switched off "
+                  "on this server; runs can be watched and compared.")
+GROUPS = (("model", "**Model**"), ("schedule", "**Schedule**"), ("data", "**Data**"))
 
 
 # ---------------------------------------------------------------- new run
@@ -68,63 +44,64 @@ def dataset_notice() -> bool:
     return False
 
 
-def _number(key: str, label: str, **kwargs):
-    """A number input whose bounds come from the registry's option rules."""
-    _, low, high = runs.OPTION_RULES[key]
-    default = runs.DEFAULT_OPTIONS[key]
-    return st.number_input(label, min_value=type(default)(low), max_value=type(default)(high),
-                           value=default, help=HELP[key], key=f"train_opt_{key}", **kwargs)
+def _key(name: str) -> str:
+    return OPTION_KEY.format(name)
 
 
-def _choice(key: str, label: str, choices) -> str:
-    return st.selectbox(label, choices, index=list(choices).index(runs.DEFAULT_OPTIONS[key]),
-                        help=HELP[key], key=f"train_opt_{key}")
+def _help(option: opts.Option) -> str:
+    return option.help[:1].upper() + option.help[1:] + "."
+
+
+def _init_form_state() -> None:
+    """Give every form widget its schema default once, so callbacks may change it."""
+    for option in opts.OPTIONS:
+        if option.in_form:
+            st.session_state.setdefault(_key(option.name), option.default)
+
+
+def apply_arch_defaults() -> None:
+    """Set the options that depend on the chosen architecture to its sensible values."""
+    arch = st.session_state[_key("arch")]
+    for name, value in opts.arch_defaults(arch).items():
+        st.session_state[_key(name)] = value
+
+
+def _widget(option: opts.Option):
+    """The form widget of one option: bounds, choices and help come from the schema."""
+    if option.choices:
+        return st.selectbox(option.label, option.choices, help=_help(option), key=_key(option.name))
+    extra = {k: v for k, v in (("step", option.step), ("format", option.fmt)) if v is not None}
+    return st.number_input(option.label, min_value=option.kind(option.low), max_value=option.kind(option.high),
+                           help=_help(option), key=_key(option.name), **extra)
 
 
 def options_form(enabled: bool = True) -> dict | None:
     """Draw the options form; return valid options when launched, else None.
 
-    Validation errors are shown under the form and None is returned.
+    Choosing an architecture (outside the form, so it applies at once) sets its
+    defaults (:func:`core.options.arch_defaults`). Validation errors are shown
+    under the form and None is returned.
     """
+    _init_form_state()
+    arch = opts.BY_NAME["arch"]
+    st.selectbox(arch.label, arch.choices, key=_key("arch"), on_change=apply_arch_defaults,
+                 help=_help(arch) + " Choosing one sets its initial weights, warm-up and learning rates.")
+    values = {"arch": st.session_state[_key("arch")]}
     with st.form("train_options", border=False):
-        model, schedule, sampling = st.columns(3)
-        with model:
-            st.markdown("**Model**")
-            options = {"arch": _choice("arch", "Architecture", runs.ARCHS),
-                       "weights": _choice("weights", "Initial weights", runs.WEIGHTS),
-                       "image_size": _number("image_size", "Input width (px)", step=32),
-                       "image_height": _number("image_height", "Input height (px, 0 = square)", step=16),
-                       "dropout": _number("dropout", "Dropout", step=0.05),
-                       "label_smoothing": _number("label_smoothing", "Label smoothing", step=0.05)}
-        with schedule:
-            st.markdown("**Schedule**")
-            options |= {"epochs": _number("epochs", "Epochs"),
-                        "warmup_epochs": _number("warmup_epochs", "Warm-up epochs"),
-                        "unfreeze": _number("unfreeze", "Unfreeze top N layers (0 = all)"),
-                        "batch_size": _number("batch_size", "Batch size", step=8),
-                        "lr": _number("lr", "Warm-up learning rate", step=1e-4, format="%.1e"),
-                        "finetune_lr": _number("finetune_lr", "Fine-tune learning rate", step=1e-5,
-                                               format="%.1e")}
-        with sampling:
-            st.markdown("**Data**")
-            options |= _data_options()
+        for column, (group, title) in zip(st.columns(len(GROUPS)), GROUPS):
+            with column:
+                st.markdown(title)
+                for option in opts.OPTIONS:
+                    if option.in_form and option.group == group and option.name != "arch":
+                        values[option.name] = _widget(option)
         submitted = st.form_submit_button("🚀 Launch training", type="primary", disabled=not enabled)
     if not submitted:
         return None
-    errors = runs.validate_options(options)
+    errors = runs.validate_options(values)
     if errors:
         st.error("Cannot launch, fix these options first:\n" + "\n".join(f"- {e}" for e in errors))
         return None
-    return options
-
-
-def _data_options() -> dict:
-    return {"imbalance": _choice("imbalance", "Class imbalance", runs.IMBALANCE),
-            "augment": _choice("augment", "Augmentation", runs.AUGMENT),
-            "seed": _number("seed", "Seed"),
-            "val_fraction": _number("val_fraction", "Validation share", step=0.05),
-            "test_fraction": _number("test_fraction", "Test share", step=0.05),
-            "max_images": _number("max_images", "Max images (0 = all)", step=500)}
+    return values
 
 
 def launch_run(options: dict) -> Path | None:
@@ -146,6 +123,16 @@ def launch_run(options: dict) -> Path | None:
 
 
 # ---------------------------------------------------------------- history
+
+
+def history_view() -> None:
+    """The run history, refreshed with the live view while a run is active."""
+    active = runs.active_run() is not None
+    st.fragment(_history, run_every=POLL_SECONDS if active else None)()
+
+
+def _history() -> None:
+    history_table(runs.list_runs())
 
 
 def history_table(infos: list) -> None:
@@ -196,7 +183,7 @@ def _run_panel(run_id: str, was_active: bool) -> None:
     _best_metrics(status)
     _curves(metrics)
     _details(run_dir)
-    if not runs.is_active(status):
+    if not runs.is_active(status) and not paths.read_only():
         _actions(run_dir, status)
 
 
@@ -226,11 +213,13 @@ def _live_progress(run_dir: Path, status: dict, metrics: runs.Metrics) -> None:
         loss = f" · loss {batch['loss']:.4f}" if isinstance(batch.get("loss"), float) else ""
         st.progress(min(1.0, batch["batch"] / batch["batches"]),
                     text=f"batch {batch['batch']}/{batch['batches']} of epoch {epoch}{loss}")
-    if (run_dir / runs.STOP_FILE).exists():
+    if paths.read_only():
+        return
+    if (run_dir / rf.STOP_FILE).exists():
         st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
     elif st.button("⏹️ Stop after this batch", key=f"train_stop_{run_dir.name}",
                    help="Asks the trainer to stop cooperatively; a stopped run can be resumed."):
-        runs.request_stop(run_dir)
+        rf.request_stop(run_dir)
         st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
 
 
@@ -303,23 +292,37 @@ def _mark_finetune(fig: go.Figure, epochs: pd.DataFrame) -> None:
 
 
 def lr_figure(epochs: pd.DataFrame) -> go.Figure:
-    """The learning rate of each epoch, on a log scale."""
+    """The learning rate of each epoch, on a log scale with labelled ticks."""
     fig = go.Figure(go.Scatter(x=epochs["epoch"], y=epochs["lr"], mode="lines+markers",
                                line={"color": "#2ca02c"}, name="learning rate"))
-    fig.update_layout(title="Learning rate", height=240, xaxis_title="epoch",
+    fig.update_layout(title="Learning rate", height=260, xaxis_title="epoch",
                       margin={"t": 40, "b": 20, "l": 20, "r": 20})
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power")
+    ticks = lr_ticks(epochs["lr"])
+    fig.update_yaxes(type="log", title_text="learning rate", tickvals=ticks, ticktext=[f"{t:.1e}" for t in ticks])
     fig.update_xaxes(dtick=1 if len(epochs) <= 20 else None)
     return fig
 
 
+def lr_ticks(rates: pd.Series, n: int = 5) -> list[float]:
+    """Up to ``n`` log-spaced tick values spanning the learning rates (a log axis within one decade
+    otherwise shows no labels)."""
+    rates = pd.to_numeric(rates, errors="coerce")
+    rates = rates[rates > 0]
+    if rates.empty:
+        return []
+    low, high = float(rates.min()), float(rates.max())
+    if high <= low * 1.01:
+        return [low]
+    return [float(v) for v in np.geomspace(low, high, n)]
+
+
 def _details(run_dir: Path) -> None:
-    config = runs._read_json(run_dir / runs.CONFIG_FILE)
+    config = rf.read_json(run_dir / rf.CONFIG_FILE)
     with st.expander("Configuration"):
         if config:
             st.json(config, expanded=True)
         else:
-            st.caption("No config.json yet (the trainer writes it once the data is loaded).")
+            st.caption(f"No {rf.CONFIG_FILE} yet (the trainer writes it once the data is loaded).")
     with st.expander(f"Log (last {LOG_LINES} lines)"):
         st.code(runs.log_tail(run_dir, LOG_LINES) or "(empty)", language=None)
 
@@ -338,7 +341,7 @@ def _actions(run_dir: Path, status: dict) -> None:
 def _resume_button(run_dir: Path, status: dict) -> None:
     if status["state"] not in runs.RESUMABLE_STATES:
         return
-    if not (run_dir / runs.CONFIG_FILE).is_file():
+    if not (run_dir / rf.CONFIG_FILE).is_file():
         st.caption("Cannot resume: the run ended before writing its configuration. Launch a new run.")
         return
     if st.button("▶️ Resume", key=f"train_resume_{run_dir.name}",

@@ -2,7 +2,7 @@
 
 Every number is computed from a predictions CSV (``core.evaluate``), never by
 running the model, except for an external test set, which is predicted once and
-read from there like any other split. Cached loaders are keyed by path and
+read from there like any other split, and the parity check of a TFLite export. Cached loaders are keyed by path and
 modification time.
 
 ``common``       session keys, the evaluated :class:`~ui.evaluate.common.Source`, cached loaders, pickers
@@ -10,4 +10,5 @@ modification time.
 ``panels``       summary, confusion matrix, per-class table, ROC/PR curves, operating point
 ``reliability``  calibration and the subgroup audit
 ``compare``      run comparison and downloads
+``model_export`` the model as a TFLite file for on-device inference, with its parity figures
 """

@@ -1,0 +1,96 @@
+"""Saliency maps from the command line, so researchers can score them with their own tools.
+
+Command line::
+
+    python -m core.explain --model DIR [--method NAME] [--target CODE] --out DIR PATH...
+
+PATHs are image files, folders (searched recursively) or zip files, decoded
+exactly as the Predict page decodes an upload. For each image it writes
+
+* ``<image_id>.npy`` — the map, float32, non-negative, maximum 1 (all zeros
+  when nothing raises the class's score), at the input image's own height ×
+  width: the array the Predict page offers as "Download the left map";
+* ``<image_id>.png`` — the map drawn over the image (iso-contours by default);
+
+and ``explain.csv``: ``image_id, method, target, probability`` (the model's
+uncalibrated probability of the explained class). The explained class is the
+predicted one unless ``--target`` names a class. Unreadable files are reported
+on stderr and skipped.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.images import ImageError, decode_image, iter_sources, to_model_input
+from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
+from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
+
+
+def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, target: str | None = None) -> tuple:
+    """``(map at the image's own size, class index, its probability)`` for one decoded image."""
+    x = to_model_input(rgb, predictor.input_size)
+    probs = predictor.raw_probabilities(x[None])[0]
+    index = predictor.classes.index(target) if target else int(np.argmax(probs))
+    return resize_map(explain(explainer, x, method, index), rgb.shape[:2]), index, float(probs[index])
+
+
+def run(predictor, sources, method: str, out: Path, target=None, style: str = "contours", cmap: str = DEFAULT_CMAP,
+        on_skip=None) -> pd.DataFrame:
+    """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
+    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, data in sources:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            rgb = decode_image(data)
+        except ImageError as err:
+            if on_skip:
+                on_skip(name, str(err))
+            continue
+        image_id = Path(name.split("!")[-1]).stem
+        saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)
+        np.save(out / f"{image_id}.npy", saliency)
+        Image.fromarray(render(rgb, saliency, style, cmap)).save(out / f"{image_id}.png")
+        rows.append({"image_id": image_id, "method": method, "target": predictor.classes[index],
+                     "probability": probability})
+    return pd.DataFrame(rows, columns=["image_id", "method", "target", "probability"])
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status (1 when no image was readable)."""
+    from core.predict import Predictor
+
+    parser = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), metavar="NAME",
+                        help=f"saliency method (default: {DEFAULT_METHOD!r}); one of: {', '.join(METHODS)}")
+    parser.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")
+    parser.add_argument("--style", default="contours", choices=STYLES, help="how the PNG draws the map")
+    parser.add_argument("--cmap", default=DEFAULT_CMAP, choices=CMAPS, help="colour map of the PNG")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the maps into")
+    parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
+    args = parser.parse_args(argv)
+    predictor = Predictor(args.model)
+    if args.target is not None and args.target not in predictor.classes:
+        parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
+    skipped = []
+
+    def report(name, message):
+        skipped.append(name)
+        print(f"skipped {name}: {message}", file=sys.stderr)
+
+    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, report)
+    table.to_csv(args.out / "explain.csv", index=False, float_format="%.6f")
+    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped)}")
+    return 0 if len(table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

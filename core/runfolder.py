@@ -1,0 +1,220 @@
+"""The run folder: its file names, its record keys, the one atomic JSON writer and its readers.
+
+A run folder is written by ``python -m core.train --run-dir DIR`` (or another
+trainer started through it, such as segmentation) and read by the run registry
+(:mod:`core.runs`), the Train page and evaluation. Every file name of a run
+folder is spelled here and nowhere else:
+
+=====================  ==========================================================
+``config.json``        every option, classes, image size, split hash, versions
+``status.json``        state, heartbeat, epoch/batch, best epoch (atomic writes)
+``metrics.jsonl``      one JSON record per line: ``kind`` ``epoch`` or ``batch``
+``train.log``          the trainer's log
+``STOP``               present: the trainer stops after its current batch
+``train.lock``         the trainer's exclusive lock (``fcntl.flock``)
+``launch.json``        what the registry launched (pid, argv, options)
+``last.keras``         the last epoch's model with its optimizer state (resume)
+``state.json``         the last completed epoch, its phase and the best epoch
+``model.keras``        the best model (inference graph), ``model.json`` its metadata
+``splits.csv``         the lesion-grouped split the run used
+``predictions_*.csv``  the best model's predictions, one file per split
+``tensorboard/``       TensorBoard event files (``train/`` and ``validation/``)
+=====================  ==========================================================
+
+This module imports neither TensorFlow nor Streamlit.
+"""
+
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+STOP_FILE = "STOP"
+LOCK_FILE = "train.lock"
+LAUNCH_FILE = "launch.json"
+CHECKPOINT_FILE = "last.keras"
+STATE_FILE = "state.json"
+MODEL_FILE = "model.keras"
+METADATA_FILE = "model.json"
+SPLITS_FILE = "splits.csv"
+TENSORBOARD_DIR = "tensorboard"
+PREDICTIONS_PATTERN = "predictions_{split}.csv"
+
+# metrics.jsonl records
+EPOCH_RECORD = "epoch"
+BATCH_RECORD = "batch"
+# The scores of an epoch, on training batches under their own name and on validation with VAL_PREFIX.
+EPOCH_METRICS = ("loss", "accuracy", "balanced_accuracy", "auc")
+VAL_PREFIX = "val_"
+# The best epoch is the one with the highest value of this record key.
+BEST_KEY = VAL_PREFIX + "balanced_accuracy"
+
+
+def val_key(metric: str) -> str:
+    """The record key of a validation score, e.g. ``val_auc`` for ``auc``."""
+    return VAL_PREFIX + metric
+
+
+def predictions_file(split: str) -> str:
+    """The file name of a split's predictions, e.g. ``predictions_val.csv``."""
+    return PREDICTIONS_PATTERN.format(split=split)
+
+
+def now_iso() -> str:
+    """The current UTC time as the run folder writes it (ISO 8601, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> None:
+    """Write JSON so a reader never sees half a file (temp file + ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when it is missing, partial or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_record(line: str) -> dict | None:
+    """One ``metrics.jsonl`` line as a dict, or None for a blank, partial or non-object line."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """Every complete record of a run's ``metrics.jsonl``, in file order (empty when missing).
+
+    The half-written last line of a running trainer is skipped.
+    """
+    try:
+        text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [r for r in map(parse_record, text.splitlines()) if r is not None]
+
+
+# ---------------------------------------------------------------- the lock
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+class RunLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on a run folder's ``train.lock``.
+
+    The lock ends with the process, so a killed trainer never leaves a stale lock.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._handle = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise :class:`RunFolderBusy` at once."""
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunFolderBusy(f"{self.path.parent} is in use by another trainer") from None
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a trainer holds the run folder's lock."""
+    if not (Path(run_dir) / LOCK_FILE).is_file():
+        return False
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunFolderBusy:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class RunFolder:
+    """Writes the live files of one run folder: status, metrics records and the stop request.
+
+    The interface every trainer uses (``core.train``, ``core.segment_train``):
+    ``update(**fields)``, ``append_metrics(record)``, ``stop_requested()``.
+    The caller holds the folder's :class:`RunLock`.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.status = {"state": "queued", "pid": os.getpid(), "started": now_iso(), "finished": None, "best": None}
+        previous = read_json(self.dir / STATUS_FILE) or {}
+        # a resumed run keeps its start time and best epoch
+        self.status.update({k: previous[k] for k in ("best", "started") if previous.get(k)})
+
+    def path(self, name: str) -> Path:
+        """The path of a file of this run folder."""
+        return self.dir / name
+
+    def update(self, **fields) -> None:
+        """Merge ``fields`` into ``status.json`` with a fresh heartbeat (atomic write)."""
+        self.status.update(fields, pid=os.getpid(), updated=now_iso())
+        write_json_atomic(self.dir / STATUS_FILE, self.status)
+
+    def append_metrics(self, record: dict) -> None:
+        """Append one record to ``metrics.jsonl`` and flush it."""
+        with open(self.dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+            handle.flush()
+
+    def stop_requested(self) -> bool:
+        """True once a ``STOP`` file asks the trainer to stop."""
+        return (self.dir / STOP_FILE).exists()
+
+    def clear_stop(self) -> None:
+        """Remove a ``STOP`` file left from before (a new start or a resume)."""
+        (self.dir / STOP_FILE).unlink(missing_ok=True)
+
+    def write_json(self, name: str, data: dict) -> None:
+        """Write one of the folder's JSON files (``config.json``, ``state.json``) atomically."""
+        write_json_atomic(self.dir / name, data)
+
+
+def request_stop(run_dir: Path) -> Path:
+    """Ask a run to stop after its current batch (creates the ``STOP`` file)."""
+    path = Path(run_dir) / STOP_FILE
+    path.write_text(now_iso() + "\n", encoding="utf-8")
+    return path

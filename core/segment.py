@@ -1,0 +1,285 @@
+"""Lesion segmentation: the U-Net model, segmenting images, and the command line.
+
+``python -m core.segment --model DIR --out DIR PATH...`` writes one
+``<image_id>.png`` mask (0/255, the input image's own size) per image and a
+``measurements.csv`` of lesion measurements (``core.lesion_measures``).
+
+The model is a flat functional graph: the MobileNetV2 encoder of
+``core.models.build_model`` (with its offline ImageNet weights and its
+preprocessing layer) and a U-Net decoder reading five of its activations. It
+takes float32 RGB in 0..255 at ``(H, W, 3)`` and returns a ``(H, W, 1)``
+lesion probability (sigmoid). A mask at the image's own size is that
+probability resized bilinearly, then thresholded.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ENCODER = "mobilenet_v2"
+# Encoder activations at strides 2, 4, 8, 16 (skips) and 32 (bottom).
+SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
+BOTTOM = "block_16_project"
+DECODER_FILTERS = (128, 64, 48, 32, 16)
+OUTPUT_LAYER = "mask"
+THRESHOLD = 0.5
+# Encoder layers before this one stay frozen when ``freeze_until`` is "block_6": the
+# full-resolution blocks cost most of the backward pass and learn generic edges.
+FREEZE_POINTS = ("none", "block_3", "block_6", "block_13", "all")
+
+
+def build_segmenter(image_size, weights: str = "offline-imagenet", filters=DECODER_FILTERS):
+    """Build the U-Net segmenter on a MobileNetV2 encoder.
+
+    Args:
+        image_size: the input ``(height, width)``; both must be multiples of 32.
+        weights: encoder weights, as for ``core.models.build_model``.
+        filters: decoder filters, from the stride-16 level up to full resolution.
+
+    Returns:
+        An uncompiled ``keras.Model`` named ``segmenter`` with a sigmoid output layer ``mask``.
+    """
+    import keras
+
+    from core.images import as_hw
+    from core.models import build_model
+
+    height, width = as_hw(image_size)
+    if height % 32 or width % 32:
+        raise ValueError(f"segmenter input {height}×{width}: both sides must be multiples of 32")
+    encoder = build_model(ENCODER, (height, width), n_classes=1, weights=weights)
+    x = encoder.get_layer(BOTTOM).output
+    skips = [encoder.get_layer(name).output for name in reversed(SKIPS)] + [None]
+    for level, (skip, n) in enumerate(zip(skips, filters)):
+        x = _up_block(x, skip, n, name=f"up{level}")
+    outputs = keras.layers.Conv2D(filters=1, kernel_size=1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+    return keras.Model(inputs=encoder.input, outputs=outputs, name="segmenter")
+
+
+def _up_block(x, skip, filters: int, name: str):
+    """Upsample ×2 (bilinear), join the skip connection, then two 3×3 convolutions."""
+    import keras
+
+    x = keras.layers.UpSampling2D(size=2, interpolation="bilinear", name=f"{name}_upsample")(x)
+    if skip is not None:
+        x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
+    for i in range(2):
+        x = keras.layers.SeparableConv2D(filters=filters, kernel_size=3, padding="same", use_bias=False,
+                                         name=f"{name}_conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def set_encoder_trainable(model, freeze_until: str) -> None:
+    """Freeze the encoder below ``freeze_until`` (see ``FREEZE_POINTS``); encoder BatchNorm always stays frozen.
+
+    Frozen BatchNorm runs in inference mode, keeping ImageNet statistics, as the
+    Keras transfer-learning guide advises for small batches.
+    """
+    import keras
+
+    if freeze_until not in FREEZE_POINTS:
+        raise ValueError(f"unknown freeze point {freeze_until!r}; choose one of {FREEZE_POINTS}")
+    frozen = freeze_until != "none"
+    for layer in model.layers:
+        if layer.name.startswith("up") or layer.name == OUTPUT_LAYER:
+            layer.trainable = True
+            continue
+        if freeze_until not in ("none", "all") and layer.name.startswith(f"{freeze_until}_"):
+            frozen = False
+        layer.trainable = not frozen and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+RECIPE_OPTIONS = ("image_size", "image_height", "epochs", "batch_size", "lr", "freeze", "seed", "weights")
+
+
+def recipe() -> dict:
+    """The architecture facts a run's config and a model's metadata record."""
+    return {"encoder": f"{ENCODER} (torchvision ImageNet weights, ported by core.models)",
+            "decoder": f"U-Net: bilinear ×2 upsampling, skip concatenation, 2 separable 3×3 convs per level, "
+                       f"filters {list(DECODER_FILTERS)}",
+            "skips": list(SKIPS), "bottom": BOTTOM, "output_layer": OUTPUT_LAYER,
+            "loss": "binary cross-entropy + (1 - soft Dice per image)",
+            "augmentation": "flips (horizontal, vertical, both = 180° turn), image and mask together"}
+
+
+def metadata(height: int, width: int, threshold: float, split_sha256: str, weights: str) -> dict:
+    """The ``model.json`` of a segmenter folder (without run-specific fields)."""
+    from core.models import preprocessing_text
+
+    return {"task": "segmentation", "image_height": int(height), "image_width": int(width),
+            "threshold": float(threshold), "split_sha256": split_sha256, "weights": weights,
+            "preprocessing": preprocessing_text(ENCODER, weights),
+            "input": "RGB float32 in 0..255, decoded by core.images, resized to image_height x image_width "
+                     "(bilinear stretch, no crop)",
+            "output": "lesion probability (sigmoid) at the input size; resized bilinearly to the image's own "
+                      "size, then thresholded",
+            **recipe()}
+
+
+def write_segmenter_metadata(model_dir: Path, meta: dict) -> None:
+    """Write a segmenter's ``model.json`` atomically."""
+    from core.modelio import write_metadata
+
+    write_metadata(Path(model_dir), meta)
+
+
+def read_segmenter_metadata(model_dir: Path) -> dict:
+    """Read a segmenter's ``model.json``, checked for the keys segmenting needs."""
+    import json
+
+    from core.modelio import METADATA_FILE, ModelFolderError
+
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelFolderError(f"{path}: segmenter metadata not found") from err
+    except json.JSONDecodeError as err:
+        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    missing = [k for k in ("image_height", "image_width", "threshold") if k not in meta]
+    if missing or meta.get("task") != "segmentation":
+        raise ModelFolderError(f"{path}: not a segmenter's metadata (task={meta.get('task')!r}, missing {missing})")
+    return meta
+
+
+def predict_probs(model, images, idx=None, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
+    """Lesion probability maps ``(n, H, W)`` at the model size for ``images[idx]`` (all images when None)."""
+    idx = np.arange(len(images)) if idx is None else np.asarray(idx)
+    out = [model.predict(np.asarray(images[idx[i : i + chunk]], dtype=np.float32), batch_size=batch_size, verbose=0)
+           for i in range(0, len(idx), chunk)]
+    height, width = model.output_shape[1:3]
+    return np.concatenate(out)[..., 0] if out else np.zeros((0, height, width), np.float32)
+
+
+def mask_at(prob: np.ndarray, shape, threshold: float = THRESHOLD) -> np.ndarray:
+    """A boolean mask of ``shape`` (H, W): the probability map resized bilinearly, then thresholded."""
+    from PIL import Image
+
+    height, width = int(shape[0]), int(shape[1])
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != (height, width):
+        prob = np.asarray(Image.fromarray(prob, mode="F").resize((width, height), resample=Image.Resampling.BILINEAR))
+    return prob >= threshold
+
+
+class Segmenter:
+    """A segmenter folder loaded for serving.
+
+    Args:
+        model_dir: a folder with ``model.keras`` and a segmenter ``model.json``.
+        model: an already loaded Keras model (skips loading; for tests and benches).
+    """
+
+    def __init__(self, model_dir: Path, model=None):
+        from core.modelio import load_model
+
+        self.model_dir = Path(model_dir)
+        self.meta = read_segmenter_metadata(self.model_dir)
+        self.input_size = (int(self.meta["image_height"]), int(self.meta["image_width"]))
+        self.threshold = float(self.meta["threshold"])
+        self.model = model if model is not None else load_model(self.model_dir)
+        self._forward = _compiled_forward(self.model)
+
+    def warmup(self) -> None:
+        """Run one segmentation so the first user request does not pay for tracing."""
+        self.probabilities(np.zeros((1, *self.input_size, 3), np.float32))
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Lesion probability maps ``(N, H, W)`` at the model size for a float32 model-input batch."""
+        return np.asarray(self._forward(np.asarray(batch, dtype=np.float32)))[..., 0]
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        """The lesion mask of one RGB uint8 image, a bool array at the image's own size."""
+        from core.images import to_model_input
+
+        prob = self.probabilities(to_model_input(rgb, self.input_size)[None])[0]
+        return mask_at(prob, rgb.shape[:2], self.threshold)
+
+
+def _compiled_forward(model):
+    """A traced inference function: much faster per call than ``model.predict``."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)
+
+    return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
+
+
+def image_id(name: str) -> str:
+    """The image id of a source name: the file stem (of the zip member for ``archive.zip!member``)."""
+    return Path(name.split("!")[-1]).stem
+
+
+def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
+    """Segment ``(name, bytes)`` pairs: write ``<image_id>.png`` masks and return the measurements table.
+
+    Args:
+        segmenter: the loaded segmenter.
+        sources: iterable of ``(name, bytes | ImageError)`` as from ``core.images.iter_sources``.
+        out_dir: the folder for the mask PNGs (0/255, each at its image's own size).
+        on_skip: called with ``(name, message)`` for each unreadable entry.
+
+    Returns:
+        A DataFrame: ``image_id, height, width`` and the columns of ``core.lesion_measures.measure``.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from core.images import ImageError, decode_image
+    from core.lesion_measures import measure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, data in sources:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            rgb = decode_image(data)
+        except ImageError as err:
+            if on_skip:
+                on_skip(name, str(err))
+            continue
+        mask = segmenter.segment(rgb)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{image_id(name)}.png")
+        rows.append({"image_id": image_id(name), "height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)})
+    return pd.DataFrame(rows)
+
+
+MEASUREMENTS_FILE = "measurements.csv"
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status (1 when no image was readable)."""
+    from core.images import iter_sources
+
+    parser = argparse.ArgumentParser(prog="python -m core.segment", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help=f"folder for <image_id>.png masks (0/255, the image's own size) and {MEASUREMENTS_FILE}")
+    parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
+    args = parser.parse_args(argv)
+    segmenter = Segmenter(args.model)
+    skipped = []
+
+    def report(name, message):
+        skipped.append(name)
+        print(f"skipped {name}: {message}", file=sys.stderr)
+
+    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=report)
+    table.to_csv(args.out / MEASUREMENTS_FILE, index=False, float_format="%.6f")
+    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped)}")
+    return 0 if len(table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

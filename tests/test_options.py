@@ -1,0 +1,142 @@
+"""The option schema: the form, the command line and the validator accept and refuse the same option sets."""
+
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_dataset
+from streamlit.testing.v1 import AppTest
+
+from core import models, runs
+from core import options as opts
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+SCRATCH = {"arch": "small_cnn", "weights": "none", "warmup_epochs": 0}
+
+GOOD = [
+    {},
+    SCRATCH,
+    {**SCRATCH, "image_size": 32, "image_height": 32, "epochs": 1, "batch_size": 1},
+    {"arch": "mobilenet_v2", "weights": "offline-imagenet", "image_size": 192, "image_height": 144},
+    {"arch": "efficientnet_b0", "weights": "imagenet", "label_smoothing": 0.5, "dropout": 0.9},
+    {"arch": "mobilenet_v3_small", "weights": "none", "lr": 0.999, "finetune_lr": 1e-7},
+    {"epochs": 3, "warmup_epochs": 3, "imbalance": "focal", "augment": "strong"},
+    {"val_fraction": 0.4, "test_fraction": 0.4, "max_images": 50, "seed": 0},
+    {"task": "segmentation", "max_images": 0, "unfreeze": 10_000},
+]
+BAD = [
+    {"dropout": 1.5},
+    {"val_fraction": 0.5, "test_fraction": 0.45},
+    {"arch": "small_cnn"},
+    {"arch": "small_cnn", "weights": "imagenet", "warmup_epochs": 0},
+    {"arch": "efficientnet_b0", "weights": "offline-imagenet"},
+    {"epochs": 2, "warmup_epochs": 3},
+    {"image_height": 16},
+    {"image_size": 16},
+    {"image_size": 1024},
+    {"label_smoothing": 0.6},
+    {"lr": 0.0},
+    {"lr": 1.0},
+    {"finetune_lr": 2.0},
+    {"max_images": 10},
+    {"batch_size": 0},
+    {"epochs": 0},
+    {"task": "detection"},
+    {"augment": "heavy"},
+]
+NOT_IN_FORM = [
+    {"epochs": 2.5},
+    {"colour": "red"},
+    {"split_file": "/no/such/split.csv"},
+    {"logical_cpus": 65},
+]
+
+
+def cli_accepts(tmp_path, options: dict, capsys) -> bool:
+    """True when ``python -m core.train`` accepts the options (parsed in process, nothing trains)."""
+    from core import train
+
+    try:
+        train.parse_args(["--run-dir", str(tmp_path / "run"), *opts.to_argv(options)])
+    except SystemExit as stop:
+        assert stop.code == 2
+        message = capsys.readouterr().err
+        assert message.count("\n") == 1 and message.startswith("python -m core.train: error: "), message
+        return False
+    return True
+
+
+@pytest.mark.parametrize("options", GOOD + BAD + NOT_IN_FORM, ids=repr)
+def test_validator_and_command_line_agree(options, tmp_path, capsys):
+    expected = options in GOOD
+    assert (runs.validate_options(options) == []) is expected, runs.validate_options(options)
+    assert cli_accepts(tmp_path, options, capsys) is expected
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.fixture
+def form_env(tmp_path, monkeypatch):
+    """An empty registry and a tiny dataset; launching records the options instead of training."""
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(write_tiny_dataset(tmp_path / "ham10000")))
+    launched = []
+
+    def fake_launch(options, command=None):
+        launched.append(options)
+        return tmp_path / "runs" / "launched"
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    return launched
+
+
+def form_accepts(options: dict, launched: list) -> bool:
+    """Fill every field of the Train page's form (architecture first, then the rest of the
+    complete option set, so its per-architecture defaults do not interfere) and press Launch.
+
+    Accepted means launched with exactly these values: a value outside a field's bounds
+    is not taken by the field, which refuses it as surely as an error message.
+    """
+    full = {o.name: options.get(o.name, o.default) for o in opts.OPTIONS if o.in_form}
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    at.selectbox(key="train_opt_arch").set_value(full["arch"]).run()
+    for name, value in full.items():
+        if name != "arch":
+            widget = at.selectbox if opts.BY_NAME[name].choices else at.number_input
+            widget(key=f"train_opt_{name}").set_value(value)
+    next(b for b in at.button if "Launch training" in b.label).click().run()
+    assert not at.exception, at.exception
+    refused = any("Cannot launch" in e.value for e in at.error)
+    return not refused and bool(launched) and launched[-1] == full
+
+
+@pytest.mark.parametrize("options", GOOD[:5] + BAD[:8], ids=repr)
+def test_the_form_accepts_exactly_what_the_validator_accepts(options, form_env):
+    assert form_accepts(options, form_env) is (runs.validate_options(options) == [])
+
+
+def test_every_option_is_in_the_cli_and_every_form_field_in_the_schema():
+    from core import train
+
+    args = vars(train.build_parser().parse_args(["--run-dir", "x"]))
+    assert set(args) - {"run_dir", "resume"} == set(opts.BY_NAME)
+    assert {k: v for k, v in args.items() if k in opts.BY_NAME} == opts.DEFAULTS
+    assert opts.validate({}) == []
+    assert all(o.group in ("model", "schedule", "data") for o in opts.OPTIONS if o.in_form)
+
+
+def test_arch_defaults_are_valid_for_every_architecture(monkeypatch):
+    for arch in models.ARCHITECTURES:
+        assert opts.validate({"arch": arch, **opts.arch_defaults(arch)}) == [], arch
+    assert opts.arch_defaults("small_cnn")["weights"] == "none"
+    # the list of offline checkpoints is read when asked, so a new one is picked up
+    monkeypatch.setattr(models, "OFFLINE_IMAGENET", ("mobilenet_v2", "efficientnet_b0"))
+    assert opts.arch_defaults("efficientnet_b0")["weights"] == "offline-imagenet"
+    assert opts.validate({"arch": "efficientnet_b0"}) == []
+    assert opts.allowed_weights("efficientnet_b0") == models.WEIGHTS
+
+
+def test_help_text_shows_ranges_and_choices():
+    from core import train
+
+    text = train.build_parser().format_help()
+    assert "[0..0.9]" in text and "{classification,segmentation}" in text and "67 %" in text

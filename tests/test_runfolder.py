@@ -1,0 +1,106 @@
+"""The run folder contract: round trips of its files, its lock, and one spelling of each file name."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import runfolder as rf
+from core import runs
+
+PROJECT = Path(__file__).resolve().parent.parent
+FILE_NAMES = [rf.CONFIG_FILE, rf.STATUS_FILE, rf.METRICS_FILE, rf.LOG_FILE, rf.LOCK_FILE, rf.LAUNCH_FILE,
+              rf.CHECKPOINT_FILE, rf.STATE_FILE, rf.MODEL_FILE, rf.METADATA_FILE, rf.SPLITS_FILE]
+
+
+def test_status_round_trip_through_the_registry_reader(tmp_path):
+    folder = rf.RunFolder(tmp_path / "run")
+    folder.update(state="done", epoch=3, epochs=3, best={"epoch": 2, rf.BEST_KEY: 0.5}, message="finished")
+    status = runs.read_status(folder.dir)
+    assert status["state"] == status["stored_state"] == "done"
+    assert status["best"] == {"epoch": 2, rf.BEST_KEY: 0.5} and status["pid"] is not None
+    assert not list(folder.dir.glob(".*.tmp"))  # the atomic writer leaves no temp file
+
+
+def test_a_resumed_folder_keeps_its_start_and_best(tmp_path):
+    first = rf.RunFolder(tmp_path)
+    first.update(state="stopped", best={"epoch": 1})
+    second = rf.RunFolder(tmp_path)
+    assert second.status["started"] == first.status["started"] and second.status["best"] == {"epoch": 1}
+
+
+def test_metrics_records_round_trip(tmp_path):
+    folder = rf.RunFolder(tmp_path)
+    epoch = {"kind": rf.EPOCH_RECORD, "epoch": 1, "lr": 1e-3, **{k: 0.5 for k in rf.EPOCH_METRICS},
+             **{rf.val_key(k): 0.25 for k in rf.EPOCH_METRICS}}
+    batch = {"kind": rf.BATCH_RECORD, "epoch": 2, "batch": 3, "batches": 9, "loss": 0.7, "seconds": 1.5}
+    folder.append_metrics(epoch)
+    folder.append_metrics(batch)
+    with open(folder.path(rf.METRICS_FILE), "a") as handle:
+        handle.write('{"kind": "epo')  # a half-written line
+    assert rf.read_records(folder.dir) == [epoch, batch]
+    metrics = runs.read_metrics(folder.dir)
+    assert metrics.epochs.loc[0, "val_auc"] == 0.25 and metrics.batch == batch
+
+
+def test_json_round_trip_and_unreadable_files(tmp_path):
+    rf.write_json_atomic(tmp_path / rf.STATE_FILE, {"epoch": 2, "phase": "finetune", "score": 0.5})
+    assert rf.read_json(tmp_path / rf.STATE_FILE) == {"epoch": 2, "phase": "finetune", "score": 0.5}
+    (tmp_path / "partial.json").write_text('{"epoch": ')
+    (tmp_path / "list.json").write_text("[1]")
+    assert rf.read_json(tmp_path / "partial.json") is None and rf.read_json(tmp_path / "list.json") is None
+    assert rf.read_json(tmp_path / "missing.json") is None
+
+
+def test_stop_request_round_trip(tmp_path):
+    folder = rf.RunFolder(tmp_path)
+    assert not folder.stop_requested()
+    rf.request_stop(tmp_path)
+    assert folder.stop_requested()
+    folder.clear_stop()
+    assert not folder.stop_requested()
+
+
+def test_predictions_file_names():
+    assert rf.predictions_file("val") == "predictions_val.csv"
+    assert rf.predictions_file("external") == "predictions_external.csv"
+
+
+def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from core.runfolder import RunLock; "
+         "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
+        cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert rf.is_locked(tmp_path)
+        with pytest.raises(rf.RunFolderBusy, match="in use by another trainer"):
+            rf.RunLock(tmp_path).acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not rf.is_locked(tmp_path)
+    with rf.RunLock(tmp_path):
+        assert rf.is_locked(tmp_path)
+
+
+def test_each_run_folder_file_name_is_spelled_in_one_core_module():
+    spelled = {}
+    for path in sorted((PROJECT / "core").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for name in FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.PREDICTIONS_PATTERN]:
+            if re.search(r"[\"']" + re.escape(name) + r"[\"']", text):
+                spelled.setdefault(name, []).append(path.name)
+    assert all(modules == ["runfolder.py"] for modules in spelled.values()), spelled
+    assert len(spelled) == len(FILE_NAMES) + 3
+
+
+def test_model_metadata_goes_through_the_one_atomic_writer(tmp_path, monkeypatch):
+    from core import modelio
+
+    calls = []
+    monkeypatch.setattr(modelio, "write_json_atomic", lambda path, data, **kw: calls.append((path, kw)))
+    modelio.write_metadata(tmp_path, {"classes": []})
+    assert calls == [(tmp_path / rf.METADATA_FILE, {"sort_keys": True})]
