@@ -111,7 +111,7 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/Predict", wait_until="domcontentloaded")
+            page.goto(f"http://127.0.0.1:{port}/Predict", wait_until="domcontentloaded", timeout=120_000)
             page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=120_000)
             page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
             page.locator('input[type="file"]').first.set_input_files(str(flower), timeout=120_000)
