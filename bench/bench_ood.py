@@ -10,8 +10,10 @@ Sets (each printed with n, share flagged and score quantiles; the score is
   of them are in the training split, which the table says.
 * **natural photos**: scikit-learn's ``flower.jpg``, whole (with flips and
   rescales) and as random crops. ``china.jpg`` is used to fit the detector
-  (``core.ood_negatives.FIT_PHOTOS``), so it is not benchmarked. ``--photos
-  DIR`` adds a folder of further photos, whole and cropped; target ≥ 98 %.
+  (``core.ood_negatives.FIT_PHOTOS``), so it is not benchmarked; target ≥ 98 %.
+* **photos of DIR/** (``--photos DIR``): a folder of further held-out photos,
+  whole and cropped (e.g. the sample images in scikit-image's wheel, extracted
+  with ``pip download scikit-image --no-deps`` and ``unzip``: never committed).
 * **trivial images**: black, white, flat colours, uniform noise, 1×1 images;
   target 100 %.
 
@@ -46,12 +48,13 @@ def whole_views(photo: np.ndarray) -> list:
     return [photo, photo[:, ::-1], photo[::-1], np.rot90(photo).copy(), small]
 
 
-def natural_photos(n: int, rng, folder: Path | None) -> list:
-    """Held-out photos whole and as ``n`` random crops (the flower, plus ``folder`` when given)."""
-    photos = [sample_photo(name) for name in HELD_OUT_PHOTOS]
-    if folder is not None:
+def natural_photos(n: int, rng, folder: Path | None = None) -> list:
+    """Held-out photos whole and as ``n`` random crops: the flower, or the photos of ``folder``."""
+    if folder is None:
+        photos = [sample_photo(name) for name in HELD_OUT_PHOTOS]
+    else:
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        photos += [decode_image(p.read_bytes()) for p in files]
+        photos = [decode_image(p.read_bytes()) for p in files]
     images = [view for photo in photos for view in whole_views(photo)]
     return images + [photo_crop(photos[i % len(photos)], rng) for i in range(n)]
 
@@ -127,7 +130,9 @@ def main() -> None:
     if args.originals:
         images, note = originals(args.originals, model_dir)
         print(row("HAM10000 originals 600×450", predictor, images) + f"   splits {note}")
-    print(row("natural photos", predictor, natural_photos(args.n, rng, args.photos)))
+    print(row("natural photos", predictor, natural_photos(args.n, rng)))
+    if args.photos:
+        print(row(f"photos of {args.photos.name}/", predictor, natural_photos(args.n, rng, args.photos)))
     print(row("trivial images", predictor, trivial(max(1, args.n // 3), rng)))
 
 

@@ -192,3 +192,28 @@ def test_external_split_without_model_file_explains(models):
     at.radio(key="evaluate_split").set_value("external").run()
     assert not at.exception
     assert any("has no `model.keras`" in i.value for i in at.info)
+
+
+def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_path):
+    from core import evaluate, leakage, predictions
+
+    (models["default"] / "model.keras").write_bytes(b"")  # listed as predictable; nothing is predicted here
+    out = tmp_path / "cache" / "external" / "default-fixture"
+    out.mkdir(parents=True)
+    preds = predictions.read(models["default"] / "predictions_test.csv", CLASSES)
+    preds.to_csv(out / evaluate.SPLIT_FILES["external"], index=False)
+    report = pd.DataFrame({"image_id": preds["image_id"], "match": "", "split": ""})
+    report.loc[:2, ["match", "split"]] = [["image_id", "train"], ["image_id", "train"], ["lesion_id", "val"]]
+    report.to_csv(out / evaluate.OVERLAP_FILE, index=False)
+    evaluate.external_metrics(preds, CLASSES, report).to_csv(out / evaluate.METRICS_FILE, index=False)
+    source = {"model": str(models["default"].resolve()), "images": "imgs", "truth": "truth.csv", "n": len(preds),
+              "created": "2026-01-01T00:00:00+00:00", "overlap": leakage.summary(report)}
+    (out / evaluate.SOURCE_FILE).write_text(json.dumps(source))
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at.radio(key="evaluate_split").set_value("external").run()
+    assert not at.exception, at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert f"3 of {len(preds)} images overlap the model's data: 2 in its training split, 1 in its validation" in warning
+    table = [df.value for df in at.dataframe if "images" in df.value.columns][0]
+    assert table["images"].tolist() == ["all images", "clean images only"]
+    assert table["n"].tolist() == [len(preds), len(preds) - 3]
