@@ -8,7 +8,7 @@ import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from core.evaluate import PredictionsError  # noqa: E402
 from core.uploads import redact_paths  # noqa: E402
-from ui.evaluate import common, compare, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, panels, reliability, segmentation, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -31,7 +31,7 @@ except (PredictionsError, OSError) as err:
     st.stop()
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
-                "Subgroups", "Compare runs", "Export"])
+                "Subgroups", "Compare runs", "Export", "Segmentation"])
 with tabs[0]:
     panels.summary_panel(source, preds)
 with tabs[1]:
@@ -50,3 +50,5 @@ with tabs[7]:
     compare.compare_panel(models, source)
 with tabs[8]:
     compare.export_panel(source, preds)
+with tabs[9]:
+    segmentation.segmentation_panel()

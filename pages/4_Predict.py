@@ -7,6 +7,7 @@ page_setup("Predict", "🩺")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from ui import predict as view  # noqa: E402
+from ui import segment_view  # noqa: E402
 
 st.title("🩺 Predict")
 view.device_notice()
@@ -21,7 +22,9 @@ with single:
     if image is not None:
         tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key=view.KEY_TTA)
         prediction = view.show_prediction(predictor, image, tta)
+        st.subheader("Lesion outline and measurements")
+        lesion = segment_view.show_segmentation(image)
         st.subheader("Where did the model look?")
-        view.show_saliency(model_dir, predictor, image, prediction)
+        view.show_saliency(model_dir, predictor, image, prediction, predicted_mask=lesion)
 with batch:
     view.batch_mode(predictor)

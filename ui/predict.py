@@ -28,6 +28,7 @@ from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources
+from ui import segment_view
 from ui.frame import NOT_A_DEVICE, dataset_table
 from ui.guard import guarded, public
 
@@ -271,8 +272,11 @@ def saliency_controls(predictor: Predictor, prediction) -> dict:
 
 
 @guarded("The saliency map")
-def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
-    """Original, heat map and overlay side by side, PNG download, faithfulness curves."""
+def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction, predicted_mask=None) -> None:
+    """Original, heat map and overlay side by side, PNG download, faithfulness curves.
+
+    ``predicted_mask`` (the segmenter's lesion mask) adds the map's energy inside the predicted lesion.
+    """
     options = saliency_controls(predictor, prediction)
     key = (str(Path(model_dir).resolve()), model_mtime(model_dir), image.digest, options["method"], options["target"])
     x = to_model_input(image.rgb, predictor.input_size)
@@ -292,6 +296,7 @@ def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, pred
     cols[2].download_button("Download overlay (PNG)", _png(blended), file_name=f"{Path(image.name).stem}_overlay.png",
                             mime="image/png", on_click="ignore")
     _mask_scores(saliency_map, image.mask)
+    segment_view.saliency_energy_caption(saliency_map, predicted_mask, options["method"])
     show_curves(*_curves(*key, _x=x, _map=saliency_map))
 
 

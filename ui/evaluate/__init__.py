@@ -10,4 +10,5 @@ modification time.
 ``panels``       summary, confusion matrix, per-class table, ROC/PR curves, operating point
 ``reliability``  calibration and the subgroup audit
 ``compare``      run comparison and downloads
+``segmentation`` the lesion segmenter: scores with intervals, Dice histogram, per-class table, worst cases
 """
