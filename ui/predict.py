@@ -27,6 +27,7 @@ from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources
+from ui import segment_view
 from ui.frame import NOT_A_DEVICE, dataset_table
 from ui.guard import guarded, public
 
@@ -284,11 +285,14 @@ def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
 
 
 @guarded("The saliency map")
-def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
-    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image."""
+def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction, predicted_mask=None) -> None:
+    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image.
+
+    ``predicted_mask`` (the segmenter's lesion mask) adds each map's energy inside the predicted lesion.
+    """
     from ui import saliency_view
 
-    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir))
+    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir), predicted_mask)
 
 
 def upload_sources(files):
