@@ -27,7 +27,6 @@ from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources
-from ui import segment_view
 from ui.frame import NOT_A_DEVICE, dataset_table
 from ui.guard import guarded, public
 
