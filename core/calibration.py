@@ -139,7 +139,7 @@ def save_temperature(model_dir: Path, temperature: float, n: int | None = None) 
 def _fitted_on(meta: dict, model_dir: Path) -> tuple:
     """``(n, where)``: the images the temperature was fitted on, from model.json or the val predictions."""
     if meta.get("temperature_n") is not None:
-        return int(meta["temperature_n"]), "model.json"
+        return int(meta["temperature_n"]), modelio.METADATA_FILE
     from core import predictions
 
     val = Path(model_dir) / predictions.FILES["val"]

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FILES = {"val": "predictions_val.csv", "test": "predictions_test.csv", "external": "predictions_external.csv"}
+from core.runfolder import predictions_file
+
+FILES = {split: predictions_file(split) for split in ("val", "test", "external")}
 IMAGE_ID = "image_id"
 TRUTH = "dx"
 PREDICTED = "dx_pred"

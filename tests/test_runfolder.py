@@ -90,7 +90,8 @@ def test_each_run_folder_file_name_is_spelled_in_one_core_module():
     spelled = {}
     for path in sorted((PROJECT / "core").glob("*.py")):
         text = path.read_text(encoding="utf-8")
-        for name in FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.PREDICTIONS_PATTERN]:
+        predictions = [rf.predictions_file(split) for split in ("val", "test", "external")]
+        for name in FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.PREDICTIONS_PATTERN] + predictions:
             if re.search(r"[\"']" + re.escape(name) + r"[\"']", text):
                 spelled.setdefault(name, []).append(path.name)
     assert all(modules == ["runfolder.py"] for modules in spelled.values()), spelled
