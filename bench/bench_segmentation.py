@@ -12,6 +12,7 @@ model and back included), p50 and p90 after warm-up.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,9 @@ def main(argv=None) -> int:
         print_tables(segmentation_metrics.load_scores(args.model, args.split), args.split,
                      f"saved scores in {args.model}")
     p50, p90, what = latency(args.model, args.latency_images, args.latency_n)
-    print(f"\nsegment latency after warm-up: p50 {p50:.1f} ms, p90 {p90:.1f} ms ({what})")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nsegment latency after warm-up: p50 {p50:.1f} ms, p90 {p90:.1f} ms ({what}; "
+          f"load average {load} on {os.cpu_count()} cores)")
     return 0
 
 

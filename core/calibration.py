@@ -26,6 +26,7 @@ from core import modelio
 
 N_BINS = 15
 T_BOUNDS = (0.05, 20.0)
+MIN_TEMPERATURE_N = 100  # fewer validation images than this and a fitted T is noise (T = 0.069 from 12 was seen)
 _EPS = 1e-12
 
 
@@ -124,11 +125,48 @@ def _summary_row(name: str, probs: np.ndarray, y_true: np.ndarray) -> dict:
     }
 
 
-def save_temperature(model_dir: Path, temperature: float) -> dict:
-    """Store ``temperature`` in the model folder's ``model.json``; returns the new metadata."""
+def save_temperature(model_dir: Path, temperature: float, n: int | None = None) -> dict:
+    """Store ``temperature`` (and ``temperature_n``, the images it was fitted on) in ``model.json``."""
     if not temperature or temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     meta = modelio.read_metadata(model_dir)
     meta["temperature"] = float(temperature)
+    meta["temperature_n"] = None if n is None else int(n)
     modelio.write_metadata(model_dir, meta)
     return meta
+
+
+def _fitted_on(meta: dict, model_dir: Path) -> tuple:
+    """``(n, where)``: the images the temperature was fitted on, from model.json or the val predictions."""
+    if meta.get("temperature_n") is not None:
+        return int(meta["temperature_n"]), "model.json"
+    from core import predictions
+
+    val = Path(model_dir) / predictions.FILES["val"]
+    if val.is_file():
+        rows = sum(1 for line in val.open(encoding="utf-8") if line.strip() and not line.startswith("#")) - 1
+        return max(rows, 0), f"the rows of {predictions.FILES['val']}"
+    return None, "unknown"
+
+
+def temperature_status(meta: dict, model_dir: Path, min_n: int = MIN_TEMPERATURE_N) -> dict:
+    """Whether a stored temperature is applied: only when fitted on at least ``min_n`` images.
+
+    Returns:
+        ``{"stored": T or None, "applied": T or None, "n": images or None, "n_from": where n was read,
+        "text": one sentence for a user}``.
+    """
+    stored = meta.get("temperature")
+    n, where = _fitted_on(meta, model_dir) if stored else (None, "unknown")
+    # an unknown n (no temperature_n, no validation file) is said out loud rather than guessed small
+    applied = stored if stored and (n is None or n >= min_n) else None
+    if not stored:
+        text = "Uncalibrated: the model's own softmax (model.json has no temperature)."
+    elif applied and n is None:
+        text = f"Calibrated with temperature scaling, T = {stored:.3f}, fitted on an unknown number of images."
+    elif applied:
+        text = f"Calibrated with temperature scaling, T = {stored:.3f}, fitted on n = {n:,} validation images."
+    else:
+        text = (f"Uncalibrated: the stored T = {stored:.3f} was fitted on {n:,} images, fewer than the {min_n} "
+                "needed to trust it, so it is not applied.")
+    return {"stored": stored, "applied": applied, "n": n, "n_from": where, "text": text}

@@ -26,24 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, metrics, modelio, paths, validation
+from core import data, leakage, metrics, modelio, paths, predictions, validation
 from core.images import ImageError
 
-SPLIT_FILES = {
-    "val": "predictions_val.csv",
-    "test": "predictions_test.csv",
-    "external": "predictions_external.csv",
-}
+SPLIT_FILES = predictions.FILES
 TRUTH_FILE = "truth_external.csv"
 METRICS_FILE = "metrics_external.csv"
 SUBMISSION_FILE = "isic_submission.csv"
+OVERLAP_FILE = "overlap_external.csv"
+SOURCE_FILE = "source.json"
 ISIC_ORDER = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-# Probabilities written with a few decimals do not sum to exactly 1.
-SUM_TOLERANCE = 1e-3
-
-
-class PredictionsError(ValueError):
-    """A predictions CSV that cannot be evaluated, with a message naming the file and the problem."""
+PredictionsError = predictions.PredictionsError
 
 
 @dataclass(frozen=True)
@@ -57,72 +50,13 @@ class Evaluable:
 
 
 def validate_predictions(frame: pd.DataFrame, classes, source: str = "predictions") -> pd.DataFrame:
-    """Check a predictions table against the model's classes and return a clean copy.
-
-    Args:
-        frame: the table as read from CSV.
-        classes: the class codes of ``model.json``, in model output order.
-        source: a name for error messages (usually the file path).
-
-    Returns:
-        ``image_id, dx`` as strings, then the class columns as float64 in ``classes`` order.
-
-    Raises:
-        PredictionsError: missing columns, class columns that differ from ``classes``,
-            empty or duplicate rows, non-numeric or out-of-range probabilities, rows not
-            summing to 1, or true labels outside ``classes``.
-    """
-    classes = [str(c) for c in classes]
-    missing = [c for c in ["image_id", "dx", *classes] if c not in frame.columns]
-    extra = [c for c in frame.columns if c not in {"image_id", "dx", *classes}]
-    if missing or extra:
-        raise PredictionsError(
-            f"{source}: columns do not match the model (classes {classes}): "
-            f"missing {missing}, unexpected {extra}"
-        )
-    if frame.empty:
-        raise PredictionsError(f"{source}: no rows")
-    out = frame[["image_id", "dx"]].astype(str)
-    duplicated = out["image_id"][out["image_id"].duplicated()].unique().tolist()
-    if duplicated:
-        raise PredictionsError(f"{source}: duplicate image_id rows {duplicated[:5]}")
-    unknown = sorted(set(out["dx"]) - set(classes))
-    if unknown:
-        raise PredictionsError(f"{source}: unknown labels in dx {unknown}; model classes are {classes}")
-    probs = _probability_block(frame, classes, source)
-    return pd.concat([out.reset_index(drop=True), probs.reset_index(drop=True)], axis=1)
-
-
-def _probability_block(frame: pd.DataFrame, classes: list, source: str) -> pd.DataFrame:
-    """The class columns as floats, checked to be probabilities that sum to 1."""
-    probs = frame[classes].apply(pd.to_numeric, errors="coerce").astype(np.float64)
-    bad = frame.loc[probs.isna().any(axis=1), "image_id"].tolist()
-    if bad:
-        raise PredictionsError(f"{source}: missing or non-numeric probabilities for images {bad[:5]}")
-    values = probs.to_numpy()
-    if (values < 0).any() or (values > 1).any():
-        raise PredictionsError(f"{source}: probabilities outside [0, 1]")
-    sums = values.sum(axis=1)
-    off = np.flatnonzero(np.abs(sums - 1) > SUM_TOLERANCE)
-    if off.size:
-        first = frame["image_id"].iloc[off[0]]
-        raise PredictionsError(
-            f"{source}: probabilities of {off.size} rows do not sum to 1 "
-            f"(e.g. {first}: {sums[off[0]]:.4f}); expected softmax outputs"
-        )
-    return probs
+    """Check a predictions table with truth against the model's classes (``core.predictions.validate``)."""
+    return predictions.validate(frame, classes, source=source)
 
 
 def read_predictions(csv_path: Path, classes) -> pd.DataFrame:
-    """Read and validate one predictions CSV (see :func:`validate_predictions`)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise PredictionsError(f"{csv_path}: predictions file not found")
-    try:
-        frame = pd.read_csv(csv_path, dtype={"image_id": str, "dx": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise PredictionsError(f"{csv_path}: not a readable CSV ({err})") from err
-    return validate_predictions(frame, classes, source=str(csv_path))
+    """Read and validate one predictions file with truth (``core.predictions.read``)."""
+    return predictions.read(csv_path, classes)
 
 
 def available_splits(model_dir: Path) -> list:
@@ -138,10 +72,11 @@ def load_predictions(model_dir: Path, split: str) -> pd.DataFrame:
     return read_predictions(Path(model_dir) / SPLIT_FILES[split], classes)
 
 
-def arrays(predictions: pd.DataFrame, classes) -> tuple:
+def arrays(table: pd.DataFrame, classes) -> tuple:
     """``(y_true, probs)``: label indices and the probability matrix of a predictions table."""
     classes = list(classes)
-    return metrics.encode_labels(predictions["dx"], classes), predictions[classes].to_numpy(dtype=np.float64)
+    truth, probs = predictions.truth_and_probs(table, classes)
+    return metrics.encode_labels(truth, classes), probs
 
 
 def list_evaluable() -> list:
@@ -245,8 +180,8 @@ def _read_labelled_csv(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
     return frame[["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path", "mask_path"]]
 
 
-def predict_paths(predictor, image_paths, batch_size: int = 32, progress=None) -> np.ndarray:
-    """Uncalibrated probabilities for every image file, decoded exactly as the Predict page does.
+def predict_files(predictor, image_paths, batch_size: int = 32, progress=None) -> tuple:
+    """Raw probabilities and OOD results of image files, decoded exactly as the Predict page does.
 
     Args:
         predictor: a :class:`core.predict.Predictor` of the model folder.
@@ -255,22 +190,20 @@ def predict_paths(predictor, image_paths, batch_size: int = 32, progress=None) -
         progress: optional ``callback(done, total)`` called after each batch.
 
     Returns:
-        Array of shape (len(image_paths), number of classes).
+        ``(probs, ood_scores, ood_flags)``: the model's own softmax ``(N, C)`` and one score and flag per image.
 
     Raises:
         core.images.ImageError: an image cannot be decoded (the message names the problem).
     """
-    from core.images import to_model_input
-
     image_paths = [Path(p) for p in image_paths]
-    outputs = []
+    found = []
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start : start + batch_size]
-        batch = np.stack([to_model_input(_decode(p), predictor.input_size) for p in chunk])
-        outputs.append(predictor.raw_probabilities(batch, batch_size=batch_size))
+        found += predictor.predict_batch([_decode(p) for p in chunk])
         if progress is not None:
             progress(min(start + batch_size, len(image_paths)), len(image_paths))
-    return np.concatenate(outputs, axis=0)
+    probs = np.array([p.raw for p in found]).reshape(len(found), -1)
+    return probs, [p.ood.score for p in found], [p.ood.flagged for p in found]
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -283,7 +216,7 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
-    """Predict every image of an image table with a model folder; returns a predictions table."""
+    """Predict every image of an image table with a model folder; returns a predictions table with truth."""
     meta = modelio.read_metadata(model_dir)
     classes = list(meta["classes"])
     unknown = sorted(set(table["dx"].astype(str)) - set(classes))
@@ -291,40 +224,76 @@ def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, pr
         raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
     from core.predict import Predictor
 
-    probs = predict_paths(Predictor(model_dir), table["path"], batch_size, progress)
+    probs, scores, flags = predict_files(Predictor(model_dir), table["path"], batch_size, progress)
     # Renormalise away float32 rounding so the file passes its own validation.
     probs = probs / probs.sum(axis=1, keepdims=True)
-    out = table[["image_id", "dx"]].astype(str).reset_index(drop=True)
-    return pd.concat([out, pd.DataFrame(probs, columns=classes)], axis=1)
+    return predictions.make_table(table["image_id"], probs, classes, truth=table["dx"], ood_scores=scores,
+                                  ood_flags=flags)
+
+
+def overlap_check(model_dir: Path, table: pd.DataFrame) -> pd.DataFrame | None:
+    """The leakage report of an external set against the model's split (None when the folder has no split).
+
+    Images without a HAM10000 id match are hashed against the dataset's training
+    and validation images when the dataset is present.
+    """
+    split = leakage.find_model_split(model_dir, modelio.read_metadata(model_dir))
+    if split is None:
+        return None
+    report = leakage.id_overlap(table, split)
+    unmatched = (report["match"] == "").to_numpy()
+    if unmatched.any():
+        try:
+            bank, bank_split = leakage.cached_bank(data.load_dataset(paths.dataset_dir()), split, paths.cache_dir())
+        except data.DatasetError:
+            return report
+        report = leakage.overlap_report(table, split, bank, bank_split)
+    return report
 
 
 def evaluate_external(
     model_dir: Path, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None
 ) -> dict:
-    """Predict an external test set and write predictions, truth, metrics and ISIC submission CSVs.
+    """Predict an external test set and write predictions, truth, overlap, metrics and ISIC submission CSVs.
+
+    Metrics are given on every image (split ``external``) and, when some images
+    overlap the model's training or validation data, on the clean part too
+    (split ``external_clean``).
 
     Returns:
-        ``{"predictions": path, "truth": path, "metrics": path, "submission": path}``.
+        ``{"predictions": path, "truth": path, "overlap": path | None, "metrics": path, "submission": path}``.
     """
     out_dir = Path(out_dir)
     table = read_truth(truth_csv, images_dir)
-    predictions = predict_table(model_dir, table, batch_size=batch_size, progress=progress)
+    found = predict_table(model_dir, table, batch_size=batch_size, progress=progress)
     classes = modelio.read_metadata(model_dir)["classes"]
+    report = overlap_check(model_dir, table)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
-    written = {
-        "predictions": out_dir / SPLIT_FILES["external"],
-        "truth": out_dir / TRUTH_FILE,
-        "metrics": out_dir / METRICS_FILE,
-        "submission": out_dir / SUBMISSION_FILE,
-    }
-    predictions.to_csv(written["predictions"], index=False, float_format="%.6f")
+    written = {"predictions": out_dir / SPLIT_FILES["external"], "truth": out_dir / TRUTH_FILE,
+               "overlap": None if report is None else out_dir / OVERLAP_FILE,
+               "metrics": out_dir / METRICS_FILE, "submission": out_dir / SUBMISSION_FILE}
+    predictions.write(written["predictions"], found, predictions.RAW)
     table.to_csv(written["truth"], index=False)
-    metrics_frame(predictions, classes, "external").to_csv(written["metrics"], index=False)
-    submission_frame(predictions, classes).to_csv(written["submission"], index=False, float_format="%.6f")
+    if report is not None:
+        report.to_csv(written["overlap"], index=False)
+    external_metrics(found, classes, report).to_csv(written["metrics"], index=False)
+    submission_frame(found, classes).to_csv(written["submission"], index=False, float_format="%.6f")
     source = {"model": str(Path(model_dir).resolve()), "images": str(images_dir), "truth": str(truth_csv),
-              "n": len(predictions), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (out_dir / "source.json").write_text(json.dumps(source, indent=2), encoding="utf-8")
+              "n": len(found), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "overlap": None if report is None else leakage.summary(report)}
+    (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2), encoding="utf-8")
     return written
+
+
+def external_metrics(found: pd.DataFrame, classes, report: pd.DataFrame | None) -> pd.DataFrame:
+    """Metrics on every image and, when some overlap the model's data, on the clean ones (``external_clean``)."""
+    tidy = [metrics_frame(found, classes, "external")]
+    if report is not None:
+        clean = set(report.loc[report["match"] == "", "image_id"])
+        part = found[found[predictions.IMAGE_ID].isin(clean)]
+        if 0 < len(part) < len(found):
+            tidy.append(metrics_frame(part.reset_index(drop=True), classes, "external_clean"))
+    return pd.concat(tidy, ignore_index=True)
 
 
 def main(argv=None) -> int:
@@ -348,11 +317,20 @@ def main(argv=None) -> int:
         return validation.EXIT_BAD_INPUT
     print(file=sys.stderr)
     summary = pd.read_csv(written["metrics"])
-    head = summary[summary["scope"] == "overall"][["metric", "value", "ci_low", "ci_high"]]
+    head = summary[summary["scope"] == "overall"][["split", "n", "metric", "value", "ci_low", "ci_high"]]
     print(head.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(overlap_sentence(written["overlap"]))
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
+
+
+def overlap_sentence(overlap_csv: Path | None) -> str:
+    """What the leakage check found, in one sentence (or why it could not run)."""
+    if overlap_csv is None:
+        return (f"overlap: not checked, the model folder carries no {leakage.SPLIT_FILE} "
+                "(the split it was trained on)")
+    return "overlap: " + leakage.describe(leakage.summary(pd.read_csv(overlap_csv, dtype=str).fillna("")))
 
 
 if __name__ == "__main__":

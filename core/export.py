@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, modelio, paths, splits
+from core import data, modelio, paths, runfolder, splits
 from core.images import ImageError, read_model_pixels
 
 FORMATS = ("tflite",)
@@ -55,7 +55,6 @@ REPRESENTATIVE_IMAGES = 200
 PARITY_IMAGES = 100
 SEED = 0
 EXPORT_DIR = "export"  # inside a model folder: ready-made exports, model_<quantisation>.tflite + .json
-RUN_CONFIG_FILE = "config.json"  # core.runs.CONFIG_FILE; core.runs is not imported for one name
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
 
 
@@ -100,7 +99,7 @@ def check_request(model_dir: Path, fmt: str = "tflite", quantize: str = "none") 
 def _run_config(model_dir: Path) -> dict:
     """The run's ``config.json`` (seed and split fractions), or ``{}``."""
     try:
-        return json.loads((Path(model_dir) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        return json.loads((Path(model_dir) / runfolder.CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -287,7 +286,7 @@ def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARIT
     Raises:
         ExportError: no dataset, or no ``predictions_val.csv``.
     """
-    csv = Path(model_dir) / "predictions_val.csv"
+    csv = Path(model_dir) / runfolder.predictions_file("val")
     if not csv.is_file():
         raise ExportError(f"parity: {csv} not found")
     frame = _dataset("parity").set_index("image_id")

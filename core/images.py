@@ -16,13 +16,16 @@ Decoding is defensive because uploads come from anywhere:
 * The app decodes with a lower limit (:data:`INTERACTIVE_MAX_PIXELS`) and a
   ``max_side``: the image is reduced to the size it is shown at right after
   decoding (JPEGs are even decoded at a reduced scale), so no full-size array,
-  saliency map or overlay of a huge upload is ever kept.
+  saliency map or overlay of a huge upload is ever kept; and images above
+  :data:`LARGE_DECODE_PIXELS` are decoded one at a time across all sessions.
 
 Model inputs follow the model folder contract: a plain bilinear stretch to
 ``size × size`` (no crop) and float32 RGB in 0..255.
 """
 
+import contextlib
 import io
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +35,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
+# The app decodes at most one image above this size at a time, whatever the number of
+# sessions: a 25-megapixel PNG briefly needs ~100 MB, and three at once would triple that.
+LARGE_DECODE_PIXELS = 4_000_000
+_LARGE_DECODES = threading.BoundedSemaphore(1)
 # The app's limits: a 24-megapixel camera image passes, a 6,300 x 6,300 bomb does not;
 # what is kept is at most DISPLAY_MAX_SIDE pixels on its longer side.
 INTERACTIVE_MAX_PIXELS = 25_000_000
@@ -67,10 +74,22 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, background=WHITE, ma
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels, max_side)
-        turn = _orientation(image)
-        image = _shrink(image, max_side)
+        image = _open(data, max_pixels)
+        with _decode_slot(image.size, max_side):
+            _load(image, max_side)
+            turn = _orientation(image)
+            image = _shrink(image, max_side)
         return _to_rgb(image.transpose(turn) if turn is not None else image, background)
+
+
+@contextlib.contextmanager
+def _decode_slot(size: tuple, max_side: int | None):
+    """Hold the process-wide slot while a large image is decoded for the app (see :data:`LARGE_DECODE_PIXELS`)."""
+    if not max_side or size[0] * size[1] <= LARGE_DECODE_PIXELS:
+        yield
+        return
+    with _LARGE_DECODES:
+        yield
 
 
 def decode_upload(data: bytes) -> np.ndarray:
@@ -84,16 +103,15 @@ def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
         return image
     scale = max_side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
-        small = image.resize(size, resample=Image.Resampling.NEAREST)
-    else:
-        small = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode).resize(
-            size, resample=Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return small
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette resizes only by nearest neighbour
+    smooth = image.mode in ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr")
+    resample = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
+    return image.resize(size, resample=resample, reducing_gap=2.0 if smooth else None)
 
 
-def _open(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Image:
-    """Open, check the size from the header, then decode the pixels (JPEG at a reduced scale when allowed)."""
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open the file and check its size from the header; no pixel is decoded yet."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
@@ -108,7 +126,12 @@ def _open(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Im
             f"The image is too large: {width}×{height} = {width * height / 1e6:.1f} megapixels "
             f"(the limit is {max_pixels / 1e6:g} megapixels)."
         )
-    if max_side and image.format == "JPEG" and max(width, height) > 2 * max_side:
+    return image
+
+
+def _load(image: Image.Image, max_side: int | None) -> None:
+    """Decode the pixels (a large JPEG at a reduced scale when ``max_side`` allows)."""
+    if max_side and image.format == "JPEG" and max(image.size) > 2 * max_side:
         image.draft("RGB", (max_side, max_side))  # DCT scaling: never holds the full-size pixels
     try:
         image.load()
@@ -116,7 +139,6 @@ def _open(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Im
         raise ImageError(f"Refused: the image is suspiciously large for its file size ({err}).") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"The image file is truncated or corrupt ({err}).") from err
-    return image
 
 
 _TRANSPOSE = {
@@ -241,8 +263,9 @@ def is_image_name(name: str) -> bool:
 def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
     """Yield ``(name, bytes)`` for each image inside a zip held in memory.
 
-    Members that are too large once decompressed are yielded with an
-    :class:`ImageError` instead of bytes, so a caller can report and skip them.
+    Members that are too large once decompressed, or whose first bytes are not
+    those of an image, are yielded with an :class:`ImageError` instead of bytes
+    (and never extracted), so a caller can report and skip them.
 
     Raises:
         ImageError: the data is not a readable zip file.
@@ -253,15 +276,8 @@ def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
         raise ImageError(f"Not a readable zip file ({err}).") from err
     with archive:
         for info in archive.infolist():
-            if not _is_image_member(info):
-                continue
-            if info.file_size > MAX_ZIP_MEMBER_BYTES:
-                yield info.filename, ImageError(f"{info.filename}: too large inside the zip.")
-                continue
-            try:
-                yield info.filename, archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as err:
-                yield info.filename, ImageError(f"{info.filename}: cannot be extracted ({err}).")
+            if _is_image_member(info):
+                yield info.filename, _read_member(archive, info)
 
 
 def count_zip_members(data: bytes) -> int:
@@ -275,6 +291,30 @@ def count_zip_members(data: bytes) -> int:
 
 def _is_image_member(info: zipfile.ZipInfo) -> bool:
     return not info.is_dir() and is_image_name(info.filename) and "__MACOSX" not in info.filename
+
+
+# First bytes of every accepted format: a zip member that starts otherwise is never extracted.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def looks_like_image(head: bytes) -> bool:
+    """True when ``head`` (a file's first 12 bytes) starts like JPEG, PNG, BMP, TIFF or WebP."""
+    if head.startswith(b"RIFF"):
+        return head[8:12] == b"WEBP"
+    return head.startswith(_SIGNATURES)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | ImageError:
+    """A member's bytes, or an ImageError for one too large or not starting like an image (then left unread)."""
+    if info.file_size > MAX_ZIP_MEMBER_BYTES:
+        return ImageError(f"{info.filename}: too large inside the zip.")
+    try:
+        with archive.open(info) as stream:
+            if not looks_like_image(stream.read(12)):
+                return ImageError(f"{info.filename}: not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP).")
+        return archive.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as err:
+        return ImageError(f"{info.filename}: cannot be extracted ({err}).")
 
 
 def _unsupported(path: Path) -> ImageError:

@@ -412,3 +412,41 @@ def _subgroup_row(y_true, probs, classes, positive, threshold, n_boot, seed) -> 
         row.update({metric: value, f"{metric}_low": low, f"{metric}_high": high})
     row["macro_auc"] = float(table.loc[table["metric"] == "macro_auc", "value"].iloc[0])
     return row
+
+
+SMALL_N = 100  # below this a headline metric's interval is wider than most differences between runs
+
+
+def sample_size_warning(counts: dict, small: int = SMALL_N) -> str:
+    """A sentence when runs were scored on different or small numbers of images, else ``""``.
+
+    Args:
+        counts: ``{run name: number of images scored}``.
+        small: the size below which a set is called small.
+    """
+    if not counts:
+        return ""
+    parts = []
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name}: n = {n:,}" for name, n in counts.items())
+        parts.append(f"These runs were scored on different numbers of images ({listed}); "
+                     "their figures are not directly comparable.")
+    few = [f"{name} (n = {n})" for name, n in counts.items() if n < small]
+    if few:
+        parts.append(f"Small sample: {', '.join(few)}; below {small} images, intervals are wide and a "
+                     "difference between runs is mostly noise.")
+    return " ".join(parts)
+
+
+def threshold_from_validation(val_bin, val_scores, y_bin, scores, *, target: float) -> dict:
+    """Choose the threshold reaching ``target`` sensitivity on validation and apply it to another split.
+
+    Returns:
+        ``{"threshold": t, "validation": operating point on validation, "applied": operating point on the
+        other split}`` (see :func:`operating_point`); ``threshold`` is NaN when validation has no positives.
+    """
+    t = threshold_for_sensitivity(np.asarray(val_bin, dtype=bool), np.asarray(val_scores, dtype=np.float64), target)
+    if np.isnan(t):
+        return {"threshold": t, "validation": None, "applied": None}
+    return {"threshold": t, "validation": operating_point(val_bin, val_scores, t),
+            "applied": operating_point(y_bin, scores, t)}

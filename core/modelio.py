@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from core.labels import CLASSES
-from core.runfolder import METADATA_FILE, MODEL_FILE, write_json_atomic
+from core.runfolder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, predictions_file, write_json_atomic
 
 REQUIRED_KEYS = ("classes", "last_conv_layer")
 
@@ -66,14 +66,14 @@ def check_classes(classes, model_dir: Path) -> None:
 def _recorded_orders(model_dir: Path) -> list:
     """``(file name, class list)`` from the folder's ``config.json`` and ``predictions_val.csv`` header."""
     found = []
-    config = model_dir / "config.json"
+    config = model_dir / CONFIG_FILE
     try:
         recorded = json.loads(config.read_text(encoding="utf-8")).get("classes") if config.is_file() else None
     except (OSError, ValueError, AttributeError):
         recorded = None
     if isinstance(recorded, list):
         found.append((config.name, recorded))
-    val = model_dir / "predictions_val.csv"
+    val = model_dir / predictions_file("val")
     try:
         with open(val, newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])

@@ -1,49 +1,120 @@
-"""Out-of-distribution score: how far an image lies from HAM10000 in the model's feature space.
+"""Out-of-distribution scorers: does an image look like the dermatoscopic images a model learnt from?
 
-Two distances on the pooled features (``head_pool``, the classifier's input),
-each compared with its own threshold:
+Every scorer has one interface (:class:`OodScorer`):
 
-* **Mahalanobis distance** to the training images, with the Ledoit-Wolf
-  shrunk covariance of their features: catches images whose features are
-  unusual as a whole (photographs, noise).
-* **Cosine distance to the 10th nearest training image** (a bank of up to
-  3,000 training features): catches images unlike any single training image,
-  even near the mean (flat colours, patterns).
+* ``layers``: the model layers whose outputs it reads (none for max-softmax);
+* ``features(outputs)``: one feature row per image from those outputs;
+* ``score(raw_probs, features)``: one number per image, larger = farther from HAM10000;
+* ``flagged(scores)``: ``score > threshold``, the threshold read from ``model.json["ood"]``;
+* ``describe(score)``: one plain sentence saying what the score measures and where it stands.
 
-Each threshold is the 99th percentile of that distance over the validation
-split, so 1-2 % of in-distribution validation images are flagged in all
-(``model.json["ood"]["val_flagged"]`` says how many).
-The reported score is the larger of the two distance/threshold ratios: above 1
-means out of distribution. Statistics are saved beside the model as
-``ood.npz``; ``model.json["ood"]`` records the method, thresholds, percentile
-and n. ``bench/bench_ood.py`` measures the flag rates by kind of image.
+:func:`load_scorer` picks the scorer a model folder was fitted with
+(``model.json["ood"]["method"]``):
+
+``feature_statistics`` (:class:`FeatureStatistics`, fitted by ``python -m core.ood fit``)
+    The mean and standard deviation of every channel of the last layer at each
+    resolution of the network (the normalised pixels, then each stage up to the
+    last convolution), scored two ways: a logistic "dermatoscopic or not" head
+    trained on HAM10000 training images against generated negatives
+    (``core.ood_negatives``), and a Mahalanobis distance in the principal
+    subspace of the training images' statistics plus the residual off it.
+    Each part is divided by its threshold; the score is the larger ratio.
+``feature_distance`` (:class:`FeatureDistance`)
+    The first score: Mahalanobis and 10th-nearest-neighbour cosine distance of
+    the pooled features (``head_pool``). Kept so folders fitted with it still load.
+``max_softmax`` (:class:`MaxSoftmax`)
+    For folders without feature statistics: low confidence is the flag (the
+    score is ``1 - max softmax``, so larger is farther here too).
+
+The fit itself lives in ``core.ood_fit``; ``bench/bench_ood.py`` measures flag rates.
 """
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 OOD_FILE = "ood.npz"
-METHOD = "feature_distance"
+STATISTICS = "feature_statistics"
+DISTANCE = "feature_distance"
+MAX_SOFTMAX = "max_softmax"
+METHOD = DISTANCE  # the method of folders fitted before feature statistics existed
 FEATURE_LAYER = "head_pool"
-PERCENTILE = 99.0
 NEIGHBOUR = 10
-BANK_SIZE = 3000
+MSP_PERCENTILE = 5.0
+DEFAULT_MSP_THRESHOLD = 0.5  # a guess, reported as such, for folders with nothing fitted
 
 
-def fit(train_features: np.ndarray, bank_size: int = BANK_SIZE, seed: int = 0) -> dict:
-    """Shrunk-covariance statistics and a neighbour bank of the training features."""
-    from sklearn.covariance import LedoitWolf
+class OodScorer:
+    """The interface every out-of-distribution scorer implements (see the module docstring)."""
 
-    x = np.asarray(train_features, dtype=np.float64)
-    shrunk = LedoitWolf().fit(x)
-    pick = np.random.default_rng(seed).permutation(len(x))[:bank_size]
-    bank = x[pick] / np.linalg.norm(x[pick], axis=1, keepdims=True).clip(1e-12)
-    return {"mean": shrunk.location_, "precision": shrunk.precision_, "bank": bank}
+    method = "none"
+    layers: tuple = ()
+    threshold = 1.0
+    source = "metadata"
+
+    def features(self, outputs: list) -> np.ndarray:
+        """One feature row per image from the outputs of ``layers``."""
+        return np.zeros((len(outputs[0]) if outputs else 0, 0), np.float32)
+
+    def score(self, raw_probs: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Per-image score, larger = farther from the training images."""
+        raise NotImplementedError
+
+    def flagged(self, scores) -> np.ndarray:
+        """True where a score is beyond the threshold of ``model.json``."""
+        return np.asarray(scores, dtype=np.float64) > self.threshold
+
+    def describe(self, score: float) -> str:
+        """A sentence for a user: what the score measures and how far this one is."""
+        raise NotImplementedError
+
+
+class MaxSoftmax(OodScorer):
+    """Confidence as the flag: the score is ``1 - max softmax`` of the uncalibrated model."""
+
+    method = MAX_SOFTMAX
+
+    def __init__(self, msp_threshold: float, source: str):
+        self.msp_threshold, self.source = float(msp_threshold), source
+        self.threshold = 1.0 - self.msp_threshold
+
+    def score(self, raw_probs, features=None) -> np.ndarray:
+        return 1.0 - np.max(np.asarray(raw_probs, dtype=np.float64), axis=1)
+
+    def describe(self, score: float) -> str:
+        where = {"metadata": "fitted on HAM10000 validation images (model.json)",
+                 "validation predictions": "5th percentile of the validation images (predictions_val.csv)",
+                 "default": "a default guess: this model has no fitted out-of-distribution check"}[self.source]
+        return (f"Confidence check only: the model's top probability is {1 - score:.2f}, "
+                f"the threshold {self.msp_threshold:.2f} ({where}).")
+
+
+class FeatureDistance(OodScorer):
+    """Mahalanobis and nearest-neighbour distances of the pooled features (the first fitted score)."""
+
+    method = DISTANCE
+    layers = (FEATURE_LAYER,)
+
+    def __init__(self, stats: dict, entry: dict):
+        self.stats, self.thresholds = stats, entry["thresholds"]
+        self.threshold = float(entry.get("threshold", 1.0))
+
+    def features(self, outputs: list) -> np.ndarray:
+        return np.asarray(outputs[0], dtype=np.float64)
+
+    def score(self, raw_probs, features) -> np.ndarray:
+        d = distances(features, self.stats)
+        return np.maximum(d["mahalanobis"] / self.thresholds["mahalanobis"], d["knn"] / self.thresholds["knn"])
+
+    def describe(self, score: float) -> str:
+        return (f"Distance to the training images in the model's feature space: {score:.2f} × the threshold "
+                "(about 99 % of HAM10000 validation images stay below 1).")
 
 
 def distances(features: np.ndarray, stats: dict) -> dict:
-    """Both distances of each row of ``features``: ``{"mahalanobis": ..., "knn": ...}``."""
+    """Mahalanobis and k-NN cosine distances of each row: ``{"mahalanobis": ..., "knn": ...}``."""
     f = np.asarray(features, dtype=np.float64)
     centred = f - stats["mean"]
     mahalanobis = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, stats["precision"], centred), 0))
@@ -53,35 +124,99 @@ def distances(features: np.ndarray, stats: dict) -> dict:
     return {"mahalanobis": mahalanobis, "knn": knn}
 
 
-def score(features: np.ndarray, stats: dict, thresholds: dict) -> np.ndarray:
-    """The larger distance/threshold ratio of each row: above 1 is out of distribution."""
-    d = distances(features, stats)
-    return np.maximum(d["mahalanobis"] / thresholds["mahalanobis"], d["knn"] / thresholds["knn"])
+def channel_statistics(outputs: list) -> np.ndarray:
+    """Mean and standard deviation of every channel of each ``(N, H, W, C)`` output, side by side."""
+    parts = []
+    for out in outputs:
+        x = np.asarray(out, dtype=np.float64)
+        x = x.reshape(len(x), -1, x.shape[-1])
+        parts += [x.mean(axis=1), x.std(axis=1)]
+    return np.concatenate(parts, axis=1)
 
 
-def threshold_entry(stats: dict, val_features: np.ndarray, percentile: float = PERCENTILE) -> dict:
-    """The ``model.json["ood"]`` entry: each distance's ``percentile`` over validation images."""
-    d = distances(val_features, stats)
-    thresholds = {k: float(np.percentile(v, percentile)) for k, v in d.items()}
-    flagged = float(np.mean(score(val_features, stats, thresholds) > 1))
-    return {"method": METHOD, "layer": FEATURE_LAYER, "thresholds": thresholds, "threshold": 1.0,
-            "percentile": percentile, "fitted_on": "val", "n": int(len(val_features)),
-            "val_flagged": flagged, "neighbour": NEIGHBOUR, "bank": int(len(stats["bank"]))}
+@dataclass
+class StatisticsModel:
+    """The fitted parts of :class:`FeatureStatistics` (saved as ``ood.npz``)."""
+
+    centre: np.ndarray  # per-feature mean of the training statistics
+    scale: np.ndarray  # per-feature standard deviation
+    coef: np.ndarray  # logistic head on standardised features: P(not dermatoscopic)
+    intercept: float
+    components: np.ndarray  # (K, D) principal axes of the standardised training statistics
+    variances: np.ndarray  # (K,) variance along each axis
+    residual_variance: float  # mean variance per dimension off the principal subspace
+
+    def standardise(self, features) -> np.ndarray:
+        """Features centred and scaled as in training."""
+        return (np.asarray(features, dtype=np.float64) - self.centre) / self.scale
+
+    def head(self, features) -> np.ndarray:
+        """P(not dermatoscopic) from the logistic head."""
+        z = self.standardise(features) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+    def distance(self, features) -> np.ndarray:
+        """Probabilistic-PCA Mahalanobis distance, per dimension, to the training statistics."""
+        x = self.standardise(features)
+        inside = x @ self.components.T
+        residual = np.sum((x - inside @ self.components) ** 2, axis=1)
+        squared = np.sum(inside**2 / self.variances, axis=1) + residual / self.residual_variance
+        return np.sqrt(squared / x.shape[1])
 
 
-def save(model_dir: Path, stats: dict) -> None:
-    """Write ``ood.npz``: the symmetric precision matrix as its upper triangle, the bank in float16."""
-    upper = stats["precision"][np.triu_indices(len(stats["mean"]))]
-    np.savez(Path(model_dir) / OOD_FILE, mean=stats["mean"].astype(np.float32),
-             precision_upper=upper.astype(np.float32), bank=stats["bank"].astype(np.float16))
+class FeatureStatistics(OodScorer):
+    """Channel statistics of several layers, scored by a "dermatoscopic or not" head and a distance."""
+
+    method = STATISTICS
+
+    def __init__(self, fitted: StatisticsModel, entry: dict):
+        self.fitted, self.layers = fitted, tuple(entry["layers"])
+        self.thresholds = entry["thresholds"]
+        self.threshold = float(entry["threshold"])
+
+    def features(self, outputs: list) -> np.ndarray:
+        return channel_statistics(outputs)
+
+    def parts(self, features) -> dict:
+        """Each part divided by its threshold: ``{"head": ..., "distance": ...}``."""
+        return {"head": self.fitted.head(features) / self.thresholds["head"],
+                "distance": self.fitted.distance(features) / self.thresholds["distance"]}
+
+    def score(self, raw_probs, features) -> np.ndarray:
+        parts = self.parts(features)
+        return np.maximum(parts["head"], parts["distance"])
+
+    def describe(self, score: float) -> str:
+        return (f"Dermatoscopy check: {score:.2f} × the threshold, from the colour and texture statistics the "
+                "network sees at every scale; 1 or more means unlike the HAM10000 images it learnt from.")
 
 
-def load(model_dir: Path) -> dict | None:
-    """The saved statistics of a model folder, or None when it has none."""
+def save_statistics(model_dir: Path, fitted: StatisticsModel) -> None:
+    """Write ``ood.npz`` (float32)."""
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in vars(fitted).items()}
+    np.savez(Path(model_dir) / OOD_FILE, **arrays)
+
+
+def load_statistics(model_dir: Path) -> StatisticsModel | None:
+    """The saved :class:`StatisticsModel` of a folder, or None when it has none."""
     path = Path(model_dir) / OOD_FILE
     if not path.is_file():
         return None
     with np.load(path) as data:
+        values = {k: data[k].astype(np.float64) for k in data.files}
+    values["intercept"] = float(values["intercept"])
+    values["residual_variance"] = float(values["residual_variance"])
+    return StatisticsModel(**values)
+
+
+def load(model_dir: Path) -> dict | None:
+    """The saved statistics of a ``feature_distance`` folder, or None when it has none."""
+    path = Path(model_dir) / OOD_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        if "precision_upper" not in data.files:
+            return None
         mean, upper, bank = (data[k].astype(np.float64) for k in ("mean", "precision_upper", "bank"))
     precision = np.zeros((len(mean), len(mean)))
     precision[np.triu_indices(len(mean))] = upper
@@ -89,28 +224,56 @@ def load(model_dir: Path) -> dict | None:
     return {"mean": mean, "precision": precision, "bank": bank}
 
 
-def feature_model(model):
-    """A model returning (probabilities, pooled features) in one pass."""
+def fit_msp_threshold(val_probs: np.ndarray, percentile: float = MSP_PERCENTILE) -> dict:
+    """The ``model.json["ood"]`` entry of :class:`MaxSoftmax` from uncalibrated validation probabilities."""
+    msp = np.max(np.asarray(val_probs, dtype=np.float64), axis=1)
+    threshold = float(np.percentile(msp, percentile))
+    return {"method": MAX_SOFTMAX, "threshold": threshold, "percentile": percentile, "fitted_on": "val",
+            "n": int(len(msp))}
+
+
+def _msp_from_validation(model_dir: Path, classes) -> float | None:
+    """The 5th-percentile max softmax of a folder's validation predictions, or None."""
+    from core import predictions
+
+    path = Path(model_dir) / predictions.FILES["val"]
+    if not path.is_file():
+        return None
+    try:
+        probs = predictions.read(path, classes, truth=False)[list(classes)].to_numpy(dtype=np.float64)
+    except (ValueError, OSError):
+        return None
+    return fit_msp_threshold(probs)["threshold"] if len(probs) else None
+
+
+def load_scorer(model_dir: Path, meta: dict) -> OodScorer:
+    """The scorer a model folder was fitted with, else max-softmax with the best threshold available."""
+    entry = meta.get("ood") or {}
+    if entry.get("method") == STATISTICS:
+        fitted = load_statistics(model_dir)
+        if fitted is not None:
+            return FeatureStatistics(fitted, entry)
+    if entry.get("method") == DISTANCE:
+        stats = load(model_dir)
+        if stats is not None:
+            return FeatureDistance(stats, entry)
+    if entry.get("method") == MAX_SOFTMAX and entry.get("threshold") is not None:
+        return MaxSoftmax(entry["threshold"], "metadata")
+    from_val = _msp_from_validation(model_dir, meta["classes"])
+    if from_val is not None:
+        return MaxSoftmax(from_val, "validation predictions")
+    return MaxSoftmax(DEFAULT_MSP_THRESHOLD, "default")
+
+
+def feature_model(model, layers=(FEATURE_LAYER,)):
+    """A model returning ``[probabilities, *layer outputs]`` in one pass."""
     import keras
 
-    return keras.Model(inputs=model.inputs, outputs=[model.outputs[0], model.get_layer(FEATURE_LAYER).output])
+    outputs = [model.outputs[0], *(model.get_layer(name).output for name in layers)]
+    return keras.Model(inputs=model.inputs, outputs=outputs)
 
 
-def fit_for_model(model_dir: Path, model, train_images, val_images, batch_size: int = 128) -> dict:
-    """Fit and save the feature statistics of a model; returns the ``model.json["ood"]`` entry.
+if __name__ == "__main__":
+    from core.ood_fit import main
 
-    Args:
-        model_dir: where ``ood.npz`` goes.
-        model: the model (needs a ``head_pool`` layer).
-        train_images, val_images: float32-convertible image batches at the model's input size.
-    """
-    both = feature_model(model)
-
-    def features(images):
-        out = [both.predict_on_batch(np.asarray(images[i : i + batch_size], dtype=np.float32))[1]
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out)
-
-    stats = fit(features(train_images))
-    save(model_dir, stats)
-    return threshold_entry(stats, features(val_images))
+    sys.exit(main())

@@ -5,6 +5,7 @@ Environment variables:
     HAM_RUNS_DIR: the run registry (default ``models/runs``).
     HAM_CACHE_DIR: decoded-image caches (default ``data/cache``).
     HAM_DEFAULT_MODEL: the shipped model (default ``models/default``).
+    HAM_SEGMENTER: the shipped lesion segmenter (default ``models/segmenter``).
     HAM_READ_ONLY: ``1`` for a public demo: nothing can be launched, stopped,
         deleted or saved from the pages.
 """
@@ -38,6 +39,11 @@ def cache_dir() -> Path:
 def default_model_dir() -> Path:
     """The shipped model that Predict and Evaluate open by default."""
     return _from_env("HAM_DEFAULT_MODEL", PROJECT_ROOT / "models" / "default")
+
+
+def segmenter_dir() -> Path:
+    """The shipped lesion segmenter that Predict and Evaluate open."""
+    return _from_env("HAM_SEGMENTER", PROJECT_ROOT / "models" / "segmenter")
 
 
 def read_only() -> bool:

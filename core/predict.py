@@ -1,37 +1,26 @@
 """Classify images with a model folder: probabilities, top-k, malignancy, OOD flag.
 
 Probabilities are reported in the class order of the model's ``model.json``.
-When the metadata has a ``temperature`` T, probabilities are calibrated as
+When the metadata has a ``temperature`` T fitted on enough validation images
+(``core.calibration.temperature_status``), probabilities are calibrated as
 ``softmax(log(p) / T)`` (the model folder contract); otherwise they are the
 model's own softmax.
 
-Out-of-distribution score, in order of preference:
-
-1. **Feature distance** (``core.ood``), when the model folder has ``ood.npz`` and
-   ``model.json["ood"]["method"] == "feature_distance"``: how far the image's
-   pooled features lie from the training images (Mahalanobis and nearest-
-   neighbour distances, each against its 99.5th percentile on validation);
-   flagged when the score exceeds 1. It measures whether the image looks like
-   the HAM10000 images at all, whatever the classifier says.
-2. **Maximum softmax probability** (MSP, Hendrycks & Gimpel, 2017) of the
-   uncalibrated model, for folders without feature statistics: it measures
-   confidence; an image is flagged when its MSP falls below
-   ``model.json["ood"]["threshold"]`` (method ``max_softmax``, written by
-   :func:`fit_ood_threshold`), else the 5th percentile over the folder's
-   ``predictions_val.csv``, else :data:`DEFAULT_OOD_THRESHOLD` (0.5), a fixed
-   guess reported as such.
-
-The flag is a hint, not a guarantee.
+The out-of-distribution check is the scorer the model folder was fitted with
+(``core.ood.load_scorer``: channel statistics with a "dermatoscopic or not"
+head, else pooled-feature distances, else max softmax); its threshold comes
+from ``model.json["ood"]``. The flag is a hint, not a guarantee.
 
 Command line::
 
     python -m core.predict --model DIR --out FILE.csv [--tta] PATH...
 
 PATHs are image files, folders (searched recursively) or zip files. One row per
-image: ``image_id`` (the file stem; the path from the first folder that differs
-when two files share a stem), ``dx`` (the *predicted* class; in the
-evaluation CSVs the same column holds the true label), then one probability column per class code. Unreadable files are reported on stderr
-and skipped.
+image in the predictions-file format of ``core.predictions``: ``image_id`` (the
+file stem; the path from the first folder that differs when two files share a
+stem), ``dx_pred`` (the predicted class), ``ood_flag``, ``ood_score``, then one
+calibrated probability per class code; the first line says they are calibrated.
+Unreadable files are reported on stderr and skipped.
 """
 
 import argparse
@@ -42,28 +31,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import ood as feature_ood
-from core.calibration import apply_temperature
+from core import ood as ood_scorers
+from core import predictions as contract
+from core.calibration import apply_temperature, temperature_status
 from core.images import ImageError, decode_image, iter_sources, model_pixels, to_model_input
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
 from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
-OOD_METHOD = "max_softmax"
-OOD_PERCENTILE = 5.0
-DEFAULT_OOD_THRESHOLD = 0.5
-
 
 @dataclass(frozen=True)
 class OodResult:
     """The out-of-distribution verdict for one image."""
 
-    score: float
+    score: float  # larger = farther from the training images
     threshold: float
     flagged: bool
     source: str  # "metadata", "validation predictions" or "default"
-    method: str = OOD_METHOD  # "feature_distance" (higher = farther) or "max_softmax" (lower = less sure)
+    method: str  # "feature_statistics", "feature_distance" or "max_softmax"
+    text: str = ""  # the scorer's plain-language description of this score
 
 
 @dataclass(frozen=True)
@@ -119,38 +106,6 @@ def tta_views(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(views, axis=0))
 
 
-def fit_ood_threshold(val_probs: np.ndarray, percentile: float = OOD_PERCENTILE) -> dict:
-    """The ``model.json["ood"]`` entry from uncalibrated validation probabilities.
-
-    Args:
-        val_probs: ``(N, C)`` softmax outputs on the validation images.
-        percentile: share (in %) of validation images that would be flagged.
-
-    Returns:
-        ``{"method": "max_softmax", "threshold": t, "percentile": p, "fitted_on": "val", "n": N}``.
-    """
-    msp = np.max(np.asarray(val_probs, dtype=np.float64), axis=1)
-    threshold = float(np.percentile(msp, percentile))
-    return {"method": OOD_METHOD, "threshold": threshold, "percentile": percentile, "fitted_on": "val", "n": int(len(msp))}
-
-
-def ood_threshold(model_dir: Path, meta: dict) -> tuple:
-    """``(threshold, source)`` for a model folder, following the order in the module docstring."""
-    entry = meta.get("ood") or {}
-    if entry.get("method") == OOD_METHOD and entry.get("threshold") is not None:
-        return float(entry["threshold"]), "metadata"
-    val_file = Path(model_dir) / "predictions_val.csv"
-    if val_file.is_file():
-        try:
-            frame = pd.read_csv(val_file)
-            probs = frame[list(meta["classes"])].to_numpy(dtype=np.float64)
-            if len(probs):
-                return fit_ood_threshold(probs)["threshold"], "validation predictions"
-        except (KeyError, ValueError, OSError):
-            pass
-    return DEFAULT_OOD_THRESHOLD, "default"
-
-
 def available_models() -> list:
     """Model folders to offer: the default model first, then run folders with a model, newest first."""
     found = [default_model_dir()] if is_model_dir(default_model_dir()) else []
@@ -174,18 +129,12 @@ class Predictor:
         self.meta = read_metadata(self.model_dir)
         self.classes = tuple(self.meta["classes"])
         self.input_size = input_size(self.meta)
-        self.temperature = self.meta.get("temperature")
+        self.calibration = temperature_status(self.meta, self.model_dir)
+        self.temperature = self.calibration["applied"]
         self.model = model if model is not None else load_model(self.model_dir)
-        entry = self.meta.get("ood") or {}
-        self.ood_stats = feature_ood.load(self.model_dir) if entry.get("method") == feature_ood.METHOD else None
-        if self.ood_stats is not None:
-            self.ood_method, self.ood_threshold, self.ood_source = feature_ood.METHOD, 1.0, "metadata"
-            self.ood_thresholds = entry["thresholds"]
-            self._forward = _compiled_forward(feature_ood.feature_model(self.model))
-        else:
-            self.ood_method = OOD_METHOD
-            self.ood_threshold, self.ood_source = ood_threshold(self.model_dir, self.meta)
-            self._forward = _compiled_forward(self.model)
+        self.ood = ood_scorers.load_scorer(self.model_dir, self.meta)
+        layers = self.ood.layers
+        self._forward = _compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
 
     def warmup(self) -> None:
         """Run one prediction so the first user request does not pay for tracing."""
@@ -196,18 +145,20 @@ class Predictor:
         return self._run(batch, tta, batch_size)[0]
 
     def _run(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> tuple:
-        """``(probabilities, pooled features or None)``, both averaged over TTA views."""
+        """``(probabilities, OOD features)``, both averaged over TTA views."""
         batch = np.asarray(batch, dtype=np.float32)
         n = len(batch)
         inputs = tta_views(batch) if tta else batch
-        outputs = [self._forward(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
-        if self.ood_stats is None:
-            outputs = [(o, None) for o in outputs]
-        probs = np.concatenate([np.asarray(o[0], dtype=np.float64) for o in outputs], axis=0)
-        feats = None if self.ood_stats is None else np.concatenate([np.asarray(o[1]) for o in outputs], axis=0)
+        probs, feats = [], []
+        for i in range(0, len(inputs), batch_size):
+            out = self._forward(inputs[i : i + batch_size])
+            out = out if isinstance(out, tuple) else (out,)
+            probs.append(np.asarray(out[0], dtype=np.float64))
+            feats.append(self.ood.features(list(out[1:])) if self.ood.layers else np.zeros((len(out[0]), 0)))
+        probs, feats = np.concatenate(probs, axis=0), np.concatenate(feats, axis=0)
         if tta:
             probs = probs.reshape(-1, n, probs.shape[-1]).mean(axis=0)
-            feats = None if feats is None else feats.reshape(-1, n, feats.shape[-1]).mean(axis=0)
+            feats = feats.reshape(len(feats) // n, n, feats.shape[-1]).mean(axis=0)
         return probs, feats
 
     def predict_batch(self, images, tta: bool = False) -> list:
@@ -215,8 +166,9 @@ class Predictor:
         batch = np.stack([to_model_input(rgb, self.input_size) for rgb in images])
         raw, feats = self._run(batch, tta=tta)
         probs = calibrate(raw, self.temperature)
-        scores = np.max(raw, axis=1) if feats is None else feature_ood.score(feats, self.ood_stats, self.ood_thresholds)
-        return [self._prediction(r, p, float(sc)) for r, p, sc in zip(raw, probs, scores)]
+        scores = self.ood.score(raw, feats)
+        flags = self.ood.flagged(scores)
+        return [self._prediction(r, p, float(sc), bool(f)) for r, p, sc, f in zip(raw, probs, scores, flags)]
 
     def predict(self, rgb: np.ndarray, tta: bool = False) -> Prediction:
         """Classify one RGB uint8 image of any size."""
@@ -226,9 +178,13 @@ class Predictor:
         """Uncalibrated probabilities of model-input batches (for saliency checks)."""
         return self.raw_probabilities(batch)
 
-    def _prediction(self, raw: np.ndarray, probs: np.ndarray, score: float) -> Prediction:
-        far = score > self.ood_threshold if self.ood_method == feature_ood.METHOD else score < self.ood_threshold
-        ood = OodResult(score, self.ood_threshold, bool(far), self.ood_source, self.ood_method)
+    @property
+    def probabilities_kind(self) -> str:
+        """``"calibrated"`` when the model has a temperature, else ``"raw"`` (the predictions-file header)."""
+        return contract.CALIBRATED if self.temperature is not None else contract.RAW
+
+    def _prediction(self, raw: np.ndarray, probs: np.ndarray, score: float, flagged: bool) -> Prediction:
+        ood = OodResult(score, self.ood.threshold, flagged, self.ood.source, self.ood.method, self.ood.describe(score))
         return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
 
 
@@ -265,14 +221,15 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
         decode: bytes -> RGB array; the app passes ``core.images.decode_upload`` (its pixel limits).
 
     Returns:
-        A DataFrame ``image_id, dx (predicted), <one column per class>``; ``image_id`` is
-        the file stem, made distinct by :func:`distinct_ids` when stems repeat.
+        A predictions table (``core.predictions``): ``image_id`` (the file stem, made
+        distinct by :func:`distinct_ids` when stems repeat), ``dx_pred``, ``ood_flag``,
+        ``ood_score``, then the (calibrated) probability of each class.
 
     Sources are consumed one at a time and each image is reduced to the model's
     input size right after decoding, so memory stays bounded by one decoded image
     plus ``batch_size`` small inputs, whatever the number and size of the files.
     """
-    rows, pending, names = [], [], []
+    names, found, pending = [], [], []
     for name, data in sources:
         try:
             if isinstance(data, ImageError):
@@ -282,14 +239,13 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
             if on_skip:
                 on_skip(name, str(err))
         if len(pending) >= batch_size:
-            rows += _rows(predictor, pending, tta)
+            found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
             names += [n for n, _ in pending]
             pending = []
-    rows += _rows(predictor, pending, tta) if pending else []
-    names += [n for n, _ in pending]
-    table = pd.DataFrame(rows, columns=["image_id", "dx", *predictor.classes])
-    table["image_id"] = distinct_ids(names)
-    return table
+    if pending:
+        found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
+        names += [n for n, _ in pending]
+    return prediction_table(names, found, predictor.classes)
 
 
 def distinct_ids(names) -> list:
@@ -328,12 +284,11 @@ def _common_prefix(paths: list) -> tuple:
     return prefix
 
 
-def _rows(predictor: Predictor, named_images: list, tta: bool) -> list:
-    predictions = predictor.predict_batch([rgb for _, rgb in named_images], tta=tta)
-    return [
-        {"image_id": Path(name.split("!")[-1]).stem, "dx": p.predicted, **p.as_dict()}
-        for (name, _), p in zip(named_images, predictions)
-    ]
+def prediction_table(names, found: list, classes) -> pd.DataFrame:
+    """The predictions table of named :class:`Prediction` objects (``image_id`` = file stem)."""
+    probs = np.array([p.probabilities for p in found]).reshape(-1, len(classes))
+    return contract.make_table(distinct_ids(names), probs, classes,
+                               ood_scores=[p.ood.score for p in found], ood_flags=[p.ood.flagged for p in found])
 
 
 def main(argv=None) -> int:
@@ -362,9 +317,10 @@ def main(argv=None) -> int:
         print(f"error: no readable image among the paths given (skipped {len(skipped)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False, float_format="%.6f")
-    calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
-    print(f"wrote {len(table)} rows ({calibrated} probabilities) to {args.out}; skipped {len(skipped)}")
+    contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature)
+    flagged = int(table[contract.OOD_FLAG].sum())
+    print(f"wrote {len(table)} rows ({predictor.probabilities_kind} probabilities) to {args.out}; "
+          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped)}")
     return 0
 
 

@@ -149,6 +149,30 @@ def read_segmenter_metadata(model_dir: Path) -> dict:
     return meta
 
 
+def load_segmenter_model(model_dir: Path):
+    """Load a segmenter folder's ``model.keras``, checked to output one probability map (imports TensorFlow).
+
+    Raises:
+        ModelFolderError: no model file, a file Keras cannot load, or not a one-channel map output.
+    """
+    import keras
+
+    from core.modelio import MODEL_FILE, ModelFolderError
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: model file not found")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001  (Keras raises many types for a damaged file)
+        raise ModelFolderError(f"segmenter {Path(model_dir).name}: {MODEL_FILE} cannot be loaded "
+                               f"({type(err).__name__})") from err
+    if len(model.output_shape) != 4 or model.output_shape[-1] != 1:
+        raise ModelFolderError(f"segmenter {Path(model_dir).name}: the model outputs {model.output_shape}, "
+                               "not one probability map")
+    return model
+
+
 def predict_probs(model, images, idx=None, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
     """Lesion probability maps ``(n, H, W)`` at the model size for ``images[idx]`` (all images when None)."""
     idx = np.arange(len(images)) if idx is None else np.asarray(idx)
@@ -178,13 +202,11 @@ class Segmenter:
     """
 
     def __init__(self, model_dir: Path, model=None):
-        from core.modelio import load_model
-
         self.model_dir = Path(model_dir)
         self.meta = read_segmenter_metadata(self.model_dir)
         self.input_size = (int(self.meta["image_height"]), int(self.meta["image_width"]))
         self.threshold = float(self.meta["threshold"])
-        self.model = model if model is not None else load_model(self.model_dir)
+        self.model = model if model is not None else load_segmenter_model(self.model_dir)
         self._forward = _compiled_forward(self.model)
 
     def warmup(self) -> None:

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of images for validation")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of images for test")
     p.add_argument("--max-images", type=int, default=0, help="train on a lesion-grouped sample of about N images (0 = all)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last completed epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last completed epoch (with --epochs: a new length)")
     return p
 
 
@@ -90,8 +91,8 @@ def input_hw(args) -> tuple[int, int]:
 
 
 def learning_rate(args, epoch: int) -> float:
-    """Cosine decay from ``lr`` to 5 % of it over the run."""
-    t = epoch / max(1, args.epochs)
+    """Cosine decay from ``lr`` to 5 % of it over the run (over its planned length when it was shortened)."""
+    t = epoch / max(1, getattr(args, "planned_epochs", None) or args.epochs)
     return float(args.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t))))
 
 
@@ -297,14 +298,23 @@ def train(args, folder) -> int:
     return 0
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
-    """The options a run was started with, read back from its config.json."""
+def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int | None = None):
+    """The options a run was started with, read back from its config.json.
+
+    ``epochs`` changes the run's length: fewer ends it (the best checkpoint is
+    then scored) at the epochs already done, more extends it.
+    """
     config = json.loads((run_dir / rf.CONFIG_FILE).read_text(encoding="utf-8"))
     defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
     merged = {k: config.get(k, v) for k, v in defaults.items()}
     for key in ("data_dir", "split_file"):
         merged[key] = Path(merged[key]) if merged[key] else None
     merged["run_dir"], merged["resume"] = run_dir, True
+    if config.get("planned_epochs"):
+        merged["planned_epochs"] = config["planned_epochs"]
+    if epochs is not None and epochs != merged["epochs"]:
+        merged["planned_epochs"] = merged.get("planned_epochs") or merged["epochs"]
+        merged["epochs"] = epochs
     return argparse.Namespace(**merged)
 
 
@@ -314,8 +324,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.resume:
         if not (args.run_dir / rf.CONFIG_FILE).is_file():
-            parser.error(f"--resume: {args.run_dir / 'config.json'} not found")
-        args = load_resume_args(parser, args.run_dir)
+            parser.error(f"--resume: {args.run_dir / rf.CONFIG_FILE} not found")
+        epochs = args.epochs if "--epochs" in (sys.argv[1:] if argv is None else argv) else None
+        args = load_resume_args(parser, args.run_dir, epochs)
     errors = validate_args(args)
     if errors:
         parser.error("; ".join(errors))

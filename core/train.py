@@ -53,6 +53,7 @@ from core.splits import load_splits, make_splits, save_splits  # noqa: E402
 
 log = logging.getLogger("core.train")
 EXIT_USAGE = 2  # bad options, busy run folder: nothing was trained
+WORKER_DIR_ENV = "HAM_WORKER_DIR"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +163,19 @@ def is_chief() -> bool:
     if task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
+
+
+def worker_dir() -> Path:
+    """Where a non-chief worker writes its copy of the run folder.
+
+    A fresh temporary folder, removed at the end; or, when ``HAM_WORKER_DIR`` is
+    set, ``$HAM_WORKER_DIR/worker-<index>``, kept for inspection.
+    """
+    keep = os.environ.get(WORKER_DIR_ENV)
+    if not keep:
+        return Path(tempfile.mkdtemp(prefix="ham-worker-"))
+    index = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    return Path(keep) / f"worker-{index}"
 
 
 def choose_strategy(logical_cpus: int = 0):
@@ -274,18 +288,48 @@ def stop_agreed(strategy, folder: RunFolder) -> bool:
 
     local = tf.constant(float(folder.stop_requested() or _SIGNALLED["stop"]))
     per_replica = strategy.run(lambda: tf.identity(local))
-    return float(strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)) > 0
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
 
 
-def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024) -> np.ndarray:
+def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024,
+                  direct: bool = False) -> np.ndarray:
     """Model probabilities for ``images[idx]``, a chunk of the cache at a time.
 
     ``model.predict`` rather than ``predict_on_batch``: under MirroredStrategy the
-    latter returned every replica's rows.
+    latter returned every replica's rows. ``direct`` calls the model itself, batch
+    by batch, as under MultiWorkerMirroredStrategy, where ``predict`` would split
+    the rows between the workers.
     """
-    out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
-           for i in range(0, len(idx), chunk)]
+    if direct:
+        out = [np.asarray(model(images[idx[i : i + batch_size]].astype(np.float32), training=False))
+               for i in range(0, len(idx), batch_size)]
+    else:
+        out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
+               for i in range(0, len(idx), chunk)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def fit_multi_worker(model, ds, callback, strategy):
+    """One epoch of ``model.fit`` under MultiWorkerMirroredStrategy.
+
+    Works around two faults of Keras 3 ``fit`` with this strategy
+    (keras-team/keras#20585): it reduces the first batch eagerly to build the
+    model, which fails on a tuple of per-replica values (the model is built
+    already, so the strategy is taken from the scope rather than from the model),
+    and it averages each step's scalar logs with ``reduce(axis=0)`` (so each log
+    is returned with shape ``(1,)``).
+    """
+    import tensorflow as tf
+
+    if "train_step" not in vars(model):
+        step = model.train_step
+        model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+    saved, model._distribute_strategy = model._distribute_strategy, None
+    try:
+        with strategy.scope():
+            return model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
+    finally:
+        model._distribute_strategy = saved
 
 
 def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
@@ -372,17 +416,18 @@ def write_scalar(tag: str, value: float, step: int) -> None:
 
 
 def write_predictions(path: Path, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "dx": frame["dx"].to_numpy()})
-    for k, c in enumerate(classes):
-        table[c] = np.round(probs[:, k].astype(np.float64), 6)
-    table.to_csv(path, index=False)
+    """Write the model's own (raw) probabilities of ``frame``'s images in the ``core.predictions`` format."""
+    from core import predictions
+
+    table = predictions.make_table(frame["image_id"], probs, classes, truth=frame["dx"])
+    predictions.write(path, table, predictions.RAW)
 
 
 class Trainer:
     """One run: data, model, epochs, best checkpoint, final predictions."""
 
-    def __init__(self, args, folder: RunFolder, chief: bool = True):
-        self.args, self.folder, self.chief = args, folder, chief
+    def __init__(self, args, folder: RunFolder):
+        self.args, self.folder = args, folder
         self.classes = list(CLASSES)
         self.k = len(self.classes)
 
@@ -476,7 +521,10 @@ class Trainer:
                            message=f"epoch {epoch + 1}/{args.epochs} ({phase})")
         started = time.monotonic()
         callback = make_progress_callback(self.folder, epoch + 1, batches, distributed=self.distributed)
-        history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
+        if self.distributed:
+            history = fit_multi_worker(self.model, ds, callback, self.strategy)
+        else:
+            history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
         if callback.stopped:
             return False
         self.end_epoch(epoch, phase, lr, history.history, time.monotonic() - started)
@@ -488,7 +536,8 @@ class Trainer:
         return cluster_workers() > 1
 
     def end_epoch(self, epoch: int, phase: str, lr: float, history: dict, seconds: float) -> None:
-        val = score(self.labels[self.idx["val"]], predict_probs(self.model, self.images, self.idx["val"]), self.k)
+        probs = predict_probs(self.model, self.images, self.idx["val"], direct=self.distributed)
+        val = score(self.labels[self.idx["val"]], probs, self.k)
         record = {"kind": rf.EPOCH_RECORD, "epoch": epoch + 1, "phase": phase, "lr": lr,
                   "seconds": round(seconds, 1)}
         record.update({k: float(history[k][-1]) for k in rf.EPOCH_METRICS})
@@ -530,18 +579,21 @@ class Trainer:
             write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs, self.classes)
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
-            log.info("%s (n=%d): %s", split, len(idx), score(self.labels[idx], probs, self.k))
+                log.info("val (n=%d): %s", len(idx), score(self.labels[idx], probs, self.k))
+            else:  # the test split is scored once, by whoever evaluates the finished model, not in the log
+                log.info("%s (n=%d): predictions written", split, len(idx))
         if len(self.idx["val"]):
             self.fit_ood(best)
 
     def fit_ood(self, model, max_train: int = 3000) -> None:
         """Fit the feature-space out-of-distribution score (core.ood) and record it in model.json."""
-        from core import ood
+        from core import ood_fit
 
         rng = np.random.default_rng(self.args.seed)
         train = self.idx["train"]
         train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
-        entry = ood.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]])
+        entry = ood_fit.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]],
+                                      seed=self.args.seed)
         meta = read_metadata(self.folder.dir)
         meta["ood"] = entry
         write_metadata(self.folder.dir, meta)
@@ -552,7 +604,7 @@ class Trainer:
         from core.calibration import expected_calibration_error, fit_temperature, save_temperature
 
         temperature = fit_temperature(val_probs, val_labels)
-        save_temperature(self.folder.dir, temperature)
+        save_temperature(self.folder.dir, temperature, n=len(val_labels))
         log.info("temperature %.3f fitted on val (n=%d); val ECE %.4f before scaling", temperature,
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 
@@ -598,7 +650,7 @@ def main(argv=None) -> int:
     """Run ``python -m core.train``; returns the exit code."""
     args = parse_args(argv)
     chief = is_chief()
-    run_dir = args.run_dir if chief else Path(tempfile.mkdtemp(prefix="ham-worker-"))
+    run_dir = args.run_dir if chief else worker_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = RunLock(run_dir).acquire()
@@ -606,14 +658,14 @@ def main(argv=None) -> int:
         print(f"python -m core.train: error: {err}; nothing was changed", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _run(args, RunFolder(run_dir), chief)
+        return _run(args, RunFolder(run_dir))
     finally:
         lock.release()
-        if not chief:
+        if not chief and not os.environ.get(WORKER_DIR_ENV):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(args, folder: RunFolder, chief: bool) -> int:
+def _run(args, folder: RunFolder) -> int:
     """Train into a locked run folder; any failure ends up in its status."""
     folder.clear_stop()
     setup_logging(folder.dir)
@@ -623,7 +675,7 @@ def _run(args, folder: RunFolder, chief: bool) -> int:
     try:
         if args.task == "segmentation":
             return _segment(args, folder)
-        return _train(args, folder, chief)
+        return _train(args, folder)
     except Exception as err:  # noqa: BLE001  any failure must reach the status file, not only the log
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         folder.update(state="failed", finished=now(), message=f"{type(err).__name__}: {err}")
@@ -645,9 +697,9 @@ def _segment(args, folder: RunFolder) -> int:
     return segment_train.train(args, folder)
 
 
-def _train(args, folder: RunFolder, chief: bool = True) -> int:
+def _train(args, folder: RunFolder) -> int:
     strategy = choose_strategy(args.logical_cpus)  # first: MultiWorkerMirroredStrategy wants a fresh runtime
-    trainer = Trainer(args, folder, chief)
+    trainer = Trainer(args, folder)
     trainer.prepare_data()
     trainer.write_config()
     trainer.build(strategy)

@@ -9,7 +9,7 @@ import streamlit as st  # noqa: E402  (page_setup must run first)
 from core.evaluate import PredictionsError  # noqa: E402
 from core.modelio import ModelFolderError  # noqa: E402
 from core.uploads import redact_paths  # noqa: E402
-from ui.evaluate import common, compare, model_export, panels, reliability, sources  # noqa: E402
+from ui.evaluate import common, compare, model_export, overlap, panels, reliability, segmentation, sources  # noqa: E402
 
 st.title("📊 Evaluate")
 models = common.evaluable_models()
@@ -30,9 +30,10 @@ try:
 except (PredictionsError, ModelFolderError, OSError) as err:
     st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
     st.stop()
+overlap.overlap_panel(source)
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",
-                "Subgroups", "Compare runs", "Export"])
+                "Subgroups", "Compare runs", "Export", "Segmentation"])
 with tabs[0]:
     panels.summary_panel(source, preds)
 with tabs[1]:
@@ -52,3 +53,5 @@ with tabs[7]:
 with tabs[8]:
     compare.export_panel(source, preds)
     model_export.tflite_panel(model)
+with tabs[9]:
+    segmentation.segmentation_panel()

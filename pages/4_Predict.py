@@ -7,6 +7,7 @@ page_setup("Predict", "🩺")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from ui import predict as view  # noqa: E402
+from ui import segment_view  # noqa: E402
 
 st.title("🩺 Predict")
 view.device_notice()
@@ -19,9 +20,12 @@ single, batch = st.tabs(["One image", "Batch"])
 with single:
     image = view.pick_input()
     if image is not None:
-        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key=view.KEY_TTA)
-        prediction = view.show_prediction(predictor, image, tta)
-        st.subheader("Where did the model look?")
-        view.show_saliency(model_dir, predictor, image, prediction)
+        tta = st.toggle("Test-time augmentation (average over the flips that keep the frame)", key=view.KEY_TTA)
+        prediction = view.show_prediction(predictor, image, tta)  # None: flagged and folded away
+        if prediction is not None:
+            st.subheader("Lesion outline and measurements")
+            lesion = segment_view.show_segmentation(image)
+            st.subheader("Where did the model look?")
+            view.show_saliency(model_dir, predictor, image, prediction, predicted_mask=lesion)
 with batch:
     view.batch_mode(predictor)

@@ -134,3 +134,9 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(timeout=30)
     return proc.pid
+
+
+@pytest.fixture(autouse=True)
+def _no_shipped_segmenter(monkeypatch, tmp_path_factory):
+    """Pages under test see no lesion segmenter unless a test installs one (HAM_SEGMENTER)."""
+    monkeypatch.setenv("HAM_SEGMENTER", str(tmp_path_factory.getbasetemp() / "no_segmenter"))

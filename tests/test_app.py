@@ -26,11 +26,23 @@ def _texts(at: AppTest) -> str:
 def test_home_links_every_existing_page_and_says_not_a_device(tiny_dataset_env):
     at = _run()
     assert at.title[0].value == "HAM10000 Lesion Lab"
-    links = [link.proto.page for link in at.get("page_link")]
+    links = [link.proto.page for link in at.main.get("page_link")]
     expected = [p for p in ("pages/1_Explore.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Predict.py")
                 if (ROOT / p).is_file()]
     assert "pages/1_Explore.py" in expected
     assert links == [Path(p).stem.split("_", 1)[1] for p in expected]  # url path names
+
+
+def test_sidebar_names_every_page_home_first(tiny_dataset_env):
+    labels = [link.proto.label for link in _run().sidebar.get("page_link")]
+    assert labels == ["Home", "Explore", "Train", "Evaluate", "Predict"]
+
+
+@pytest.mark.parametrize("alias", ["explore", "train", "evaluate", "predict"])
+def test_lower_case_page_runs_the_real_page(alias, tiny_dataset_env):
+    at = AppTest.from_file(str(ROOT / "pages" / f"{alias}.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert alias.capitalize() in at.title[0].value
     assert "Not a medical device" in _texts(at)
     assert f"Dataset: found at `{tiny_dataset_env}`" in _texts(at)
 

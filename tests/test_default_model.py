@@ -45,9 +45,11 @@ def test_cli_predicts_with_no_dataset_present(tmp_path):
     cmd = [sys.executable, "-m", "core.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
-    table = pd.read_csv(out)
-    assert list(table.columns) == ["image_id", "dx", *CLASSES] and table.loc[0, "image_id"] == "lesion_like"
-    assert table.loc[0, "dx"] in CLASSES and np.isclose(table[list(CLASSES)].sum(axis=1), 1, atol=1e-4).all()
+    table = pd.read_csv(out, skiprows=1)  # the first line says the probabilities are calibrated
+    assert out.read_text().startswith("# probabilities: calibrated")
+    assert list(table.columns) == ["image_id", "dx_pred", "ood_flag", "ood_score", *CLASSES]
+    assert table.loc[0, "image_id"] == "lesion_like" and table.loc[0, "dx_pred"] in CLASSES
+    assert np.isclose(table[list(CLASSES)].sum(axis=1), 1, atol=1e-4).all()
 
 
 @pytest.mark.timeout(180)

@@ -213,3 +213,32 @@ def test_cli_names_an_undecodable_image(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert f"error: {first}" in err and not (tmp_path / "out" / "predictions_external.csv").exists()
+
+
+@pytest.mark.timeout(180)
+def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, monkeypatch):
+    from core.splits import SPLIT_FILE, save_splits
+
+    images, truth = write_external_set(tmp_path / "external")
+    model_dir = build_tiny_model(tmp_path / "model")
+    ids = pd.read_csv(truth)["image"].tolist()
+    split = pd.DataFrame({"image_id": ids[:5], "lesion_id": [f"L{i}" for i in range(5)], "dx": "nv",
+                          "split": ["train", "train", "train", "val", "test"]})
+    meta = json.loads((model_dir / "model.json").read_text())
+    meta["split_sha256"] = save_splits(split, model_dir / SPLIT_FILE)
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))  # ids only: no near-duplicate search
+    written = evaluate.evaluate_external(model_dir, images, truth, tmp_path / "out")
+    report = pd.read_csv(written["overlap"], dtype=str).fillna("")
+    assert report.loc[report["match"] != "", "split"].tolist() == ["train", "train", "train", "val", "test"]
+    tidy = pd.read_csv(written["metrics"])
+    assert tidy.groupby("split")["n"].first().to_dict() == {"external": 14, "external_clean": 9}
+    source = json.loads((tmp_path / "out" / evaluate.SOURCE_FILE).read_text())
+    assert source["overlap"]["by_split"] == {"train": 3, "val": 1, "test": 1} and source["overlap"]["clean"] == 9
+    preds = pd.read_csv(written["predictions"], skiprows=1)
+    assert list(preds.columns[:5]) == ["image_id", "dx", "dx_pred", "ood_flag", "ood_score"]
+    assert "5 of 14 images overlap" in evaluate.overlap_sentence(written["overlap"])
+
+
+def test_external_set_without_a_model_split_says_it_was_not_checked(tmp_path):
+    assert "not checked" in evaluate.overlap_sentence(None)

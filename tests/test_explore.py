@@ -135,3 +135,25 @@ def test_real_filter_and_aggregates(real_dataset_dir):
     keep &= frame["localization"].isin(["back", "trunk"]) & (frame["age"].between(30, 70) | frame["age"].isna())
     expected = frame[keep]
     assert result["overview"]["images"] == len(expected) > 0
+
+
+def test_search_matches_part_of_an_image_or_lesion_id(frame):
+    assert _ids(explore.filter_frame(frame, Filters(search=" l5 "))) == ["I6", "I7", "I8"]
+    assert _ids(explore.filter_frame(frame, Filters(search="i3"))) == ["I3"]
+    assert _ids(explore.filter_frame(frame, Filters(search="L1", classes=("nv",)))) == []
+
+
+def test_shares_of_a_removed_class_are_empty_not_zero(frame):
+    share = explore.by_class(explore.filter_frame(frame, Filters(classes=("nv",))), "sex", normalize=True)
+    assert share["mel"].isna().all() and share["akiec"].isna().all()
+    assert share["nv"].sum() == pytest.approx(1.0)
+    counts = explore.by_class(explore.filter_frame(frame, Filters(classes=("nv",))), "sex")
+    assert (counts["mel"] == 0).all()  # counts stay counts
+
+
+def test_age_boxes_give_tukey_numbers_per_class(frame):
+    boxes = explore.age_boxes(frame)
+    assert list(boxes.index) == ["bcc", "mel", "nv"]  # the fixed class order, classes with an age only
+    nv = boxes.loc["nv"]  # ages 25, 55, 55, 55 (one missing)
+    assert nv["n"] == 4 and nv["median"] == 55.0 and nv["q1"] == pytest.approx(47.5) and nv["q3"] == 55.0
+    assert nv["lowerfence"] == 55.0 and nv["upperfence"] == 55.0  # 25 lies beyond 1.5 IQR below the box

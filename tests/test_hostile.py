@@ -4,6 +4,7 @@ Inputs are generated here (no downloads). Memory cases use small members and
 tracemalloc peaks instead of wall-clock or RSS limits, so they run in CI.
 """
 
+import contextlib
 import gc
 import io
 import json
@@ -191,12 +192,28 @@ def test_evaluate_page_names_an_empty_dx_without_a_traceback_or_path(evaluate_en
 
 # --- 2. bounded memory ------------------------------------------------------------------------------------------
 
-def zip_of_zeros(members: int, member_bytes: int) -> bytes:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def zip_of_zeros(members: int, member_bytes: int, head: bytes = b"") -> bytes:
+    """A zip of ``members`` files named .png: ``head`` then zeros (tiny once compressed)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for k in range(members):
-            archive.writestr(f"zeros_{k:02d}.png", bytes(member_bytes))
+            archive.writestr(f"zeros_{k:02d}.png", head + bytes(member_bytes - len(head)))
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def traced_peak():
+    """Yields a dict whose ``peak`` is the traced Python memory peak (bytes) of the block."""
+    result = {}
+    tracemalloc.start()
+    try:
+        yield result
+    finally:
+        result["peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
 
 
 class Upload:
@@ -213,25 +230,38 @@ def batch_peak(members: int, member_bytes: int) -> int:
     """Peak Python-traced memory of the Batch tab's source loop over a zip of zeros (decoding included)."""
     from ui import predict as view
 
-    files = [Upload("bomb.zip", zip_of_zeros(members, member_bytes))]
+    files = [Upload("bomb.zip", zip_of_zeros(members, member_bytes, head=PNG_SIGNATURE))]
     assert view.count_sources(files) == members
-    tracemalloc.start()
     seen = 0
-    for _, content in view.upload_sources(files):
-        seen += 1
-        with pytest.raises(images.ImageError, match="not an image in a supported format"):
-            images.decode_upload(content)
-        del content
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    with traced_peak() as traced:
+        for _, content in view.upload_sources(files):
+            seen += 1
+            assert len(content) == member_bytes  # extracted: it starts like a PNG
+            with pytest.raises(images.ImageError, match="not an image in a supported format"):
+                images.decode_upload(content)
+            del content
     assert seen == members
-    return peak
+    return traced["peak"]
 
 
 def test_zip_members_are_extracted_one_at_a_time():
     member = 4 * 1024 * 1024
     one, twenty = batch_peak(1, member), batch_peak(20, member)
     assert twenty < one + member // 2, f"20 members peak at {twenty / 1e6:.1f} MB, one at {one / 1e6:.1f} MB"
+
+
+def test_zip_members_of_zeros_are_named_and_never_extracted():
+    from ui import predict as view
+
+    files = [Upload("zeros.zip", zip_of_zeros(20, 60 * 1024 * 1024))]
+    assert len(files[0].getvalue()) < 1_300_000
+    with traced_peak() as traced:
+        found = list(view.upload_sources(files))
+    peak = traced["peak"]
+    assert [name for name, _ in found] == [f"zeros.zip!zeros_{k:02d}.png" for k in range(20)]
+    assert all(str(err) == f"{name.split('!')[1]}: not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP)."
+               for name, err in found)
+    assert peak < 5_000_000, f"peak {peak / 1e6:.0f} MB"
 
 
 def test_a_huge_png_is_refused_from_its_header_in_the_app():

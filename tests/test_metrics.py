@@ -210,3 +210,29 @@ def test_agrees_with_isic_challenge_scoring():
             isic.auc_above_sensitivity(truth[code], pred[code], weights, 0.8)
         )
         assert table["ap"].iloc[k] == pytest.approx(isic.average_precision(truth[code], pred[code], weights))
+
+
+def test_sample_size_warning_names_different_and_small_n():
+    from core.metrics import sample_size_warning
+
+    assert sample_size_warning({"a": 1431, "b": 1431}) == ""
+    both = sample_size_warning({"full": 1431, "tiny": 8})
+    assert "different numbers of images (full: n = 1,431, tiny: n = 8)" in both
+    assert "Small sample: tiny (n = 8)" in both
+    assert "Small sample" in sample_size_warning({"a": 12, "b": 12}) and "different" not in sample_size_warning(
+        {"a": 12, "b": 12})
+
+
+def test_threshold_chosen_on_validation_is_read_on_the_other_split():
+    from core.metrics import operating_point, threshold_for_sensitivity, threshold_from_validation
+
+    rng = np.random.default_rng(0)
+    val_bin, bin_ = rng.random(400) < 0.2, rng.random(600) < 0.2
+    val_scores = np.clip(val_bin * 0.3 + rng.random(400) * 0.7, 0, 1)
+    scores = np.clip(bin_ * 0.3 + rng.random(600) * 0.7, 0, 1)
+    chosen = threshold_from_validation(val_bin, val_scores, bin_, scores, target=0.9)
+    assert chosen["threshold"] == threshold_for_sensitivity(val_bin, val_scores, 0.9)
+    assert chosen["validation"]["sensitivity"] >= 0.9
+    assert chosen["applied"] == operating_point(bin_, scores, chosen["threshold"])
+    none = threshold_from_validation(np.zeros(5, bool), np.ones(5), bin_, scores, target=0.9)
+    assert np.isnan(none["threshold"]) and none["applied"] is None

@@ -119,6 +119,12 @@ def test_operating_point_slider_moves_sensitivity(models):
     at.slider(key="evaluate_target_sensitivity").set_value(0.8).run()
     reached = [m.value for m in at.metric if m.label == "Threshold reaching the target"][0]
     assert float(reached) == pytest.approx(metrics.threshold_for_sensitivity(y_bin, scores, 0.8), abs=1e-4)
+    val = pd.read_csv(models["default"] / "predictions_val.csv")
+    chosen = metrics.threshold_for_sensitivity((val["dx"] == "mel").to_numpy(), val["mel"].to_numpy(), 0.8)
+    markdown = " ".join(m.value for m in at.markdown)
+    assert f"Chosen on validation (n = {len(val):,}), read on test:** threshold {chosen:.4f}" in markdown
+    applied = metrics.operating_point(y_bin, scores, chosen)
+    assert f"test at the validation threshold {chosen:.4f}: TP {applied['tp']}" in " ".join(c.value for c in at.caption)
 
 
 def test_compare_runs_side_by_side(models):
@@ -127,9 +133,21 @@ def test_compare_runs_side_by_side(models):
     assert compare.value == ["default (shipped)", "run_b"]
     compare.set_value(["default (shipped)", "run_a", "run_b"]).run()
     assert not at.exception
-    tables = [df.value for df in at.dataframe if "run" in df.value.columns]
-    assert tables and tables[0]["run"].tolist() == ["default (shipped)", "run_b", "run_a"]
-    assert (tables[0]["split"] == "test").all()
+    tables = [df.value for df in at.dataframe if "metric" in df.value.columns]
+    assert tables and tables[0].columns.tolist() == ["metric", "default (shipped)", "run_b", "run_a"]
+    table = tables[0].set_index("metric")
+    assert (table.loc["split"] == "test").all()
+    assert any("mel" in m for m in table.index)  # the melanoma rows are there, not scrolled off the page
+    n = table.loc["n", "default (shipped)"].replace(",", "")
+    assert any(f"Small sample: default (shipped) (n = {n})" in w.value for w in at.warning)
+
+
+def test_compare_says_when_runs_were_scored_on_different_n(models):
+    preds = pd.read_csv(models["run_b"] / "predictions_test.csv")
+    preds.iloc[:8].to_csv(models["run_b"] / "predictions_test.csv", index=False)
+    at = run_page()
+    warning = " ".join(w.value for w in at.warning)
+    assert "scored on different numbers of images" in warning and "run_b: n = 8" in warning
 
 
 def test_compare_on_validation_lists_only_runs_with_it(models):
@@ -156,6 +174,9 @@ def test_subgroups_and_temperature_saving(models):
     saved = json.loads((models["default"] / "model.json").read_text())["temperature"]
     assert saved is not None and saved > 0
     assert any("Saved temperature" in s.value for s in at.success)
+    n_val = len(pd.read_csv(models["default"] / "predictions_val.csv"))
+    assert json.loads((models["default"] / "model.json").read_text())["temperature_n"] == n_val
+    assert any(f"only {n_val} images" in w.value and "will not apply it" in w.value for w in at.warning)
 
 
 def test_broken_predictions_show_an_error(models):
@@ -171,3 +192,28 @@ def test_external_split_without_model_file_explains(models):
     at.radio(key="evaluate_split").set_value("external").run()
     assert not at.exception
     assert any("has no `model.keras`" in i.value for i in at.info)
+
+
+def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_path):
+    from core import evaluate, leakage, predictions
+
+    (models["default"] / "model.keras").write_bytes(b"")  # listed as predictable; nothing is predicted here
+    out = tmp_path / "cache" / "external" / "default-fixture"
+    out.mkdir(parents=True)
+    preds = predictions.read(models["default"] / "predictions_test.csv", CLASSES)
+    preds.to_csv(out / evaluate.SPLIT_FILES["external"], index=False)
+    report = pd.DataFrame({"image_id": preds["image_id"], "match": "", "split": ""})
+    report.loc[:2, ["match", "split"]] = [["image_id", "train"], ["image_id", "train"], ["lesion_id", "val"]]
+    report.to_csv(out / evaluate.OVERLAP_FILE, index=False)
+    evaluate.external_metrics(preds, CLASSES, report).to_csv(out / evaluate.METRICS_FILE, index=False)
+    source = {"model": str(models["default"].resolve()), "images": "imgs", "truth": "truth.csv", "n": len(preds),
+              "created": "2026-01-01T00:00:00+00:00", "overlap": leakage.summary(report)}
+    (out / evaluate.SOURCE_FILE).write_text(json.dumps(source))
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at.radio(key="evaluate_split").set_value("external").run()
+    assert not at.exception, at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert f"3 of {len(preds)} images overlap the model's data: 2 in its training split, 1 in its validation" in warning
+    table = [df.value for df in at.dataframe if "images" in df.value.columns][0]
+    assert table["images"].tolist() == ["all images", "clean images only"]
+    assert table["n"].tolist() == [len(preds), len(preds) - 3]

@@ -30,7 +30,7 @@ def _captions(at: AppTest) -> list:
 def test_tiny_dataset_draws_every_part(tiny_dataset_env):
     at = _run()
     assert _metrics(at)["Images"] == "63" and _metrics(at)["Lesions"] == "42"
-    assert len(at.get("plotly_chart")) == 6
+    assert len(at.get("plotly_chart")) == 5
     assert len(at.get("image")) == 12
     assert at.number_input(key="explore_page").label == "Page (of 6)"
 
@@ -64,15 +64,41 @@ def test_nothing_matches(tiny_dataset_env):
     assert any("No image matches" in i.value for i in at.info)
 
 
-def test_lesion_selection_shows_all_its_images(tiny_dataset_env):
+def test_lesion_opens_in_a_dialog_named_in_the_url(tiny_dataset_env):
     at = _run()
     button = next(b for b in at.button if "(2 images)" in b.label)
-    lesion_id = button.label.split()[1]
     button.click().run()
-    assert any(f"**Lesion {lesion_id}**: 2 image(s)" in m.value for m in at.markdown)
+    image_id = at.query_params["image"]
+    assert any(f"2 image(s) of the same lesion, **{image_id}** first" in m.value for m in at.markdown)
     assert len(at.get("image")) == 12 + 2
     at.button(key="explore_close_lesion").click().run()
+    assert "image" not in at.query_params
     assert len(at.get("image")) == 12
+
+
+def test_a_pasted_link_restores_filters_and_lesion(tiny_dataset_env):
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    # the address the page writes: pills by their label, the open lesion by its id
+    at.query_params.update({"explore_classes": "MEL", "explore_page": "1", "image": "ISIC_9000037"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _metrics(at)["Images"] == "9"
+    assert any("2 image(s) of the same lesion, **ISIC_9000037** first" in m.value for m in at.markdown)
+
+
+def test_search_by_image_or_lesion_id(tiny_dataset_env):
+    at = _run()
+    at.text_input(key="explore_search").set_value("ham_0400001").run()  # case-insensitive
+    assert _metrics(at)["Images"] == "2" and _metrics(at)["Lesions"] == "1"
+    at.text_input(key="explore_search").set_value("ISIC_9000000").run()
+    assert _metrics(at)["Images"] == "1"
+
+
+def test_download_holds_the_filtered_rows(tiny_dataset_env):
+    at = _run()
+    at.button_group(key="explore_classes").set_value(["df"]).run()
+    button = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    assert button.proto.label == "Download 9 rows (CSV)"
 
 
 def test_gallery_pages(tiny_dataset_env):

@@ -4,6 +4,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 from conftest import write_tiny_dataset
@@ -20,9 +21,21 @@ TIMEOUT = 180
 pytestmark = pytest.mark.timeout(600)
 
 
+PASS_ALL = {"method": "max_softmax", "threshold": 0.0, "percentile": 0.0, "fitted_on": "val", "n": 100}
+FLAG_ALL = {**PASS_ALL, "threshold": 1.0}
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_page") / "default", temperature=1.5)
+    return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_page") / "default", temperature=1.5,
+                             extra={"ood": PASS_ALL})
+
+
+@pytest.fixture(scope="module")
+def flagging_model_dir(tmp_path_factory):
+    """A model folder whose out-of-distribution check flags every image."""
+    return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_gate") / "default", temperature=1.5,
+                             extra={"ood": FLAG_ALL})
 
 
 @pytest.fixture
@@ -66,13 +79,13 @@ def test_no_model_explains_where_it_is_expected(monkeypatch, env):
 def test_upload_shows_probabilities_saliency_and_curves(env):
     at = run_page()
     assert [r.value for r in at.radio][:1] == ["Upload"]
-    assert at.radio[0].options == ["Upload", "Camera"]  # no dataset, no sample source
+    assert at.radio[0].options == ["Upload", "Camera", "Example images"]  # no dataset, no sample source
     at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
     assert not at.exception, at.exception
     page = texts(at)
     assert "Not a medical device" in page
-    assert "Calibrated with temperature scaling, T = 1.500" in page
-    assert "max softmax" in page and "default guess" in page
+    assert "Calibrated with temperature scaling, T = 1.500, fitted on an unknown number of images" in page
+    assert "Out-of-distribution check passed. Confidence check only" in page
     assert "Malignant (mel + bcc + akiec)" == at.metric[0].label
     assert len(at.get("plotly_chart")) == 2  # probabilities + deletion/insertion curves
     assert len(at.get("image")) == 4  # original, two maps side by side, colour-scale legend
@@ -84,6 +97,32 @@ def test_upload_shows_probabilities_saliency_and_curves(env):
     at.radio(key="predict_style").set_value("blend").run()
     assert not at.exception, at.exception
     assert "Grad-CAM++" in str(at.get("image")[1].captions)
+
+
+def test_example_images_work_without_a_dataset(env):
+    at = run_page()
+    at.radio(key="predict_source").set_value("Example images").run()
+    assert not at.exception, at.exception
+    examples = at.selectbox(key="predict_example")
+    assert [o.split(" · ")[0] for o in examples.options] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    examples.set_value("ISIC_0024481").run()  # the melanoma
+    assert not at.exception, at.exception
+    assert "CC BY-NC 4.0" in texts(at) and "Tschandl" in texts(at)
+    assert at.metric[0].label == "Malignant (mel + bcc + akiec)" or any("dermatoscopic" in e.value for e in at.error)
+
+
+def test_example_images_are_test_split_images_one_per_class():
+    from ui.predict import example_images
+
+    examples = example_images()
+    assert sorted(dx for dx, _ in examples.values()) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    for image_id, (dx, path) in examples.items():
+        rgb = np.asarray(Image.open(path))
+        assert rgb.ndim == 3 and rgb.shape[2] == 3 and path.stat().st_size < 20_000
+    from core.paths import default_model_dir
+
+    test_split = pd.read_csv(default_model_dir() / "predictions_test.csv").set_index("image_id")["dx"]
+    assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
 
 
 @pytest.fixture
@@ -137,6 +176,7 @@ def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, env):
     assert not at.exception, at.exception
     page = texts(at)
     assert "True label (dataset): **mel · Melanoma**" in page
+    assert "carries no split file" in page
     assert "Against the lesion mask" in page
     assert "lesion border" in str(at.get("image")[0].captions)
 
@@ -150,5 +190,52 @@ def test_batch_mode_table_and_skipped_files(env):
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table["image_id"]) == ["a", "b"]
-    assert list(table.columns) == ["image_id", "dx", "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert list(table.columns) == ["image_id", "dx_pred", "ood_flag", "ood_score",
+                                   "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert any("Skipped **junk.png**" in e.value for e in at.error)
+    assert "0 flagged as not looking dermatoscopic" in texts(at)
+
+
+def test_flagged_image_is_gated_before_any_verdict(monkeypatch, env, flagging_model_dir):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(flagging_model_dir))
+    at = run_page()
+    at.file_uploader[0].set_value(("flower.png", png(4), "image/png")).run()
+    assert not at.exception, at.exception
+    assert "This does not look like a dermatoscopic image" in at.error[0].value
+    assert not at.metric and not at.get("plotly_chart") and not at.get("image")  # no verdict, no maps
+    assert "Where did the model look?" not in texts(at)
+    at.toggle(key=[t.key for t in at.toggle if t.key.startswith("predict_show_anyway")][0]).set_value(True).run()
+    assert not at.exception, at.exception
+    assert "Shown on request" in texts(at) and at.metric[0].label == "Malignant (mel + bcc + akiec)"
+    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 3
+
+
+def test_flagged_batch_rows_carry_the_flag(monkeypatch, env, flagging_model_dir):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(flagging_model_dir))
+    at = run_page()
+    at.file_uploader(key="predict_batch_files").set_value([("a.png", png(2), "image/png")]).run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["ood_flag"].tolist() == [True] and table["ood_score"].iloc[0] > 0
+    assert "1 flagged as not looking dermatoscopic" in texts(at)
+
+
+def test_dataset_sample_says_its_split_and_warns_on_training_images(monkeypatch, env, tmp_path):
+    import pandas as pd
+
+    from core.splits import SPLIT_FILE, save_splits
+
+    data = write_tiny_dataset(env / "ham10000")
+    monkeypatch.setenv("HAM10000_DIR", str(data))
+    meta = pd.read_csv(data / "HAM10000_metadata.csv")
+    folder = save_model_folder(build_tiny_model(), tmp_path / "with_split", extra={"ood": PASS_ALL})
+    split = meta[["image_id", "lesion_id", "dx"]].assign(split="train")
+    digest = save_splits(split, folder / SPLIT_FILE)
+    save_model_folder(build_tiny_model(), folder, extra={"ood": PASS_ALL, "split_sha256": digest})
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(folder))
+    at = run_page()
+    at.radio(key="predict_source").set_value("Dataset sample").run()
+    assert not at.exception, at.exception
+    assert "an image of the model's **training** split" in texts(at)
+    assert any("The model was trained on this image" in w.value for w in at.warning)

@@ -9,22 +9,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 from tiny_models import build_colour_model, build_tiny_model, red_left_green_right, save_model_folder
 
+from core import predictions
 from core.images import decode_image
 from core.labels import CLASSES
-from core.predict import (
-    DEFAULT_OOD_THRESHOLD,
-    Predictor,
-    available_models,
-    calibrate,
-    fit_ood_threshold,
-    main,
-    tta_views,
-)
+from core.ood import DEFAULT_MSP_THRESHOLD, fit_msp_threshold
+from core.predict import Predictor, available_models, calibrate, main, tta_views
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,19 +107,34 @@ def test_tta_averages_views(predictor):
 def test_ood_threshold_sources(tmp_path):
     model = build_tiny_model()
     default = Predictor(save_model_folder(model, tmp_path / "a"), model=model)
-    assert (default.ood_threshold, default.ood_source) == (DEFAULT_OOD_THRESHOLD, "default")
+    assert (default.ood.msp_threshold, default.ood.source) == (DEFAULT_MSP_THRESHOLD, "default")
     folder = save_model_folder(model, tmp_path / "b")
     val = np.full((100, 7), 0.05)
     val[:, 0] = np.linspace(0.4, 0.7, 100)
-    pd.DataFrame(val, columns=CLASSES).assign(image_id="x", dx="nv").to_csv(folder / "predictions_val.csv")
+    val = val / val.sum(axis=1, keepdims=True)
+    table = predictions.make_table([f"x{i}" for i in range(100)], val, CLASSES, truth=["nv"] * 100)
+    predictions.write(folder / "predictions_val.csv", table, predictions.RAW)
     from_val = Predictor(folder, model=model)
-    assert from_val.ood_source == "validation predictions"
-    assert from_val.ood_threshold == pytest.approx(np.percentile(val.max(axis=1), 5))
-    entry = fit_ood_threshold(val, percentile=1)
+    assert from_val.ood.source == "validation predictions"
+    assert from_val.ood.msp_threshold == pytest.approx(np.percentile(val.max(axis=1), 5), abs=1e-6)
+    entry = fit_msp_threshold(val, percentile=1)
     fitted = Predictor(save_model_folder(model, tmp_path / "c", extra={"ood": entry}), model=model)
-    assert fitted.ood_source == "metadata" and fitted.ood_threshold == pytest.approx(entry["threshold"])
+    assert fitted.ood.source == "metadata" and fitted.ood.msp_threshold == pytest.approx(entry["threshold"])
     low = fitted.predict(random_image(1))
-    assert low.ood.flagged == (low.ood.score < entry["threshold"])
+    assert low.ood.flagged == (low.raw.max() < entry["threshold"])
+    assert low.ood.score == pytest.approx(1 - low.raw.max())
+
+
+def test_temperature_fitted_on_few_images_is_not_applied(tmp_path):
+    model = build_colour_model()
+    few = Predictor(save_model_folder(model, tmp_path / "few", temperature=0.069, extra={"temperature_n": 12}),
+                    model=model)
+    assert few.temperature is None and few.calibration["stored"] == 0.069
+    assert "fitted on 12 images" in few.calibration["text"] and "not applied" in few.calibration["text"]
+    assert not few.predict(red_left_green_right().astype(np.uint8)).calibrated
+    enough = Predictor(save_model_folder(model, tmp_path / "ok", temperature=2.0, extra={"temperature_n": 1432}),
+                       model=model)
+    assert enough.temperature == 2.0 and "n = 1,432 validation images" in enough.calibration["text"]
 
 
 class _NoDiskWrites:
@@ -200,11 +208,13 @@ def test_cli_writes_one_row_per_readable_image(model_dir, image_tree, tmp_path, 
     root, single = image_tree
     out = tmp_path / "out" / "preds.csv"
     assert main(["--model", str(model_dir), "--out", str(out), "--tta", str(root), str(single)]) == 0
-    table = pd.read_csv(out)
-    assert list(table.columns) == ["image_id", "dx", *CLASSES]
+    assert predictions.read_info(out)["probabilities"] == "raw"  # the tiny model has no temperature
+    table = predictions.read(out, CLASSES, truth=False)
+    assert list(table.columns) == ["image_id", "dx_pred", "ood_flag", "ood_score", *CLASSES]
     assert sorted(table["image_id"]) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
     np.testing.assert_allclose(table[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
-    assert (table["dx"] == table[list(CLASSES)].idxmax(axis=1)).all()
+    assert (table["dx_pred"] == table[list(CLASSES)].idxmax(axis=1)).all()
+    assert set(table["ood_flag"]) <= {0, 1} and (table["ood_score"] >= 0).all()
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.jpg" in err
     assert "broken" not in out.read_text()
@@ -226,7 +236,7 @@ def test_cli_runs_as_module(model_dir, image_tree, tmp_path):
         capture_output=True, text=True, timeout=150, cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(pd.read_csv(out)) == 2
+    assert len(predictions.read(out, CLASSES, truth=False)) == 2
     assert "broken.jpg" in result.stderr
 
 

@@ -264,7 +264,7 @@ def test_default_options_are_valid():
         ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs cannot exceed epochs"),
         ({"val_fraction": 0.5, "test_fraction": 0.4}, "at least 20% for training"),
         ({"arch": "small_cnn"}, "small_cnn has no pretrained weights"),
-        ({"arch": "efficientnet_b0"}, "offline-imagenet weights exist for mobilenet_v2 only"),
+        ({"arch": "efficientnet_b0"}, "offline-imagenet weights exist for mobilenet_v2, efficientnet_lite0"),
         ({"lr": 1.0}, "lr must be between"),
         ({"colour": "red"}, "unknown option 'colour'"),
         ({"max_images": 3}, "max_images must be 0 (all images) or at least 50"),

@@ -48,11 +48,13 @@ def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["last_conv_layer"] == "last_conv" and meta["split_sha256"] == config["split_sha256"]
     assert meta["temperature"] > 0 and "temperature" in (run_dir / "train.log").read_text()
-    assert meta["ood"]["method"] == "feature_distance" and (run_dir / "ood.npz").is_file()
+    assert meta["ood"]["method"] == "feature_statistics" and (run_dir / "ood.npz").is_file()
+    assert meta["temperature_n"] == len(pd.read_csv(run_dir / "predictions_val.csv", skiprows=1))
     splits = pd.read_csv(run_dir / "splits.csv")
     for split in ("val", "test"):
-        preds = pd.read_csv(run_dir / f"predictions_{split}.csv")
-        assert list(preds.columns) == ["image_id", "dx", *CLASSES]
+        assert (run_dir / f"predictions_{split}.csv").read_text().startswith("# probabilities: raw")
+        preds = pd.read_csv(run_dir / f"predictions_{split}.csv", skiprows=1)
+        assert list(preds.columns) == ["image_id", "dx", "dx_pred", *CLASSES]
         assert set(preds["image_id"]) == set(splits.loc[splits["split"] == split, "image_id"])
         assert np.allclose(preds[list(CLASSES)].sum(axis=1), 1, atol=1e-4)
     assert "run finished" in (run_dir / "train.log").read_text()
@@ -106,7 +108,7 @@ def test_a_second_trainer_in_a_locked_folder_exits_at_once_and_changes_nothing(t
 
 def test_the_trainer_holds_the_lock_while_it_trains(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train, "_train", lambda args, folder, chief: seen.append(rf.is_locked(folder.dir)) or 0)
+    monkeypatch.setattr(train, "_train", lambda args, folder: seen.append(rf.is_locked(folder.dir)) or 0)
     assert train.main(["--run-dir", str(tmp_path / "r"), *TINY]) == 0
     assert seen == [True] and not rf.is_locked(tmp_path / "r")
 
@@ -301,3 +303,62 @@ def test_learning_rate_schedule_warms_up_then_decays():
     rates = [train.learning_rate(args, e) for e in range(10)]
     assert rates[:2] == [args.lr, args.lr] and rates[2] == pytest.approx(args.finetune_lr)
     assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] > 0
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_under_multi_worker_mirrored_strategy_end_with_the_same_weights(tmp_path, tiny_dataset):
+    import numpy as np
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run_dir), "--epochs", "1", *TINY,
+           "--warmup-epochs", "0"]
+    workers = []
+    for index in range(2):
+        env = {**_env(tmp_path, tiny_dataset), "HAM_WORKER_DIR": str(tmp_path / "workers"),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True))
+    results = [(w.wait(timeout=540), w.stderr.read()) for w in workers]
+    assert [code for code, _ in results] == [0, 0], [err[-2000:] for _, err in results]
+    chief_log = (run_dir / rf.LOG_FILE).read_text()
+    assert "strategy CollectiveAllReduceStrategy with 2 replicas" in chief_log
+    assert json.loads((run_dir / rf.STATUS_FILE).read_text())["state"] == "done"
+    worker = tmp_path / "workers" / "worker-1"
+    assert json.loads((worker / rf.STATUS_FILE).read_text())["state"] == "done"
+    # only the chief (worker 0) wrote the run folder
+    assert json.loads((run_dir / rf.STATUS_FILE).read_text())["pid"] == workers[0].pid
+    chief = train.load_checkpoint(run_dir / rf.CHECKPOINT_FILE)
+    other = train.load_checkpoint(worker / rf.CHECKPOINT_FILE)
+    assert int(chief.optimizer.iterations.numpy()) == int(other.optimizer.iterations.numpy()) > 0
+    assert len(chief.get_weights()) == len(other.get_weights())
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_chief_is_the_chief_task_or_worker_zero(monkeypatch):
+    two = {"worker": ["a:1", "b:2"]}
+    cases = [(None, True, 0),
+             ({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, True, 1),
+             ({"cluster": two, "task": {"type": "worker", "index": 0}}, True, 2),
+             ({"cluster": two, "task": {"type": "worker", "index": 1}}, False, 2),
+             ({"cluster": {**two, "chief": ["c:3"]}, "task": {"type": "worker", "index": 0}}, False, 3),
+             ({"cluster": {**two, "chief": ["c:3"]}, "task": {"type": "chief", "index": 0}}, True, 3)]
+    for config, chief, workers in cases:
+        if config is None:
+            monkeypatch.delenv("TF_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+        assert (train.is_chief(), train.cluster_workers()) == (chief, workers), config

@@ -130,3 +130,29 @@ def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = Tru
     probs.insert(0, "image_id", val["image_id"].to_numpy())
     probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
     return folder
+
+
+def skin_like(rng, n: int, size: int = SIZE) -> np.ndarray:
+    """Skin-coloured noisy images with a darker blob: stand-ins for dermatoscopic images (float32 0..255)."""
+    yy, xx = np.mgrid[:size, :size]
+    images = np.clip(rng.normal((190, 120, 100), 12, (n, size, size, 3)), 0, 255)
+    for image in images:
+        cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.12, 0.28)]
+        image[(yy - cy * size) ** 2 + (xx - cx * size) ** 2 < (r * size) ** 2] *= 0.55
+    return images.astype(np.float32)
+
+
+def save_ood_model_folder(folder: Path, seed: int = 0) -> Path:
+    """A small CNN whose out-of-distribution check is fitted on :func:`skin_like` images."""
+    import keras
+
+    from core import ood_fit
+    from core.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model("small_cnn", image_size=SIZE, n_classes=len(CLASSES))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = ood_fit.fit_for_model(folder, model, skin_like(rng, 300), skin_like(rng, 400), seed=seed, n_negatives=200)
+    return save_model_folder(model, folder, extra={"ood": entry})

@@ -18,8 +18,8 @@ def class_colour(name: str) -> str:
 def confusion_figure(counts: np.ndarray, normalised: np.ndarray, classes, title: str) -> go.Figure:
     """Heatmap coloured by row-normalised share, each cell labelled with count and share.
 
-    An invisible marker sits on every cell so a box selection returns the cell
-    (plotly heatmaps themselves do not report selections).
+    An invisible marker sits on every cell so a click (or a box from the toolbar)
+    selects the cell: plotly heatmaps themselves do not report selections.
     """
     classes = list(classes)
     text = [[f"{counts[i, j]}<br>{_pct(normalised[i, j])}" for j in range(len(classes))] for i in range(len(classes))]
@@ -40,7 +40,9 @@ def confusion_figure(counts: np.ndarray, normalised: np.ndarray, classes, title:
     )
     fig.update_layout(
         title=title, xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-        height=520, clickmode="event+select", dragmode="select",
+        # No drag mode: Streamlit turns clicks into selections only when the chart is not in box/lasso
+        # mode (a box drag stays available from the toolbar).
+        height=520, clickmode="event+select", dragmode=False,
     )
     return fig
 

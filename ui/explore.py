@@ -1,8 +1,9 @@
 """Widgets, charts and the gallery of the Explore page.
 
 Session state (declared here, nowhere else): the filter widgets' keys
-(``explore_*``), the gallery page ``explore_page`` and the selected lesion
-``explore_lesion``.
+(``explore_*``) and the gallery page ``explore_page``. Each of them is bound to
+the URL's query parameter of the same name, and the image whose lesion is open
+lives in the URL as ``image``: Back, reload and a pasted link give the same view.
 """
 
 import logging
@@ -10,6 +11,7 @@ import math
 
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
@@ -24,8 +26,10 @@ KEY_MISSING_AGE = "explore_missing_age"
 KEY_SITES = "explore_sites"
 KEY_DX_TYPES = "explore_dx_types"
 KEY_NORMALIZE = "explore_normalize"
+KEY_SEARCH = "explore_search"
 KEY_PAGE = "explore_page"
-KEY_LESION = "explore_lesion"
+URL_IMAGE = "image"
+BOUND = "query-params"
 PER_PAGE = 12
 COLUMNS = 4
 CLASS_COLORS = dict(zip(CLASSES, px.colors.qualitative.Safe))
@@ -43,18 +47,22 @@ def filter_controls(frame: pd.DataFrame) -> tuple[explore.Filters, bool]:
     """Draw the filters in the sidebar; return them and the "share of class" switch."""
     with st.sidebar:
         st.subheader("Filters")
+        search = st.text_input("Search an image or lesion id", key=KEY_SEARCH, bind=BOUND,
+                               placeholder="ISIC_0024306 or HAM_0000118, or a part of one")
         classes = st.pills("Diagnosis", explore.class_order(frame), selection_mode="multi", key=KEY_CLASSES,
-                           format_func=str.upper, help="None selected = all classes")
-        sexes = st.pills("Sex", _options(frame, "sex"), selection_mode="multi", key=KEY_SEXES)
-        ages = st.slider("Age", *AGE_LIMITS, value=AGE_LIMITS, step=5, key=KEY_AGES)
-        missing_age = st.checkbox("Include images without an age", value=True, key=KEY_MISSING_AGE)
+                           format_func=str.upper, help="None selected = all classes", bind=BOUND)
+        sexes = st.pills("Sex", _options(frame, "sex"), selection_mode="multi", key=KEY_SEXES, bind=BOUND)
+        ages = st.slider("Age", *AGE_LIMITS, value=AGE_LIMITS, step=5, key=KEY_AGES, bind=BOUND)
+        missing_age = st.checkbox("Include images without an age", value=True, key=KEY_MISSING_AGE, bind=BOUND)
         sites = st.multiselect("Body site", _options(frame, "localization"), key=KEY_SITES,
-                               placeholder="All sites")
+                               placeholder="All sites", bind=BOUND)
         dx_types = st.pills("Diagnosis confirmed by", _options(frame, "dx_type"), selection_mode="multi",
-                            key=KEY_DX_TYPES, format_func=lambda t: DX_TYPES.get(t, t))
-        normalize = st.toggle("Cross-tables as share of class", key=KEY_NORMALIZE)
+                            key=KEY_DX_TYPES, format_func=lambda t: DX_TYPES.get(t, t), bind=BOUND)
+        normalize = st.toggle("Cross-tables as share of class", key=KEY_NORMALIZE, bind=BOUND)
+        st.caption("The address bar keeps these filters: bookmark or share it.")
     age_range = None if tuple(ages) == AGE_LIMITS else tuple(ages)
-    filters = explore.Filters(tuple(classes), tuple(sexes), age_range, missing_age, tuple(sites), tuple(dx_types))
+    filters = explore.Filters(tuple(classes), tuple(sexes), age_range, missing_age, tuple(sites), tuple(dx_types),
+                              search)
     return filters, normalize
 
 
@@ -71,9 +79,7 @@ def overview_section(overview: dict, total: int) -> None:
     cols[4].metric("Unknown sex / site", f"{unknown:,}")
     with st.expander("Images per lesion, missing values, diagnosis confirmation"):
         left, middle, right = st.columns(3)
-        counts = overview["images_per_lesion"].reset_index()
-        fig = px.bar(counts, x="images", y="lesions", title="Lesions by number of images", height=260)
-        left.plotly_chart(fig, width="stretch")
+        left.dataframe(overview["images_per_lesion"].to_frame(), width="stretch")
         middle.dataframe(missing, width="stretch")
         confirm = overview["dx_types"].rename(index=lambda t: DX_TYPES.get(t, t))
         right.dataframe(confirm, width="stretch")
@@ -90,18 +96,26 @@ def class_figure(classes: pd.DataFrame):
     return fig
 
 
-def age_figure(ages: pd.DataFrame, order: list):
-    """Box plot of age by class."""
-    fig = px.box(ages, x="dx", y="age", color="dx", color_discrete_map=CLASS_COLORS,
-                 category_orders={"dx": order}, title="Age by class", height=360)
-    fig.update_layout(showlegend=False, xaxis_title=None)
+def age_figure(boxes: pd.DataFrame):
+    """Box plot of age by class, drawn from precomputed quartiles and fences (``core.explore.age_boxes``)."""
+    fig = go.Figure()
+    for dx, row in boxes.iterrows():
+        fig.add_trace(go.Box(x=[dx], q1=[row["q1"]], median=[row["median"]], q3=[row["q3"]],
+                             lowerfence=[row["lowerfence"]], upperfence=[row["upperfence"]], name=dx, marker_color=CLASS_COLORS.get(dx),
+                             hovertemplate=f"{dx}: n = {int(row['n']):,} with an age<extra></extra>"))
+    fig.update_layout(title="Age by class", height=360, showlegend=False, yaxis_title="age")
     return fig
 
 
 def heatmap_figure(table: pd.DataFrame, title: str, normalize: bool):
-    """Heatmap of a value × class cross-table, counts or shares written in the cells."""
-    fig = px.imshow(table, text_auto=".0%" if normalize else "d", aspect="auto",
-                    color_continuous_scale="Blues", title=title, height=150 + 28 * max(2, len(table)))
+    """Heatmap of a value × class cross-table, counts or shares written in the cells.
+
+    A class the filters removed has no share: its cells stay empty instead of reading 0 %.
+    """
+    text = table.map(lambda v: "" if pd.isna(v) else (f"{v:.0%}" if normalize else f"{v:d}"))
+    fig = px.imshow(table, aspect="auto", color_continuous_scale="Blues", title=title,
+                    height=150 + 28 * max(2, len(table)))
+    fig.update_traces(text=text.to_numpy(), texttemplate="%{text}", hoverongaps=False)
     fig.update_layout(coloraxis_showscale=False, xaxis_title=None, yaxis_title=None,
                       margin={"t": 80, "b": 10, "l": 10, "r": 10})
     fig.update_xaxes(side="top")
@@ -120,10 +134,9 @@ def dx_type_figure(table: pd.DataFrame, normalize: bool):
 
 def charts_section(aggregates: dict, normalize: bool) -> None:
     """Every chart of the page, for the filtered rows."""
-    order = explore.class_order(aggregates["frame"])
     left, right = st.columns(2)
     left.plotly_chart(class_figure(aggregates["classes"]), width="stretch")
-    right.plotly_chart(age_figure(aggregates["ages"], order), width="stretch")
+    right.plotly_chart(age_figure(aggregates["ages"]), width="stretch")
     left, right = st.columns(2)
     left.plotly_chart(heatmap_figure(aggregates["sex"], "Sex by class", normalize), width="stretch")
     left.plotly_chart(dx_type_figure(aggregates["dx_type"], normalize), width="stretch")
@@ -152,8 +165,13 @@ def _caption(row) -> str:
     return f"{row.image_id} · {row.dx.upper()} · {age} · {row.sex} · {row.localization}"
 
 
-def _select_lesion(lesion_id: str) -> None:
-    st.session_state[KEY_LESION] = lesion_id
+def _open_image(image_id: str) -> None:
+    # One parameter, one browser-history entry: Back closes the dialog.
+    st.query_params[URL_IMAGE] = image_id
+
+
+def _close_image() -> None:
+    st.query_params.pop(URL_IMAGE, None)
 
 
 def gallery(selected: pd.DataFrame, lesion_sizes: pd.Series, outline: bool) -> None:
@@ -166,11 +184,13 @@ def gallery(selected: pd.DataFrame, lesion_sizes: pd.Series, outline: bool) -> N
     pages = max(1, math.ceil(len(selected) / PER_PAGE))
     if st.session_state.get(KEY_PAGE, 1) > pages:
         st.session_state[KEY_PAGE] = 1  # the filters shrank the selection
-    picker, note = st.columns([1, 3], vertical_alignment="bottom")
-    page = picker.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=KEY_PAGE)
+    picker, note, download = st.columns([1, 2, 1], vertical_alignment="bottom")
+    page = picker.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=KEY_PAGE, bind=BOUND)
     rows = selected.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
     shown = f"Images {(page - 1) * PER_PAGE + 1:,}–{(page - 1) * PER_PAGE + len(rows):,} of {len(selected):,}."
     note.caption(shown + (" Outline: the lesion's segmentation mask." if outline else ""))
+    download.download_button(f"Download {len(selected):,} rows (CSV)", table_csv(selected), mime="text/csv",
+                             file_name="ham10000_filtered.csv", on_click="ignore", width="stretch")
     columns = st.columns(COLUMNS)
     for k, row in enumerate(rows.itertuples(index=False)):
         with columns[k % COLUMNS]:
@@ -178,24 +198,38 @@ def gallery(selected: pd.DataFrame, lesion_sizes: pd.Series, outline: bool) -> N
                      width="stretch")
             n = int(lesion_sizes.get(row.lesion_id, 1))
             st.button(f"Lesion {row.lesion_id} ({n} image{'s' * (n > 1)})", key=f"lesion_{row.image_id}",
-                      on_click=_select_lesion, args=(row.lesion_id,), width="stretch")
+                      on_click=_open_image, args=(row.image_id,), width="stretch")
+
+
+def table_csv(selected: pd.DataFrame) -> bytes:
+    """The filtered rows as the metadata CSV (the publisher's columns, no local paths)."""
+    columns = [c for c in ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization") if c in selected]
+    return selected[columns].to_csv(index=False).encode("utf-8")
 
 
 def lesion_view(frame: pd.DataFrame, outline: bool) -> None:
-    """All images of the selected lesion side by side (nothing when none is selected)."""
-    lesion_id = st.session_state.get(KEY_LESION)
-    if not lesion_id:
+    """The lesion of the image named in the URL, in a dialog over the page (nothing when none is named)."""
+    image_id = st.query_params.get(URL_IMAGE, "")
+    if not image_id:
         return
+    match = frame.loc[frame["image_id"] == image_id, ["lesion_id", "dx"]]
+    if match.empty:
+        st.dialog(f"Image {image_id}", on_dismiss=_close_image)(st.warning)(f"No image {image_id} in the dataset.")
+        return
+    lesion_id, dx = match.iloc[0]
     images = explore.lesion_images(frame, lesion_id)
-    with st.container(border=True):
-        head, close = st.columns([5, 1])
-        head.markdown(f"**Lesion {lesion_id}**: {len(images)} image(s), "
-                      f"{CLASS_NAMES.get(images['dx'].iloc[0], images['dx'].iloc[0]) if len(images) else '?'}")
-        close.button("Close", key="explore_close_lesion", on_click=_select_lesion, args=("",))
-        columns = st.columns(max(COLUMNS, len(images)))
-        for column, row in zip(columns, images.itertuples(index=False)):
-            column.image(_thumbnail(row.path, row.mask_path if outline else "", 400), caption=_caption(row),
-                         width="stretch")
+    title = f"Lesion {lesion_id} · {CLASS_NAMES.get(dx, dx)}"
+    st.dialog(title, width="large", on_dismiss=_close_image)(_lesion_body)(images, image_id, outline)
+
+
+def _lesion_body(images: pd.DataFrame, first: str, outline: bool) -> None:
+    images = images.assign(first=images["image_id"] != first).sort_values(["first", "image_id"])
+    st.markdown(f"{len(images)} image(s) of the same lesion, **{first}** first.")
+    columns = st.columns(3)  # a lone 200-px image is not blown up to the full dialog
+    for k, row in enumerate(images.itertuples(index=False)):
+        columns[k % len(columns)].image(_thumbnail(row.path, row.mask_path if outline else "", 600),
+                                        caption=_caption(row), width="stretch")
+    st.button("Close", key="explore_close_lesion", on_click=_close_image)
 
 
 def no_dataset_panel(problem: str | None = None) -> None:

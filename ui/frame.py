@@ -6,21 +6,38 @@ asks for the table, so the Home page renders fast.
 
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.layout import find_metadata
 from core.paths import dataset_dir
+from ui.warm import warm_start
 
 if TYPE_CHECKING:
     import pandas as pd
 
+_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_NAME = "HAM10000 Lesion Lab"
 NOT_A_DEVICE = (
     "Research and teaching tool. **Not a medical device**: it does not diagnose, "
     "and its output must not guide any treatment."
+)
+# The app's pages in sidebar order: (script, label, icon, what it is for). Streamlit's own
+# navigation is hidden (.streamlit/config.toml) because it would name the Home page "app".
+PAGES = (
+    ("app.py", "Home", ":material/home:", "The project, the dataset's status, the way in."),
+    ("pages/1_Explore.py", "Explore", ":material/search:",
+     "Class balance, patients, body sites and the images themselves, with linked filters and lesion outlines."),
+    ("pages/2_Train.py", "Train", ":material/model_training:",
+     "Launch a training run in the background and follow it live."),
+    ("pages/3_Evaluate.py", "Evaluate", ":material/analytics:",
+     "Compare models on the held-out split: confusion matrix, per-class metrics, calibration."),
+    ("pages/4_Predict.py", "Predict", ":material/stethoscope:",
+     "Classify an image and see where the model looked (Grad-CAM)."),
 )
 
 
@@ -35,8 +52,28 @@ def page_setup(title: str, icon: str) -> None:
     st.set_page_config(page_title=tab_title, page_icon=icon, layout="wide")
     with st.sidebar:
         st.markdown(f"**{PROJECT_NAME}**")
+        navigation()
         st.caption(dataset_status())
         st.caption(NOT_A_DEVICE)
+    warm_start()
+
+
+def installed_pages() -> list:
+    """The entries of :data:`PAGES` whose script exists (a trimmed install may lack some)."""
+    return [page for page in PAGES if (_ROOT / page[0]).is_file()]
+
+
+def navigation() -> None:
+    """The page links: Home · Explore · Train · Evaluate · Predict.
+
+    Drawn only inside the app: a page script run on its own (``AppTest`` of one page)
+    has no other pages to link to.
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None or Path(ctx.main_script_path).resolve() != _ROOT / "app.py":
+        return
+    for script, label, icon, _ in installed_pages():
+        st.page_link(script, label=label, icon=icon)
 
 
 def dataset_status() -> str:
@@ -69,3 +106,13 @@ def _load_table(root: str, metadata_mtime: int) -> pd.DataFrame:
     from core import data  # pandas: paid by the pages that show data, not by Home
 
     return data.load_dataset(Path(root))
+
+
+def run_page(script: str) -> None:
+    """Run another page's script in place: the lower-case addresses (/explore) of the pages.
+
+    Streamlit matches page addresses case-sensitively and names them after the files
+    (``pages/1_Explore.py`` answers ``/Explore``). A tiny alias page per lower-case
+    address runs the real script instead of redirecting, so Back never bounces.
+    """
+    runpy.run_path(str(_ROOT / script), run_name="__main__")

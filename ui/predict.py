@@ -18,6 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import leakage
+from core import predictions as contract
 from core.data import DatasetError
 from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_members
 from core.images import decode_upload as decode_upload_pixels
@@ -35,10 +37,13 @@ KEY_UPLOAD = "predict_upload"
 KEY_CAMERA = "predict_camera"
 KEY_SAMPLE_CLASS = "predict_sample_class"
 KEY_SAMPLE_ID = "predict_sample_id"
+KEY_EXAMPLE = "predict_example"
 KEY_TTA = "predict_tta"
 KEY_BATCH = "predict_batch_files"
+KEY_SHOW_ANYWAY = "predict_show_anyway"
 
 SOURCES = ("Upload", "Camera", "Dataset sample")
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 SAMPLES_PER_CLASS = 200
 
 
@@ -125,8 +130,10 @@ def _dataset():
 def pick_input() -> InputImage | None:
     """Upload, camera or dataset sample (offered only when the dataset exists)."""
     frame = _dataset()
-    sources = SOURCES if frame is not None else SOURCES[:2]
+    sources = [*SOURCES[:2], EXAMPLE_SOURCE] + ([SOURCES[2]] if frame is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key=KEY_SOURCE)
+    if source == EXAMPLE_SOURCE:
+        return _pick_example()
     if source == "Upload":
         upload = st.file_uploader("Dermatoscopic image", type=list(UPLOAD_TYPES), key=KEY_UPLOAD)
         return decode_upload(upload.getvalue(), upload.name) if upload else None
@@ -155,6 +162,36 @@ def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
     return image
 
 
+EXAMPLE_SOURCE = "Example images"
+
+
+def example_images() -> dict:
+    """The example images shipped with the app (ui/assets/examples): ``image_id -> (true class, path)``."""
+    folder = Path(__file__).resolve().parent / "assets" / "examples"
+    found = {}
+    for path in sorted(folder.glob("*_ISIC_*.jpg")):
+        dx, image_id = path.stem.split("_", 1)
+        found[image_id] = (dx, path)
+    return found
+
+
+def _pick_example() -> InputImage | None:
+    """One of the shipped example images (one per class, test split), with its true label."""
+    examples = example_images()
+    if not examples:
+        st.info("No example images in this installation (ui/assets/examples).")
+        return None
+    image_id = st.selectbox("Example image", list(examples), key=KEY_EXAMPLE,
+                            format_func=lambda i: f"{_class_label(examples[i][0])} · {i}")
+    dx, path = examples[image_id]
+    image = decode_upload(path.read_bytes(), image_id)
+    if image is not None:
+        image.true_dx = dx
+    st.caption("HAM10000 test-split image, © ViDIR Group, Medical University of Vienna, CC BY-NC 4.0 "
+               "(Tschandl et al., Sci. Data 5, 180161, 2018).")
+    return image
+
+
 def _class_label(code: str) -> str:
     return f"{code} · {CLASS_NAMES.get(code, code)}"
 
@@ -174,15 +211,21 @@ def probability_figure(prediction) -> go.Figure:
 
 @guarded("The prediction")
 def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
-    """Prediction panel: class, description, malignancy, calibration, OOD, all probabilities."""
+    """The out-of-distribution gate, then the verdict: class, description, malignancy, all probabilities.
+
+    Returns:
+        The :class:`core.predict.Prediction`, or None when the image was flagged and the user has not
+        asked to see the verdict anyway (the page then shows no probabilities and no maps either).
+    """
     prediction = predictor.predict(image.rgb, tta=tta)
+    if not ood_gate(prediction, image):
+        return None
     left, right = st.columns([2, 3])
     with left:
         st.subheader(_class_label(prediction.predicted))
         st.write(DESCRIPTIONS.get(prediction.predicted, ""))
         if image.true_dx:
-            verdict = "✅ matches" if image.true_dx == prediction.predicted else "❌ differs from"
-            st.write(f"True label (dataset): **{_class_label(image.true_dx)}** — the prediction {verdict} it.")
+            _truth_line(predictor, image, prediction)
         st.metric("Malignant (mel + bcc + akiec)", f"{prediction.malignant:.1%}",
                   help="Sum of the probabilities of the malignant classes; benign = the rest.")
         st.caption(f"Benign: {1 - prediction.malignant:.1%}")
@@ -191,44 +234,64 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
     with right:
         st.plotly_chart(probability_figure(prediction), width="stretch", key="predict_probs")
         st.caption(_calibration_text(predictor, tta))
-    _ood_panel(prediction)
+    if not prediction.ood.flagged:
+        st.caption("Out-of-distribution check passed. " + prediction.ood.text)
     return prediction
 
 
 def _calibration_text(predictor: Predictor, tta: bool) -> str:
     views = " Averaged over 8 flips/rotations (TTA)." if tta else ""
-    if predictor.temperature is None:
-        return "Uncalibrated: the model's own softmax (model.json has no temperature)." + views
-    return f"Calibrated with temperature scaling, T = {predictor.temperature:.3f} (fitted on validation)." + views
+    return predictor.calibration["text"] + views
 
 
-def _ood_panel(prediction) -> None:
-    ood = prediction.ood
-    if ood.method == "feature_distance":
-        text = (f"Distance to the training images in the model's feature space: {ood.score:.2f} × the threshold; "
-                "images beyond 1 are flagged (about 99 % of HAM10000 validation images stay below).")
-        reason = "its features are far from every training image"
-    else:
-        source = {
-            "metadata": "fitted on HAM10000 validation images (model.json)",
-            "validation predictions": "5th percentile of the validation images' scores (predictions_val.csv)",
-            "default": "a default guess: this model has no fitted OOD threshold",
-        }[ood.source]
-        text = f"Confidence score (max softmax) {ood.score:.2f}, threshold {ood.threshold:.2f} — {source}."
-        reason = "low confidence"
-    if ood.flagged:
-        st.warning("This image looks unlike the dermatoscopic images the model was trained on "
-                   f"({reason}); treat the result with extra caution. " + text, icon="🛑")
-    else:
-        st.caption("Out-of-distribution check passed. " + text)
+NOT_DERMOSCOPIC = (
+    "**This does not look like a dermatoscopic image.** The model has only ever seen dermatoscope "
+    "photographs of pigmented skin lesions; shown anything else it still names one of its seven classes, "
+    "and that name means nothing. No diagnosis, probabilities or saliency maps are shown for it."
+)
+
+
+def ood_gate(prediction, image: InputImage) -> bool:
+    """The gate before the verdict: True when the image passed, or the user asked to see the verdict anyway."""
+    if not prediction.ood.flagged:
+        return True
+    st.error(NOT_DERMOSCOPIC, icon="🛑")
+    st.caption(prediction.ood.text)
+    if st.toggle("Show the prediction anyway", key=f"{KEY_SHOW_ANYWAY}_{image.digest}"):
+        st.warning("Shown on request for an image flagged as unlike the training images: read it as the output "
+                   "of a model outside its domain, not as a verdict.", icon="⚠️")
+        return True
+    return False
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _model_split(path: str, mtime: int) -> pd.DataFrame | None:
+    """The split a model folder was trained on (None when it carries none); ``mtime`` is only a key."""
+    return leakage.find_model_split(Path(path), read_metadata(Path(path)))
+
+
+def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
+    """The dataset label against the prediction, with the image's split and a warning when the model saw it."""
+    verdict = "✅ matches" if image.true_dx == prediction.predicted else "❌ differs from"
+    split = leakage.split_of(image.name, _model_split(str(predictor.model_dir.resolve()), model_mtime(predictor.model_dir)))
+    where = f" (an image of the model's **{SPLIT_NAMES.get(split, split)}** split)" if split else ""
+    st.write(f"True label (dataset): **{_class_label(image.true_dx)}** — the prediction {verdict} it{where}.")
+    if split in ("train", "val"):
+        st.warning(f"The model {'was trained on' if split == 'train' else 'was tuned on'} this image: "
+                   "a match here says nothing about how it does on new images. Pick a test-split image for that.")
+    elif split is None:
+        st.caption("This model folder carries no split file, so whether it has seen this image is unknown.")
 
 
 @guarded("The saliency map")
-def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction) -> None:
-    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image."""
+def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction, predicted_mask=None) -> None:
+    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image.
+
+    ``predicted_mask`` (the segmenter's lesion mask) adds each map's energy inside the predicted lesion.
+    """
     from ui import saliency_view
 
-    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir))
+    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir), predicted_mask)
 
 
 def upload_sources(files):
@@ -279,12 +342,21 @@ def batch_mode(predictor: Predictor) -> None:
     if table.empty:
         st.warning("No readable image among the uploaded files.")
         return
-    calibrated = "calibrated" if predictor.temperature is not None else "uncalibrated"
-    st.caption(f"{len(table)} image(s) classified; {calibrated} probabilities.")
-    st.dataframe(table, hide_index=True, column_config=_probability_columns(predictor.classes))
-    st.download_button("Download predictions (CSV)", table.to_csv(index=False, float_format="%.6f"),
-                       file_name="predictions.csv", mime="text/csv", on_click="ignore")
+    flagged = int(table[contract.OOD_FLAG].sum())
+    st.caption(f"{len(table)} image(s) classified; {predictor.probabilities_kind} probabilities. "
+               f"{flagged} flagged as not looking dermatoscopic ({contract.OOD_FLAG} = 1): "
+               "their predicted class means nothing.")
+    shown = table.astype({contract.OOD_FLAG: bool})
+    st.dataframe(shown, hide_index=True, column_config=_batch_columns(predictor.classes))
+    csv = contract.to_csv(table, predictor.probabilities_kind, predictor.temperature)
+    st.download_button("Download predictions (CSV)", csv, file_name="predictions.csv", mime="text/csv",
+                       on_click="ignore")
 
 
-def _probability_columns(classes) -> dict:
-    return {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f") for c in classes}
+def _batch_columns(classes) -> dict:
+    columns = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f") for c in classes}
+    columns[contract.OOD_FLAG] = st.column_config.CheckboxColumn(
+        contract.OOD_FLAG, help="Flagged as unlike the dermatoscopic images the model learnt from")
+    columns[contract.OOD_SCORE] = st.column_config.NumberColumn(
+        contract.OOD_SCORE, format="%.2f", help="× the threshold: flagged above 1")
+    return columns

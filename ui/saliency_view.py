@@ -19,6 +19,7 @@ from core import faithfulness, saliency
 from core.images import to_model_input
 from core.labels import CLASS_NAMES
 from core.saliency import draw
+from ui import segment_view
 
 KEY_METHOD = "predict_method"
 KEY_METHOD_B = "predict_method_b"
@@ -87,8 +88,11 @@ def _method_help() -> str:
     return "  \n".join(f"**{m.name}**: {m.about}" for m in saliency.METHODS.values())
 
 
-def show(model_dir: Path, predictor, image, prediction, mtime: int) -> None:
-    """Original and two maps side by side, legend, mask scores, downloads, faithfulness curves."""
+def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_mask=None) -> None:
+    """Original and two maps side by side, legend, mask scores, downloads, faithfulness curves.
+
+    ``predicted_mask`` (the segmenter's lesion mask, when there is one) adds each map's mass inside it.
+    """
     options = controls(predictor, prediction)
     x = to_model_input(image.rgb, predictor.input_size)
     base = (str(Path(model_dir).resolve()), mtime, image.digest)
@@ -105,6 +109,8 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int) -> None:
                               image.mask, min_width=DISPLAY_WIDTH)
         col.image(picture, caption=f"{method} · {target_code}", width="stretch")
         _scores(col, model_map, image.mask)
+        with col:
+            segment_view.saliency_energy_caption(model_map, predicted_mask, method)
     _legend(options)
     _downloads(image, options, maps[0])
     show_curves(*_curves(*base, options["methods"][0], options["target"], _x=x, _map=maps[0]),

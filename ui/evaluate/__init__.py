@@ -11,4 +11,5 @@ modification time.
 ``reliability``  calibration and the subgroup audit
 ``compare``      run comparison and downloads
 ``model_export`` the model as a TFLite file for on-device inference, with its parity figures
+``segmentation`` the lesion segmenter: scores with intervals, Dice histogram, per-class table, worst cases
 """

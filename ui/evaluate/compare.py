@@ -45,6 +45,7 @@ def compare_panel(models: list, source: Source) -> None:
         st.info("Pick two or more runs.")
         return
     _warn_different_splits(sources)
+    _warn_different_n(sources)
     positive = positive_class(classes_of(source))
     st.dataframe(_comparison_table(sources, positive, threshold()), hide_index=True, width="stretch")
     class_name = st.selectbox("ROC curves of class", classes_of(source), index=classes_of(source).index(positive),
@@ -61,13 +62,14 @@ def compare_panel(models: list, source: Source) -> None:
 
 
 def _comparison_table(sources: list, positive: str, t: float) -> pd.DataFrame:
-    rows = []
+    """One row per metric, one column per run: a few runs fit the page, however many metrics there are."""
+    columns = {}
     for s in sources:
         table = headline_table(s, positive, t)
-        row = {"run": s.model.name, "split": SPLIT_LABELS[s.split], "n": int(table["n"].iloc[0])}
-        row.update({r["label"]: fmt_ci(r["value"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        column = {"split": SPLIT_LABELS[s.split], "n": f"{int(table['n'].iloc[0]):,}"}
+        column.update({r["label"]: fmt_ci(r["value"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()})
+        columns[s.model.name] = column
+    return pd.DataFrame(columns).rename_axis("metric").reset_index()
 
 
 def _warn_different_splits(sources: list) -> None:
@@ -75,6 +77,14 @@ def _warn_different_splits(sources: list) -> None:
     if len(hashes) > 1:
         st.warning("These runs were evaluated on different splits (split_sha256 differs): "
                    "their numbers come from different images and are not directly comparable.")
+
+
+def _warn_different_n(sources: list) -> None:
+    """Say so when the runs were scored on different numbers of images, or on very few."""
+    counts = {s.model.name: len(load_source(s)) for s in sources}
+    message = metrics.sample_size_warning(counts)
+    if message:
+        st.warning(message)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing all metrics…")

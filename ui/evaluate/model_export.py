@@ -33,7 +33,8 @@ def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _saved(model_dir: str, model_mtime: int, quantize: str) -> export.Export | None:
+def _saved(model_dir: str, model_mtime: int, saved_mtime: int, quantize: str) -> export.Export | None:
+    """``core.export.load_saved`` behind the cache; the two mtimes are only keys."""
     return export.load_saved(Path(model_dir), quantize)
 
 
@@ -47,7 +48,13 @@ def tflite_panel(model: Evaluable) -> None:
         st.info(f"{model.name} has predictions but no {modelio.MODEL_FILE}: there is nothing to export.")
         return
     quantize = st.radio("Quantisation", list(CHOICES), format_func=CHOICES.get, horizontal=True, key=KEY_QUANTIZE)
-    result = _saved(str(model.path), mtime(model_file), quantize) or _requested(model, quantize)
+    saved = export.saved_path(model.path, quantize)
+    saved_mtime = mtime(saved) if saved.is_file() else 0
+    ready = _saved(str(model.path), mtime(model_file), saved_mtime, quantize)
+    if ready is not None:
+        st.caption(f"Ready-made: `{saved.relative_to(model.path)}` ships with this model "
+                   f"(converted {ready.card.get('created', 'at an unknown time')}).")
+    result = ready or _requested(model, quantize)
     if result is not None:
         _show(model, quantize, result)
 
@@ -55,20 +62,23 @@ def tflite_panel(model: Evaluable) -> None:
 def _requested(model: Evaluable, quantize: str) -> export.Export | None:
     """The converted file once the user asked for it (kept across reruns), else a button."""
     token = f"{model.path}|{quantize}"
-    built = st.session_state.setdefault(KEY_BUILT, [])
-    if token not in built and not st.button("Convert to TFLite", key="evaluate_export_convert"):
-        note = " int8 calibrates on training images first, which takes longer." if quantize == "int8" else ""
-        st.caption(f"Conversion takes about a minute on a laptop CPU.{note}")
+    if token not in st.session_state.setdefault(KEY_BUILT, []):
+        st.button("Convert to TFLite", key="evaluate_export_convert", on_click=_request, args=(token,))
+        note = f" int8 first calibrates on {export.REPRESENTATIVE_IMAGES} training images." if quantize == "int8" else ""
+        st.caption(f"Conversion imports TensorFlow and takes about a minute on a 2-core CPU.{note}")
         return None
     with st.spinner(f"Converting {model.name} ({CHOICES[quantize]}) and measuring parity…"):
         try:
-            result = _build(str(model.path), mtime(model.path / modelio.MODEL_FILE), quantize)
+            return _build(str(model.path), mtime(model.path / modelio.MODEL_FILE), quantize)
         except export.ExportError as err:
+            st.session_state[KEY_BUILT].remove(token)  # offer the button again
             st.error(f"Cannot export: {err}")
             return None
-    if token not in built:
-        built.append(token)
-    return result
+
+
+def _request(token: str) -> None:
+    """Remember that the user asked for this conversion (a button is true for one run only)."""
+    st.session_state.setdefault(KEY_BUILT, []).append(token)
 
 
 def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
@@ -81,8 +91,10 @@ def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
     else:
         st.caption(f"Parity against {figures.get('reference', 'the Keras model')} on "
                    f"{SPLIT_LABELS.get(figures.get('split'), figures.get('split'))} images (n = {figures['n']:,}).")
-    st.caption(f"How to feed it: {card['how_to_feed']} Temperature: {card.get('temperature')} "
-               f"({card['calibrate']}).")
+    temperature = card.get("temperature")
+    calibrate = (f"calibrate its output with temperature T = {temperature:.3f}: p = softmax(log(output) / T)"
+                 if temperature else "its output is the model's own softmax (no temperature)")
+    st.caption(f"How to feed it: {card['how_to_feed']} Then {calibrate}. The JSON card says all this for an app.")
     stem = f"{model.path.name}_{quantize}"
     left, right = st.columns(2)
     left.download_button("Download the model (.tflite)", result.content, file_name=f"{stem}.tflite",

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, metrics
+from core import evaluate, metrics, predictions
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     KEY_CELL_EVENT,
@@ -19,12 +19,14 @@ from ui.evaluate.common import (
     MAX_CELL_IMAGES,
     N_BOOT,
     SEED,
+    SPLIT_LABELS,
     Source,
     classes_of,
     figure_download,
     fmt,
     headline_table,
     image_table,
+    load_source,
     positive_class,
     split_caption,
     threshold,
@@ -62,7 +64,7 @@ def confusion_panel(source: Source, preds: pd.DataFrame) -> None:
     keys = _cell_keys(source)
     _apply_cell_selection(event, classes, keys)
     figure_download(fig, f"confusion_{source.split}", "evaluate_dl_confusion")
-    st.caption("Drag a small box over a cell (or pick the cell below) to see its images.")
+    st.caption("Click a cell (or pick it below) to see its images.")
     true_class, pred_class = _cell_pickers(classes, counts, keys)
     mask = (preds["dx"] == true_class).to_numpy() & (metrics.predicted_labels(probs) == classes.index(pred_class))
     _cell_images(source, preds[mask], classes, true_class, pred_class)
@@ -162,7 +164,7 @@ def operating_point_panel(source: Source, preds: pd.DataFrame) -> None:
     left, right = st.columns(2)
     positive = left.selectbox("Class", classes, key=KEY_POSITIVE, format_func=lambda c: f"{c} (positive)")
     t = left.slider("Threshold on p(class)", 0.0, 1.0, step=0.01, key=KEY_THRESHOLD)
-    y_bin = (preds["dx"] == positive).to_numpy()
+    y_bin = (preds[predictions.TRUTH] == positive).to_numpy()
     scores = preds[positive].to_numpy(dtype=np.float64)
     point = metrics.operating_point(y_bin, scores, t)
     _point_metrics(left, point, f"at threshold {t:.2f}")
@@ -171,12 +173,30 @@ def operating_point_panel(source: Source, preds: pd.DataFrame) -> None:
     if np.isnan(reached):
         right.info(f"No {positive} images in this split.")
         return
-    right.metric("Threshold reaching the target", f"{reached:.4f}")
+    tuned_here = "Tuned on this split itself, so optimistic: below, the threshold is chosen on validation instead."
+    right.metric("Threshold reaching the target", f"{reached:.4f}", help=tuned_here if source.split != "val" else None)
     _point_metrics(right, metrics.operating_point(y_bin, scores, reached), f"at threshold {reached:.4f}")
+    _validation_point(source, positive, target, y_bin, scores)
     st.caption(
         f"A case is called {positive} when p({positive}) ≥ threshold. Of all thresholds reaching the target "
         f"sensitivity, the highest (best specificity) is shown. {int(y_bin.sum())} {positive} images of {len(preds)}."
     )
+
+
+def _validation_point(source: Source, positive: str, target: float, y_bin, scores) -> None:
+    """The honest operating point: threshold chosen on validation, read on this split."""
+    if source.split == "val" or "val" not in source.model.splits:
+        return
+    val = load_source(Source(source.model, "val", source.model.path / evaluate.SPLIT_FILES["val"]))
+    val_bin = (val[predictions.TRUTH] == positive).to_numpy()
+    chosen = metrics.threshold_from_validation(val_bin, val[positive].to_numpy(dtype=np.float64), y_bin, scores,
+                                               target=target)
+    if chosen["validation"] is None:
+        return
+    t = chosen["threshold"]
+    st.markdown(f"**Chosen on validation (n = {len(val):,}), read on {SPLIT_LABELS[source.split]}:** "
+                f"threshold {t:.4f} gives sensitivity {fmt(chosen['validation']['sensitivity'])} on validation.")
+    _point_metrics(st, chosen["applied"], f"{SPLIT_LABELS[source.split]} at the validation threshold {t:.4f}")
 
 
 def _point_metrics(container, point: dict, where: str) -> None:

@@ -50,12 +50,15 @@ def calibration_panel(source: Source, preds: pd.DataFrame) -> None:
 
 
 def _temperature_controls(source: Source, meta: dict, fitted: float | None) -> None:
-    stored = meta.get("temperature")
+    status = calibration.temperature_status(meta, source.model.path)
     st.caption(
         "ECE: top-label, 15 equal-width confidence bins. Brier: multiclass (0 best, 2 worst). "
-        f"Stored temperature in model.json: {stored if stored is not None else 'none'}. "
-        "Calibrated probabilities are softmax(log(p) / T); Predict applies the stored T."
+        "Calibrated probabilities are softmax(log(p) / T). On Predict: " + status["text"]
     )
+    n_val = _val_rows(source)
+    if fitted is not None and n_val < calibration.MIN_TEMPERATURE_N:
+        st.warning(f"The validation split has only {n_val} images: a temperature fitted on fewer than "
+                   f"{calibration.MIN_TEMPERATURE_N} is noise, and Predict will not apply it.")
     if fitted is None:
         st.info("No validation predictions in this model folder, so no temperature can be fitted.")
         return
@@ -66,11 +69,16 @@ def _temperature_controls(source: Source, meta: dict, fitted: float | None) -> N
         return
     if st.button(f"Save T = {fitted:.3f} into model.json", key="evaluate_save_temperature"):
         try:
-            calibration.save_temperature(source.model.path, fitted)
+            calibration.save_temperature(source.model.path, fitted, n=_val_rows(source))
         except (OSError, ValueError) as err:
             st.error(f"Could not save the temperature: {err}")
         else:
             st.success(f"Saved temperature {fitted:.3f} into {source.model.name}'s {modelio.METADATA_FILE}.")
+
+
+def _val_rows(source: Source) -> int:
+    """How many validation images a temperature of this model folder is fitted on."""
+    return len(evaluate.load_predictions(source.model.path, "val"))
 
 
 @st.cache_data(max_entries=16, show_spinner="Auditing subgroups…")
