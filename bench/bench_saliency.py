@@ -22,8 +22,8 @@ forward passes, SmoothGrad ten backward passes): it is scored on the first
 Baselines: a centred Gaussian (what "lesions sit in the middle" alone gives)
 and a uniform map (ties broken at random: its energy is the lesion's area share).
 The winner is the method with the highest energy in the lesion among those
-whose maps decorrelate once the last stage is randomised (Spearman ≤ 0.5)
-and take ≤ 100 ms p50.
+whose maps decorrelate once the last stage is randomised (Spearman ≤ 0.5),
+take ≤ 100 ms p50 and are computed on at least 14 × 14 cells.
 
     HAM10000_DIR=... nice .venv/bin/python bench/bench_saliency.py [--model DIR] [--n 200]
 """
@@ -47,6 +47,7 @@ BASELINES = (GAUSSIAN, UNIFORM)
 SANITY_MAX = 0.5
 P50_MAX_MS = 100.0
 SANITY_DEPTH = "down to stride 32"
+MIN_NATIVE = 14  # a map computed on fewer cells per side cannot follow a lesion's border
 
 
 def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int) -> tuple:
@@ -157,7 +158,8 @@ def summary(records: pd.DataFrame, natives: dict) -> pd.DataFrame:
 def winner(table: pd.DataFrame, sanity: pd.DataFrame) -> str | None:
     """The method with the best energy among those passing the sanity and latency bars."""
     ok = [m for m in table.index if m not in BASELINES and m in sanity.index
-          and sanity.loc[m, SANITY_DEPTH] <= SANITY_MAX and table.loc[m, "p50 ms"] <= P50_MAX_MS]
+          and sanity.loc[m, SANITY_DEPTH] <= SANITY_MAX and table.loc[m, "p50 ms"] <= P50_MAX_MS
+          and min(int(side) for side in table.loc[m, "native"].split("×")) >= MIN_NATIVE]
     return max(ok, key=lambda m: table.loc[m, "_energy"]) if ok else None
 
 
@@ -214,7 +216,8 @@ def report(table, sanity, note, source, n, args, default) -> None:
           f"{args.sanity_n} images ({args.sanity_slow_n} for tf-keras-vis); weights re-drawn from the top, cumulatively")
     print(sanity.round(2).to_string())
     best = winner(table, sanity)
-    print(f"\nWinner (best energy with Spearman ≤ {SANITY_MAX} at '{SANITY_DEPTH}' and p50 ≤ {P50_MAX_MS:g} ms): {best}")
+    print(f"\nWinner (best energy with Spearman ≤ {SANITY_MAX} at '{SANITY_DEPTH}', p50 ≤ {P50_MAX_MS:g} ms, native ≥ "
+          f"{MIN_NATIVE}×{MIN_NATIVE}): {best}")
     if default in table.index:
         row = table.loc[default]
         print(f"Default '{default}': energy {row['energy in lesion']} (Gaussian baseline "

@@ -5,7 +5,7 @@ Command line::
     python -m core.explain --model DIR [--method NAME] [--target CODE] --out DIR PATH...
 
 PATHs are image files, folders (searched recursively) or zip files, decoded
-exactly as the Predict page decodes an upload. For each image it writes
+by ``core.images.decode_image`` at full size. For each image it writes
 
 * ``<image_id>.npy`` — the map, float32, non-negative, maximum 1 (all zeros
   when nothing raises the class's score), at the input image's own height ×
@@ -15,7 +15,8 @@ exactly as the Predict page decodes an upload. For each image it writes
 and ``explain.csv``: ``image_id, method, target, probability`` (the model's
 uncalibrated probability of the explained class). The explained class is the
 predicted one unless ``--target`` names a class. Unreadable files are reported
-on stderr and skipped.
+on stderr and skipped. (The page reduces uploads to 1024 px on their longer
+side; for larger images its map is this map at that reduced size.)
 """
 
 import argparse
