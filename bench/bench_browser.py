@@ -146,6 +146,8 @@ def _record(results: dict, name: str, *values: float) -> None:
 
 
 def _line(name: str, values: list, unit: str, scale: float = 1.0) -> str:
+    if not values:
+        return f"{name}: not measured (n = 0)"
     values = [v * scale for v in values]
     return (f"{name}: median {statistics.median(values):.2f} {unit} "
             f"(min {min(values):.2f}, max {max(values):.2f}, n = {len(values)})")
