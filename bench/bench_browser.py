@@ -139,7 +139,15 @@ def explore_changes(browser, url: str, changes: int) -> list:
     return timings
 
 
+def _record(results: dict, name: str, *values: float) -> None:
+    """Keep a measurement and show it at once (a long run on a busy machine shows its progress)."""
+    results[name] += values
+    print(f"  {name}: {', '.join(f'{v:.2f}' for v in values)}  (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def _line(name: str, values: list, unit: str, scale: float = 1.0) -> str:
+    if not values:
+        return f"{name}: not measured (n = 0)"
     values = [v * scale for v in values]
     return (f"{name}: median {statistics.median(values):.2f} {unit} "
             f"(min {min(values):.2f}, max {max(values):.2f}, n = {len(values)})")
@@ -153,19 +161,19 @@ def main(argv=None) -> int:
     from playwright.sync_api import sync_playwright
 
     results = {"after_home": [], "cold": [], "first": [], "second": [], "explore": []}
-    print(f"load average before: {os.getloadavg()}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
         for _ in range(args.servers):
             with streamlit_server(_env()) as url:
                 elapsed, page = predict_after_home(browser, url)
-                results["after_home"].append(elapsed)
-                results["first"].append(prediction_with_map(page, EXAMPLES[4]))
-                results["second"].append(prediction_with_map(page, EXAMPLES[1]))
+                _record(results, "after_home", elapsed)
+                _record(results, "first", prediction_with_map(page, EXAMPLES[4]))
+                _record(results, "second", prediction_with_map(page, EXAMPLES[1]))
                 page.close()
-                results["explore"] += explore_changes(browser, url, args.changes)
+                _record(results, "explore", *explore_changes(browser, url, args.changes))
             with streamlit_server(_env()) as url:
-                results["cold"].append(predict_cold(browser, url))
+                _record(results, "cold", predict_cold(browser, url))
         browser.close()
     print(_line("Predict time to interactive, clicked right after Home", results["after_home"], "s"))
     print(_line("Predict time to interactive, cold deep link to /Predict", results["cold"], "s"))

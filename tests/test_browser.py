@@ -46,7 +46,9 @@ def browser_page(server_env):
     playwright = pytest.importorskip("playwright.sync_api")
     with streamlit_server(server_env) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        yield browser.new_page(viewport={"width": 1400, "height": 1000}), url
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_navigation_timeout(WAIT_MS)  # a busy server may take longer than 30 s to answer
+        yield page, url
         browser.close()
 
 
