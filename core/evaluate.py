@@ -1,19 +1,25 @@
 """Evaluate models from their saved predictions, and predict external test sets.
 
 A model folder (``models/default`` or a finished run) holds ``predictions_val.csv``
-and ``predictions_test.csv``: ``image_id, dx`` then one probability column per
-class of ``model.json``. Evaluation reads these files and never runs the model.
+and ``predictions_test.csv`` in the predictions-file format of ``core.predictions``
+(``image_id``, ``dx`` the truth, ``dx_pred``, one raw probability per class of
+``model.json``). Evaluation reads these files and never runs the model.
 Only an external test set (a folder of images with an ISIC ground-truth CSV) is
 predicted here, with TensorFlow imported on first use.
 
 External outputs (``python -m core.evaluate --model DIR --images DIR --truth CSV --out DIR``):
 
-* ``predictions_external.csv``: the predictions CSV format above.
+* ``predictions_external.csv``: the predictions format, with ``ood_flag`` and ``ood_score``.
 * ``truth_external.csv``: the image table of the test set (labels, metadata, paths).
-* ``metrics_external.csv``: the tidy metrics table of :func:`metrics_frame`.
+* ``overlap_external.csv``: the leakage check (``core.leakage``) against the split the
+  model was trained on, when its folder carries ``splits.csv``: one row per image,
+  ``match`` (``image_id``, ``lesion_id``, ``near-duplicate`` or empty) and ``split``.
+* ``metrics_external.csv``: the tidy metrics table of :func:`metrics_frame` on every
+  image (split ``external``) and, when some overlap, on the clean ones (``external_clean``).
 * ``isic_submission.csv``: ``image`` then one probability column per class, named by
   the upper-case ISIC 2018 Task 3 codes in ISIC's order (MEL, NV, BCC, AKIEC, BKL,
   DF, VASC), which is what the ISIC challenge scorer expects.
+* ``source.json``: what was predicted, when, and the overlap counts.
 """
 
 import argparse
@@ -289,7 +295,7 @@ def external_metrics(found: pd.DataFrame, classes, report: pd.DataFrame | None) 
     """Metrics on every image and, when some overlap the model's data, on the clean ones (``external_clean``)."""
     tidy = [metrics_frame(found, classes, "external")]
     if report is not None:
-        clean = set(report.loc[report["match"] == "", "image_id"])
+        clean = set(report.loc[leakage.clean_mask(report), "image_id"])
         part = found[found[predictions.IMAGE_ID].isin(clean)]
         if 0 < len(part) < len(found):
             tidy.append(metrics_frame(part.reset_index(drop=True), classes, "external_clean"))

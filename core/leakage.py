@@ -14,7 +14,8 @@ external image *overlaps* when
   (other lesions) is at most 0.987 (99.5th percentile 0.972).
 
 :func:`overlap_report` gives one row per image with the split it collides with;
-metrics are then given on all images and on the clean part.
+metrics are then given on all images and on the clean part: the images the
+model never saw in training or validation (its test split counts as clean).
 """
 
 from pathlib import Path
@@ -27,6 +28,7 @@ from core.splits import SPLIT_FILE, load_splits, split_hash
 THUMB_SIZE = (32, 24)  # width, height: the 4:3 frame of HAM10000
 NEAR_DUPLICATE = 0.993  # thumbnail correlation; see the module docstring for the measured margins
 SEVERITY = ("train", "val", "test")  # the worst collision wins: training data is the worst
+SEEN = ("train", "val")  # what a model learnt or was tuned on; its test split stays clean
 
 
 class SplitMismatch(ValueError):
@@ -143,24 +145,31 @@ def dataset_bank(dataset: pd.DataFrame, split: pd.DataFrame, splits=("train", "v
     return fingerprints(seen["path"]), seen["split"].to_numpy()
 
 
+def clean_mask(report: pd.DataFrame) -> np.ndarray:
+    """True for images the model never saw: no match, or a match in its (held-out) test split."""
+    return ~report["split"].isin(SEEN).to_numpy()
+
+
 def summary(report: pd.DataFrame) -> dict:
-    """Counts per kind of match and per split, and the number of clean images."""
+    """Counts per kind of match and per split, and the number of clean images (see :func:`clean_mask`)."""
     hit = report[report["match"] != ""]
-    return {"n": int(len(report)), "clean": int(len(report) - len(hit)),
+    return {"n": int(len(report)), "clean": int(clean_mask(report).sum()),
             "by_split": {str(k): int(v) for k, v in hit["split"].value_counts().items()},
             "by_match": {str(k): int(v) for k, v in hit["match"].value_counts().items()}}
 
 
 def describe(counts: dict) -> str:
-    """One sentence for a user, e.g. "51 of 70 images are in the model's training split, 13 in validation"."""
-    if counts["clean"] == counts["n"]:
-        return f"None of the {counts['n']} images overlaps the model's training or validation data."
-    named = {"train": "training", "val": "validation", "test": "test"}
-    parts = [f"{v} in its {named.get(k, k)} split" for k, v in sorted(counts["by_split"].items(),
-                                                                      key=lambda kv: SEVERITY.index(kv[0]))]
+    """One sentence for a user, e.g. "64 of 70 images were used to train or tune the model: 51 in …"."""
+    named = {"train": "training", "val": "validation"}
+    seen = counts["n"] - counts["clean"]
+    in_test = counts["by_split"].get("test", 0)
+    test = f" ({in_test} of them from its held-out test split)" if in_test else ""
+    if seen == 0:
+        return f"None of the {counts['n']} images was used to train or tune the model{test}."
+    parts = [f"{counts['by_split'][k]} in its {named[k]} split" for k in SEEN if counts["by_split"].get(k)]
     how = ", ".join(f"{v} by {k}" for k, v in counts["by_match"].items())
-    return (f"{counts['n'] - counts['clean']} of {counts['n']} images overlap the model's data: "
-            f"{', '.join(parts)} (matched {how}). {counts['clean']} are clean.")
+    return (f"{seen} of {counts['n']} images were used to train or tune the model: {', '.join(parts)} "
+            f"(matched {how}). {counts['clean']} are clean{test}.")
 
 
 def cached_bank(dataset: pd.DataFrame, split: pd.DataFrame, cache_root: Path) -> tuple:

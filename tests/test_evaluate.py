@@ -232,12 +232,12 @@ def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, mo
     report = pd.read_csv(written["overlap"], dtype=str).fillna("")
     assert report.loc[report["match"] != "", "split"].tolist() == ["train", "train", "train", "val", "test"]
     tidy = pd.read_csv(written["metrics"])
-    assert tidy.groupby("split")["n"].first().to_dict() == {"external": 14, "external_clean": 9}
+    assert tidy.groupby("split")["n"].first().to_dict() == {"external": 14, "external_clean": 10}
     source = json.loads((tmp_path / "out" / evaluate.SOURCE_FILE).read_text())
-    assert source["overlap"]["by_split"] == {"train": 3, "val": 1, "test": 1} and source["overlap"]["clean"] == 9
+    assert source["overlap"]["by_split"] == {"train": 3, "val": 1, "test": 1} and source["overlap"]["clean"] == 10
     preds = pd.read_csv(written["predictions"], skiprows=1)
     assert list(preds.columns[:5]) == ["image_id", "dx", "dx_pred", "ood_flag", "ood_score"]
-    assert "5 of 14 images overlap" in evaluate.overlap_sentence(written["overlap"])
+    assert "4 of 14 images were used to train or tune the model" in evaluate.overlap_sentence(written["overlap"])
 
 
 def test_external_set_without_a_model_split_says_it_was_not_checked(tmp_path):

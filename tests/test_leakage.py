@@ -65,9 +65,12 @@ def test_summary_and_sentence_name_every_split():
     assert counts == {"n": 5, "clean": 2, "by_split": {"train": 2, "val": 1},
                       "by_match": {"image_id": 2, "lesion_id": 1}}
     sentence = leakage.describe(counts)
-    assert sentence.startswith("3 of 5 images overlap") and "2 in its training split, 1 in its validation split" in sentence
-    clean = leakage.describe(leakage.summary(report.assign(match="", split="")))
-    assert clean.startswith("None of the 5 images")
+    assert sentence.startswith("3 of 5 images were used to train or tune the model: 2 in its training split, "
+                               "1 in its validation split (matched 2 by image_id, 1 by lesion_id). 2 are clean.")
+    held_out = leakage.summary(report.assign(split=["test", "", "", "", ""], match=["image_id", "", "", "", ""]))
+    assert held_out["clean"] == 5
+    assert leakage.describe(held_out) == ("None of the 5 images was used to train or tune the model "
+                                          "(1 of them from its held-out test split).")
 
 
 def test_model_split_must_be_the_one_the_model_was_trained_on(tmp_path):

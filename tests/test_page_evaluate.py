@@ -213,7 +213,8 @@ def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_
     at.radio(key="evaluate_split").set_value("external").run()
     assert not at.exception, at.exception
     warning = " ".join(w.value for w in at.warning)
-    assert f"3 of {len(preds)} images overlap the model's data: 2 in its training split, 1 in its validation" in warning
+    assert f"3 of {len(preds)} images were used to train or tune the model: 2 in its training split, 1 in its " \
+        "validation split" in warning
     table = [df.value for df in at.dataframe if "images" in df.value.columns][0]
     assert table["images"].tolist() == ["all images", "clean images only"]
     assert table["n"].tolist() == [len(preds), len(preds) - 3]

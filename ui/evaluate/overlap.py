@@ -30,13 +30,14 @@ def overlap_panel(source: Source) -> None:
     if found["clean"] == found["n"]:
         st.success(leakage.describe(found))
         return
-    st.warning(leakage.describe(found) + " Metrics on overlapping images flatter the model.", icon="⚠️")
+    st.warning(leakage.describe(found) + " Metrics on images the model has seen flatter it.", icon="⚠️")
     table = _clean_comparison(folder / evaluate.METRICS_FILE)
     if table is not None:
         st.dataframe(table, hide_index=True)
     with st.expander("Overlapping images"):
         report = _read_csv(str(folder / evaluate.OVERLAP_FILE), mtime(folder / evaluate.OVERLAP_FILE))
         st.dataframe(report[report["match"] != ""], hide_index=True)
+        st.caption("Images of the model's test split were held out from training and tuning: they count as clean.")
 
 
 def _clean_comparison(metrics_csv: Path) -> pd.DataFrame | None:
