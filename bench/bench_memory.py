@@ -23,7 +23,6 @@ this interpreter runs the server.
 
 import argparse
 import asyncio
-import io
 import os
 import re
 import socket

@@ -57,10 +57,10 @@ def external_results(model_dir: Path) -> list:
     """This session's external predictions of a model folder, newest first."""
     root = workspace().path
     wanted = str(Path(model_dir).resolve())
-    found = [p for p in root.glob("result-*") if (p / "source.json").is_file()
+    found = [p for p in root.glob("result-*") if (p / evaluate.SOURCE_FILE).is_file()
              and (p / evaluate.SPLIT_FILES["external"]).is_file()]
     mine = [p for p in found if pd.read_json(p / "source.json", typ="series").get("model") == wanted]
-    return sorted(mine, key=lambda p: mtime(p / "source.json"), reverse=True)
+    return sorted(mine, key=lambda p: mtime(p / evaluate.SOURCE_FILE), reverse=True)
 
 
 def _describe_result(folder: str) -> str:
