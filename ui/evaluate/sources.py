@@ -59,12 +59,12 @@ def external_results(model_dir: Path) -> list:
     wanted = str(Path(model_dir).resolve())
     found = [p for p in root.glob("result-*") if (p / evaluate.SOURCE_FILE).is_file()
              and (p / evaluate.SPLIT_FILES["external"]).is_file()]
-    mine = [p for p in found if pd.read_json(p / "source.json", typ="series").get("model") == wanted]
+    mine = [p for p in found if pd.read_json(p / evaluate.SOURCE_FILE, typ="series").get("model") == wanted]
     return sorted(mine, key=lambda p: mtime(p / evaluate.SOURCE_FILE), reverse=True)
 
 
 def _describe_result(folder: str) -> str:
-    source = pd.read_json(Path(folder) / "source.json", typ="series")
+    source = pd.read_json(Path(folder) / evaluate.SOURCE_FILE, typ="series")
     return f"{Path(source['truth']).name} · {source['n']} images · {source['created']}"
 
 
