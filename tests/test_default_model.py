@@ -24,14 +24,19 @@ pytestmark = pytest.mark.skipif(not modelio.is_model_dir(DEFAULT), reason="no sh
 def test_the_folder_has_everything_serving_and_evaluation_need():
     meta = modelio.read_metadata(DEFAULT)
     assert meta["classes"] == list(CLASSES) and meta["temperature"] > 0
-    assert meta["ood"]["method"] == "feature_distance" and (DEFAULT / "ood.npz").is_file()
-    assert len(meta["split_sha256"]) == 64
+    assert meta["ood"]["method"] == "feature_statistics" and (DEFAULT / "ood.npz").is_file()
+    assert meta["temperature_n"] >= 1000 and modelio.input_size(meta) == (144, 192)
+    from core import predictions, splits
+
+    assert splits.split_hash(DEFAULT / splits.SPLIT_FILE) == meta["split_sha256"]
     for split in ("val", "test"):
-        preds = pd.read_csv(DEFAULT / f"predictions_{split}.csv")
+        path = DEFAULT / predictions.FILES[split]
+        preds = predictions.read_frame(path)
         assert list(preds.columns) == ["image_id", "dx", *CLASSES] and len(preds) > 1000
+        assert predictions.read_info(path)["probabilities"] == predictions.RAW
     assert (DEFAULT / "MODEL_CARD.md").is_file()
     size = sum(p.stat().st_size for p in DEFAULT.iterdir())
-    assert size <= 25 * 2**20
+    assert size <= 40 * 2**20
 
 
 @pytest.mark.timeout(180)

@@ -197,9 +197,11 @@ def test_external_split_without_model_file_explains(models):
 def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_path):
     from core import evaluate, leakage, predictions
 
+    from core import uploads
+
     (models["default"] / "model.keras").write_bytes(b"")  # listed as predictable; nothing is predicted here
-    out = tmp_path / "cache" / "external" / "default-fixture"
-    out.mkdir(parents=True)
+    workspace = uploads.Workspace(prefix="ham-evaluate-")  # the session's private folder, as the page makes it
+    out = workspace.fresh("result-fixture")
     preds = predictions.read(models["default"] / "predictions_test.csv", CLASSES)
     preds.to_csv(out / evaluate.SPLIT_FILES["external"], index=False)
     report = pd.DataFrame({"image_id": preds["image_id"], "match": "", "split": ""})
@@ -209,7 +211,9 @@ def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_
     source = {"model": str(models["default"].resolve()), "images": "imgs", "truth": "truth.csv", "n": len(preds),
               "created": "2026-01-01T00:00:00+00:00", "overlap": leakage.summary(report)}
     (out / evaluate.SOURCE_FILE).write_text(json.dumps(source))
-    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["evaluate_workspace"] = workspace
+    at.run()
     at.radio(key="evaluate_split").set_value("external").run()
     assert not at.exception, at.exception
     warning = " ".join(w.value for w in at.warning)

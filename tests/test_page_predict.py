@@ -121,7 +121,9 @@ def test_example_images_are_test_split_images_one_per_class():
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and path.stat().st_size < 20_000
     from core.paths import default_model_dir
 
-    test_split = pd.read_csv(default_model_dir() / "predictions_test.csv").set_index("image_id")["dx"]
+    from core import predictions
+
+    test_split = predictions.read_frame(default_model_dir() / predictions.FILES["test"]).set_index("image_id")["dx"]
     assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
 
 
@@ -207,7 +209,7 @@ def test_flagged_image_is_gated_before_any_verdict(monkeypatch, env, flagging_mo
     at.toggle(key=[t.key for t in at.toggle if t.key.startswith("predict_show_anyway")][0]).set_value(True).run()
     assert not at.exception, at.exception
     assert "Shown on request" in texts(at) and at.metric[0].label == "Malignant (mel + bcc + akiec)"
-    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 3
+    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 4  # original, two maps, colour-scale legend
 
 
 def test_flagged_batch_rows_carry_the_flag(monkeypatch, env, flagging_model_dir):
