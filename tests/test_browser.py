@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from live_server import CHROMIUM, IDLE, launch_chromium, streamlit_server
+from live_server import CHROMIUM, IDLE, PROJECT, launch_chromium, streamlit_server
 
 PAGES = [  # (url path, the page's own title)
     ("", "HAM10000 Lesion Lab"),
@@ -180,5 +180,36 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
         page.get_by_text("Show the prediction anyway").click()
         page.get_by_text("Malignant (mel + bcc + akiec)").first.wait_for(timeout=WAIT_MS)
         assert page.get_by_text("Shown on request").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+
+
+@pytest.mark.timeout(900)
+def test_an_uploaded_original_gets_the_lesion_outline_and_measurements(server_env, tmp_path):
+    """A 600×450 original through the shipped classifier and segmenter: outline and ABCD measurements appear."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    data = Path(server_env["HAM10000_DIR"])
+    originals = sorted((data.parent / "ham10000_originals").rglob("ISIC_*.jpg"))
+    if not originals:
+        pytest.skip(f"the 600×450 originals are not beside the dataset ({data.parent / 'ham10000_originals'})")
+    env = {**server_env, "HAM_SEGMENTER": str(PROJECT / "models" / "segmenter")}
+    env.pop("HAM_DEFAULT_MODEL", None)
+    with streamlit_server(env) as url, playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        page.locator('input[type="file"]').first.set_input_files(str(originals[0]), timeout=WAIT_MS)
+        verdict = page.get_by_text("Malignant (mel + bcc + akiec)").or_(page.get_by_text("Show the prediction anyway"))
+        verdict.first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        if page.get_by_text("Show the prediction anyway").count():  # the gate: ask to see the result anyway
+            page.get_by_text("Show the prediction anyway").click()
+        page.get_by_text("Border compactness").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        page.screenshot(path=str(tmp_path / "outline.png"), full_page=True)
+        assert page.get_by_text("predicted in yellow").count() >= 1
+        assert page.get_by_text("ABCD").count() >= 1
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
