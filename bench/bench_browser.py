@@ -111,7 +111,7 @@ def prediction_with_map(page, image: Path) -> float:
             const app = document.querySelector('[data-testid="stApp"]');
             const text = document.body.innerText;
             const verdict = text.includes('Malignant (mel + bcc + akiec)') || text.includes('does not look like');
-            const maps = text.includes('Is the map faithful?') || text.includes('does not look like');
+            const maps = text.includes('Deletion blurs the most salient pixels') || text.includes('does not look like');
             const images = [...document.querySelectorAll('img')].every(img => img.complete);
             return verdict && maps && images && !document.querySelector('[data-stale="true"]')
                 && app.getAttribute('data-test-script-state') === 'notRunning';

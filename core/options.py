@@ -91,6 +91,10 @@ OPTIONS = (
            "Warm-up epochs", "schedule", 0, 500),
     Option("unfreeze", int, 0, "after warm-up, fine-tune only the top N backbone layers (0 = all layers)",
            "Unfreeze top N layers (0 = all)", "schedule", 0, 10_000),
+    Option("average_from", int, 0, "stochastic weight averaging: from this epoch on (1-based), the weights at "
+           "each epoch's end are averaged; the average is scored on validation at the end and kept when it beats "
+           "the best single epoch (0 = off; at most epochs)", "Average weights from epoch (0 = off)", "schedule",
+           0, 500),
     Option("batch_size", int, 32, "images per gradient step", "Batch size", "schedule", 1, 1024, step=8),
     Option("lr", float, 1e-3, "learning rate during warm-up (head only)", "Warm-up learning rate", "schedule",
            1e-7, 0.999, step=1e-4, fmt="%.1e"),
@@ -194,6 +198,8 @@ def cross_checks(options: dict) -> list[str]:
         errors.append(f"image_height must be 0 (square) or at least {MIN_IMAGE_SIDE}")
     if options["warmup_epochs"] > options["epochs"]:
         errors.append("warmup_epochs cannot exceed epochs")
+    if options["average_from"] > options["epochs"]:
+        errors.append("average_from cannot exceed epochs")
     if options["val_fraction"] + options["test_fraction"] > MAX_HELD_OUT:
         errors.append(f"val_fraction + test_fraction must leave at least {1 - MAX_HELD_OUT:.0%} for training")
     errors += weights_problems(options["arch"], options["weights"])

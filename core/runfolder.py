@@ -8,13 +8,14 @@ folder is spelled here and nowhere else:
 =====================  ==========================================================
 ``config.json``        every option, classes, image size, split hash, versions
 ``status.json``        state, heartbeat, epoch/batch, best epoch (atomic writes)
-``metrics.jsonl``      one JSON record per line: ``kind`` ``epoch`` or ``batch``
+``metrics.jsonl``      one JSON record per line: ``kind`` ``epoch``, ``batch`` or ``average``
 ``train.log``          the trainer's log
 ``STOP``               present: the trainer stops after its current batch
 ``train.lock``         the trainer's exclusive lock (``fcntl.flock``)
 ``launch.json``        what the registry launched (pid, argv, options)
 ``last.keras``         the last epoch's model with its optimizer state (resume)
 ``state.json``         the last completed epoch, its phase and the best epoch
+``average.npz``        the running mean of the weights (``--average-from``) and its count
 ``model.keras``        the best model (inference graph), ``model.json`` its metadata
 ``splits.csv``         the lesion-grouped split the run used
 ``predictions_*.csv``  the best model's predictions, one file per split
@@ -30,6 +31,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
@@ -39,6 +42,7 @@ LOCK_FILE = "train.lock"
 LAUNCH_FILE = "launch.json"
 CHECKPOINT_FILE = "last.keras"
 STATE_FILE = "state.json"
+AVERAGE_FILE = "average.npz"
 MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
 SPLITS_FILE = "splits.csv"
@@ -48,6 +52,8 @@ PREDICTIONS_PATTERN = "predictions_{split}.csv"
 # metrics.jsonl records
 EPOCH_RECORD = "epoch"
 BATCH_RECORD = "batch"
+# The validation scores of the averaged weights (--average-from), written once at the end.
+AVERAGE_RECORD = "average"
 # The scores of an epoch, on training batches under their own name and on validation with VAL_PREFIX.
 EPOCH_METRICS = ("loss", "accuracy", "balanced_accuracy", "auc")
 VAL_PREFIX = "val_"
@@ -79,6 +85,24 @@ def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> Non
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=float), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_arrays_atomic(path: Path, arrays: list, count: int) -> None:
+    """Save numbered arrays and a count as ``.npz`` so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, count=np.int64(count), **{f"a{i}": a for i, a in enumerate(arrays)})
+    os.replace(tmp, path)
+
+
+def read_arrays(path: Path) -> tuple[list, int] | None:
+    """The arrays and count written by :func:`write_arrays_atomic`, or None when missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = [data[f"a{i}"] for i in range(len(data.files) - 1)]
+            return arrays, int(data["count"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def read_json(path: Path) -> dict | None:

@@ -550,8 +550,54 @@ class Trainer:
             export_model(self.model, self.folder.path(rf.MODEL_FILE))
             self.write_model_metadata()
         save_atomic(self.model, self.folder.path(rf.CHECKPOINT_FILE))
+        if self.args.average_from and epoch + 1 >= self.args.average_from:
+            self.add_to_average(epoch + 1 - self.args.average_from + 1)
         self.folder.write_json(rf.STATE_FILE, {"epoch": epoch + 1, "phase": phase, "best": self.best})
         self.folder.update(best=self.best)
+
+    def add_to_average(self, position: int) -> None:
+        """Fold this epoch's weights, the ``position``-th averaged (1-based), into ``average.npz``.
+
+        An epoch already in the mean (a resume after a crash between the two writes)
+        is not added twice. BatchNorm layers are frozen while fine-tuning, so their
+        statistics do not move and the mean of the weights is itself a consistent model.
+        """
+        saved = rf.read_arrays(self.folder.path(rf.AVERAGE_FILE))
+        if saved is not None and saved[1] >= position:
+            return
+        weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+        if saved is None:
+            mean, count = weights, 1
+        else:
+            previous, count = saved
+            count += 1
+            mean = [m + (w - m) / count for m, w in zip(previous, weights)]
+        rf.write_arrays_atomic(self.folder.path(rf.AVERAGE_FILE), mean, count)
+        log.info("weights of %d epochs averaged", count)
+
+    def keep_average_if_better(self) -> None:
+        """Score the averaged weights on validation; make them the model when they beat the best epoch."""
+        saved = rf.read_arrays(self.folder.path(rf.AVERAGE_FILE))
+        if saved is None or saved[1] < 2 or not len(self.idx["val"]):
+            return
+        mean, count = saved
+        self.model.set_weights([m.astype(np.float32) for m in mean])
+        probs = predict_probs(self.model, self.images, self.idx["val"])
+        val = score(self.labels[self.idx["val"]], probs, self.k)
+        first = self.args.epochs - count + 1
+        record = {"kind": rf.AVERAGE_RECORD, "epochs": [first, self.args.epochs],
+                  **{rf.val_key(k): v for k, v in val.items()}}
+        chosen = self.best is None or record[rf.BEST_KEY] > self.best[rf.BEST_KEY]
+        record["chosen"] = chosen
+        self.folder.append_metrics(record)
+        log.info("average of epochs %d-%d: val %s; %s", first, self.args.epochs,
+                 {k: round(v, 4) for k, v in val.items()}, "kept" if chosen else "the best epoch stays")
+        if chosen:
+            self.best = {"epoch": self.args.epochs, "averaged_epochs": [first, self.args.epochs],
+                         **{rf.val_key(k): v for k, v in val.items()}}
+            export_model(self.model, self.folder.path(rf.MODEL_FILE))
+            self.write_model_metadata()
+            self.folder.update(best=self.best)
 
     def write_model_metadata(self, **extra) -> None:
         args = self.args
@@ -569,6 +615,7 @@ class Trainer:
         """Predict val and test with the best checkpoint and write the prediction files."""
         import keras
 
+        self.keep_average_if_better()
         self.folder.update(phase="predict", message="predicting val and test with the best checkpoint")
         best = keras.models.load_model(self.folder.path(rf.MODEL_FILE), compile=False)
         for split in ("val", "test"):

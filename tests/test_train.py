@@ -362,3 +362,39 @@ def test_the_chief_is_the_chief_task_or_worker_zero(monkeypatch):
         else:
             monkeypatch.setenv("TF_CONFIG", json.dumps(config))
         assert (train.is_chief(), train.cluster_workers()) == (chief, workers), config
+
+
+@pytest.mark.timeout(300)
+def test_weight_averaging_survives_a_resume_and_is_scored_once(tmp_path, tiny_dataset, monkeypatch):
+    run_dir = _stopped_after_one_epoch(tmp_path, tiny_dataset, monkeypatch, extra=["--average-from", "1"])
+    assert rf.read_arrays(run_dir / rf.AVERAGE_FILE)[1] == 1
+    assert train.main(["--run-dir", str(run_dir), "--resume"]) == 0
+
+    arrays, count = rf.read_arrays(run_dir / rf.AVERAGE_FILE)
+    assert count == 3  # epoch 1 before the stop, epochs 2 and 3 after it, none twice
+    records = [json.loads(line) for line in (run_dir / rf.METRICS_FILE).read_text().splitlines()]
+    averages = [r for r in records if r["kind"] == rf.AVERAGE_RECORD]
+    assert len(averages) == 1 and averages[0]["epochs"] == [1, 3]
+    best_epoch = max(r[rf.BEST_KEY] for r in records if r["kind"] == rf.EPOCH_RECORD)
+    assert averages[0]["chosen"] == (averages[0][rf.BEST_KEY] > best_epoch)
+    if averages[0]["chosen"]:
+        import keras
+
+        kept = keras.models.load_model(run_dir / rf.MODEL_FILE, compile=False).get_weights()
+        assert all(np.allclose(k, a.astype(np.float32)) for k, a in zip(kept, arrays))
+
+
+def test_averaging_from_beyond_the_last_epoch_is_refused(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(tmp_path / "r"), "--epochs", "3",
+                                "--average-from", "4"], capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert completed.returncode == 2
+    assert "average_from cannot exceed epochs" in completed.stderr
+
+
+def test_the_running_mean_of_arrays_round_trips(tmp_path):
+    path = tmp_path / rf.AVERAGE_FILE
+    rf.write_arrays_atomic(path, [np.arange(3.0), np.ones((2, 2))], 5)
+    arrays, count = rf.read_arrays(path)
+    assert count == 5 and np.array_equal(arrays[0], np.arange(3.0)) and arrays[1].shape == (2, 2)
+    path.write_bytes(b"not an npz")
+    assert rf.read_arrays(path) is None
