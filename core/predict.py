@@ -137,8 +137,14 @@ class Predictor:
         self._forward = _compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
 
     def warmup(self) -> None:
-        """Run one prediction so the first user request does not pay for tracing."""
-        self.raw_probabilities(np.zeros((1, *self.input_size, 3), np.float32))
+        """Trace the model so the first user request does not pay for it.
+
+        Two batch sizes: after a second shape ``tf.function(reduce_retracing=True)``
+        traces a graph for any batch size, so TTA views and faithfulness curves do
+        not trace again.
+        """
+        for n in (1, 2):
+            self.raw_probabilities(np.zeros((n, *self.input_size, 3), np.float32))
 
     def raw_probabilities(self, batch: np.ndarray, tta: bool = False, batch_size: int = 32) -> np.ndarray:
         """The model's softmax for a ``(N, H, W, 3)`` float32 batch, averaged over TTA views."""

@@ -14,12 +14,15 @@ view.device_notice()
 model_dir = view.pick_model()
 if model_dir is None:
     st.stop()
-predictor = view.load_predictor(model_dir)
+view.check_model(model_dir)
 
+# The model is loaded only once there is something to classify, so the page is usable at once
+# (the warm start is usually loading it in the background meanwhile).
 single, batch = st.tabs(["One image", "Batch"])
 with single:
     image = view.pick_input()
     if image is not None:
+        predictor = view.load_predictor(model_dir)
         tta = st.toggle("Test-time augmentation (average over the flips that keep the frame)", key=view.KEY_TTA)
         prediction = view.show_prediction(predictor, image, tta)  # None: flagged and folded away
         if prediction is not None:
@@ -28,4 +31,4 @@ with single:
             st.subheader("Where did the model look?")
             view.show_saliency(model_dir, predictor, image, prediction, predicted_mask=lesion)
 with batch:
-    view.batch_mode(predictor)
+    view.batch_mode(model_dir)

@@ -80,8 +80,20 @@ def load_predictor(model_dir: Path) -> Predictor:
     try:
         return _predictor(str(Path(model_dir).resolve()), model_mtime(model_dir))
     except ModelFolderError as err:
-        st.error(f"This model cannot be used: {public(err)}")
-        st.stop()
+        _unusable(err)
+
+
+def check_model(model_dir: Path) -> None:
+    """Stop the page with a message when the folder's metadata is unusable (reads JSON only, no TensorFlow)."""
+    try:
+        read_metadata(model_dir)
+    except ModelFolderError as err:
+        _unusable(err)
+
+
+def _unusable(err: ModelFolderError):
+    st.error(f"This model cannot be used: {public(err)}")
+    st.stop()
 
 
 def _model_label(path: Path) -> str:
@@ -326,13 +338,14 @@ def _with_progress(sources, total: int, bar):
 
 
 @guarded("Batch prediction")
-def batch_mode(predictor: Predictor) -> None:
+def batch_mode(model_dir: Path) -> None:
     """Several images or zips → a predictions table with a progress bar and a CSV download."""
     files = st.file_uploader("Images or zip files", type=[*UPLOAD_TYPES, "zip"], accept_multiple_files=True,
                              key=KEY_BATCH)
     tta = st.toggle("Test-time augmentation", value=False, key="predict_batch_tta")
     if not files or not st.button(f"Classify {len(files)} file(s)", type="primary"):
         return
+    predictor = load_predictor(model_dir)
     skipped, bar = [], st.progress(0.0, text="Classifying…")
     sources = _with_progress(upload_sources(files), count_sources(files), bar)
     table = predict_sources(predictor, sources, tta=tta, on_skip=lambda n, m: skipped.append((n, m)),

@@ -36,13 +36,20 @@ STYLE_LABELS = {"contours": "Iso-contours", "blend": "Heat-map blend"}
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing saliency maps…")
 def _explainer(path: str, mtime: int) -> saliency.Explainer:
-    """The explainer of a folder's model, its default method traced once."""
+    """The explainer of a folder's model, the two methods the page opens with traced once."""
     from ui.predict import load_predictor
 
     predictor = load_predictor(Path(path))
     explainer = saliency.Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    saliency.explain(explainer, np.zeros((*predictor.input_size, 3), np.float32), saliency.DEFAULT_METHOD, 0)
+    blank = np.zeros((*predictor.input_size, 3), np.float32)
+    for method in (saliency.DEFAULT_METHOD, COMPARE_METHOD):
+        saliency.explain(explainer, blank, method, 0)
     return explainer
+
+
+def warm(model_dir: Path, mtime: int) -> None:
+    """Fill the explainer cache of a model folder (the warm start calls this off the page)."""
+    _explainer(str(Path(model_dir).resolve()), mtime)
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing the saliency map…")

@@ -1,15 +1,17 @@
-"""Warm start: load TensorFlow and the shipped model in the background as soon as any page opens.
+"""Warm start: load TensorFlow and the shipped models in the background as soon as any page opens.
 
-Importing TensorFlow takes seconds and loading the model a few more; an educator who
+Importing TensorFlow takes seconds and loading the models a few more; an educator who
 opens the app and then clicks Predict should not wait for either. The first page of
 the first session starts one daemon thread (once per server process, through
-``st.cache_resource``) that fills the Predict page's own caches: the predictor and the
-Grad-CAM explainer of the default model. A page that needs them meanwhile waits on
-the same cache entry instead of loading a second copy.
+``st.cache_resource``) that fills the Predict page's own caches with everything its
+first prediction uses: the classifier (traced), the saliency explainer with the two
+methods the page opens with, and the lesion segmenter. A page that needs one of them
+meanwhile waits on the same cache entry instead of loading a second copy.
 """
 
 import logging
 import threading
+import time
 
 import streamlit as st
 from streamlit.runtime import Runtime
@@ -36,15 +38,26 @@ def _real_server() -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _warm_thread() -> threading.Thread:
-    thread = threading.Thread(target=_load_default_model, name="warm-start", daemon=True)
+    thread = threading.Thread(target=_warm_logged, name="warm-start", daemon=True)
     thread.start()
     return thread
 
 
-def _load_default_model() -> None:
+def _warm_logged() -> None:
+    started = time.monotonic()
     try:
-        from ui import predict  # imports TensorFlow: the slow part
-
-        predict.load_explainer(default_model_dir())  # loads and warms the predictor on the way
+        warm_caches(default_model_dir())
     except Exception:  # noqa: BLE001  (the Predict page loads it again and shows the error)
         log.exception("warm start: the default model could not be loaded")
+    else:
+        log.info("warm start: models ready after %.1f s", time.monotonic() - started)
+
+
+def warm_caches(model_dir) -> None:
+    """Load and trace everything the Predict page's first prediction of ``model_dir`` uses."""
+    from ui import predict, saliency_view, segment_view  # imports TensorFlow: the slow part
+
+    predict.load_predictor(model_dir)
+    saliency_view.warm(model_dir, predict.model_mtime(model_dir))
+    if segment_view.segmenter_available():
+        segment_view.load_segmenter()

@@ -1,0 +1,58 @@
+"""The warm start fills the Predict page's caches: its first prediction loads and traces nothing."""
+
+from pathlib import Path
+
+import pytest
+
+from core import paths
+from core import predict as core_predict
+from core import saliency
+from core import segment as core_segment
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _counting(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` (a class) by a subclass that records each construction."""
+    made = []
+    original = getattr(module, name)
+
+    class Counted(original):
+        def __init__(self, *args, **kwargs):
+            made.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, Counted)
+    return made
+
+
+@pytest.mark.timeout(300)
+def test_warm_caches_loads_what_the_first_prediction_needs_once(monkeypatch, clear_streamlit_caches):
+    monkeypatch.setenv("HAM_SEGMENTER", str(PROJECT / "models" / "segmenter"))
+    from ui import predict, saliency_view, segment_view, warm
+
+    predictors = _counting(monkeypatch, predict, "Predictor")
+    explainers = _counting(monkeypatch, saliency, "Explainer")
+    segmenters = _counting(monkeypatch, core_segment, "Segmenter")
+    model_dir = paths.default_model_dir()
+
+    warm.warm_caches(model_dir)
+    assert (len(predictors), len(explainers), len(segmenters)) == (1, 1, 1)
+
+    # what the page calls for its first prediction comes from the caches the warm start filled
+    predictor = predict.load_predictor(model_dir)
+    saliency_view.warm(model_dir, predict.model_mtime(model_dir))
+    segment_view.load_segmenter()
+    assert (len(predictors), len(explainers), len(segmenters)) == (1, 1, 1)
+    assert isinstance(predictor, core_predict.Predictor)
+
+
+def test_a_failing_warm_start_is_logged_not_raised(monkeypatch, caplog):
+    from ui import warm
+
+    def broken(model_dir):
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(warm, "warm_caches", broken)
+    warm._warm_logged()
+    assert "warm start: the default model could not be loaded" in caplog.text
