@@ -144,3 +144,18 @@ def test_real_dataset_page_and_filter(real_dataset_dir, monkeypatch):
     at.multiselect(key="explore_sites").set_value(["face"]).run()
     assert _metrics(at)["Images"] == "745"
     assert len(at.get("image")) == 12 and all(c.endswith("· face") for c in _captions(at))
+
+
+def test_the_downloaded_csv_is_the_filtered_rows_without_local_paths(tiny_dataset_env):
+    import io
+
+    import pandas as pd
+
+    from core.data import load_dataset
+    from ui import explore as view
+
+    frame = load_dataset(tiny_dataset_env)
+    selected = frame[frame["dx"] == "df"]
+    table = pd.read_csv(io.BytesIO(view.table_csv(selected)))
+    assert list(table.columns) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    assert sorted(table["image_id"]) == sorted(selected["image_id"]) and set(table["dx"]) == {"df"}

@@ -6,6 +6,7 @@ the URL's query parameter of the same name, and the image whose lesion is open
 lives in the URL as ``image``: Back, reload and a pasted link give the same view.
 """
 
+import io
 import logging
 import math
 
@@ -144,20 +145,23 @@ def charts_section(aggregates: dict, normalize: bool) -> None:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _thumbnail(path: str, mask_path: str, width: int):
-    """The image shrunk to ``width`` with the lesion outline drawn (cached per file).
+def _thumbnail(path: str, mask_path: str, width: int) -> bytes:
+    """The image shrunk to ``width`` with the lesion outline drawn, as JPEG bytes (cached per file).
 
-    An unreadable mask gives the plain image, an unreadable image a grey tile;
-    both are logged on the server, neither stops the gallery.
+    Encoded once here, so a filter change re-sends cached bytes instead of
+    encoding twelve PNGs. An unreadable mask gives the plain image, an unreadable
+    image a grey tile; both are logged on the server, neither stops the gallery.
     """
     try:
         image = explore.outlined_image(path, mask_path, max_width=width)
     except (OSError, ValueError, SyntaxError) as err:
         log.warning("gallery: image %s unreadable: %s", path, err)
-        return Image.new("RGB", (width, width * 3 // 4), (200, 200, 200))
+        image = Image.new("RGB", (width, width * 3 // 4), (200, 200, 200))
     if "mask_error" in image.info:
         log.warning("gallery: %s", image.info["mask_error"])
-    return image
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def _caption(row) -> str:
@@ -189,7 +193,7 @@ def gallery(selected: pd.DataFrame, lesion_sizes: pd.Series, outline: bool) -> N
     rows = selected.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
     shown = f"Images {(page - 1) * PER_PAGE + 1:,}–{(page - 1) * PER_PAGE + len(rows):,} of {len(selected):,}."
     note.caption(shown + (" Outline: the lesion's segmentation mask." if outline else ""))
-    download.download_button(f"Download {len(selected):,} rows (CSV)", table_csv(selected), mime="text/csv",
+    download.download_button(f"Download {len(selected):,} rows (CSV)", lambda: table_csv(selected), mime="text/csv",
                              file_name="ham10000_filtered.csv", on_click="ignore", width="stretch")
     columns = st.columns(COLUMNS)
     for k, row in enumerate(rows.itertuples(index=False)):
