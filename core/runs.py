@@ -344,8 +344,10 @@ def run_info(run_dir: Path) -> dict:
         "path": run_dir,
         "state": status.get("state", "unknown"),
         "message": status.get("message", ""),
+        "task": config.get("task") or options.get("task") or "classification",
         "arch": config.get("arch") or options.get("arch") or "",
         "image_size": config.get("image_size") or options.get("image_size"),
+        "image_height": config.get("image_height") or options.get("image_height"),
         "epoch": status.get("epoch"),
         "epochs": status.get("epochs") or config.get("epochs") or options.get("epochs"),
         "best": best,
@@ -385,9 +387,19 @@ def run_summary_table(infos: list | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def _model_text(info: dict) -> str | None:
+    """``mobilenet_v2 @ 192×144 px``; a segmentation run names its task."""
+    name = info["arch"] or ("segmenter" if info.get("task") == "segmentation" else "")
+    width = info["image_size"]
+    if not width:
+        return name or None
+    height = info.get("image_height") or width
+    return f"{name} @ {width}×{height} px".strip()
+
+
 def _summary_row(info: dict) -> dict:
     best = info["best"] or {}
-    model = info["arch"] + (f" @ {info['image_size']}px" if info["image_size"] else "") or None
+    model = _model_text(info)
     started = info["started"]
     return {
         "run": info["id"],

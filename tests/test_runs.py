@@ -231,10 +231,19 @@ def test_list_runs_newest_first_with_best_metrics(registry, dead_pid):
     table = runs.run_summary_table(infos)
     old = table.set_index("run").loc["old"]
     assert old["status"] == "done"
-    assert old["model"] == "mobilenet_v2 @ 128px"
+    assert old["model"] == "mobilenet_v2 @ 128×128 px"
     assert old["val bal. acc"] == 0.61
     assert old["duration"] == "1 h 30 min"
     assert runs.active_run() is None
+
+
+def test_the_model_column_gives_width_by_height_and_names_segmentation_runs(registry):
+    make_run(registry, "wide", {"state": "done"}, config={"arch": "mobilenet_v2", "image_size": 192, "image_height": 144})
+    make_run(registry, "seg", {"state": "done"}, config={"task": "segmentation", "arch": None, "image_size": 128,
+                                                         "image_height": 96})
+    table = runs.run_summary_table().set_index("run")
+    assert table.loc["wide", "model"] == "mobilenet_v2 @ 192×144 px"
+    assert table.loc["seg", "model"] == "segmenter @ 128×96 px"
 
 
 def test_new_run_ids_sort_by_time_and_differ():

@@ -101,6 +101,17 @@ def test_fused_layercam_is_the_maximum_of_scaled_stage_maps(strided):
     np.testing.assert_allclose(fused[0], expected, atol=1e-5)
 
 
+def test_agreement_is_the_geometric_mean_of_the_two_scaled_stages(strided):
+    x = _random_input((48, 64), seed=4)
+    agreed, probs = cams.agreement_batch(strided, x[None], [1])
+    assert agreed.shape == (1, 48, 64) and probs.shape == (1, 7)
+    raw, _ = cams.raw_cams(strided, x[None], [1], ["stage8", "stage16"], "layercam")
+    scaled = [cams.upsample(m / m.max() if m.max() > 0 else m, (48, 64))[0] for m in raw]
+    expected = normalize_map(np.sqrt(np.clip(scaled[0], 0, None) * np.clip(scaled[1], 0, None)))
+    np.testing.assert_allclose(agreed[0], expected, atol=1e-5)
+    assert METHODS["LayerCAM, strides 8 × 16 (geometric mean)"].native_size(strided) == (6, 8)
+
+
 def test_traced_functions_are_built_once(explainer):
     gradcam_fast(explainer, red_left_green_right(), 0)
     count = len(explainer._traced)

@@ -88,12 +88,21 @@ def _fused(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     return cam.fused_batch(explainer, x[None], [class_index])[0][0]
 
 
+def _agreement(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
+    return cam.agreement_batch(explainer, x[None], [class_index])[0][0]
+
+
 _FUSED = "LayerCAM, fused strides 8+16+32"
+AGREEMENT = "LayerCAM, strides 8 × 16 (geometric mean)"
 _METHODS = [
     *(_stage_method("LayerCAM", "layercam", stride) for stride in (8, 16, 32)),
     Method(_FUSED, _fused, "CAM", "fast",
            "LayerCAM at the end of the stride-8, -16 and -32 stages, fused by maximum (LayerCAM's own recipe).",
            _finest_shape),
+    Method(AGREEMENT, _agreement, "CAM", "fast",
+           "LayerCAM at the end of the stride-8 and stride-16 stages, each divided by its maximum, fused by their "
+           "geometric mean: salient only where both stages agree, drawn at the stride-8 resolution.",
+           _stage_shape(8)),
     *(_stage_method("Grad-CAM", "gradcam", stride) for stride in (8, 16, 32)),
     Method("Integrated gradients", gradients.integrated_gradients, "gradient", "fast",
            f"Gradients along {gradients.IG_STEPS} steps from a blurred copy to the image; positive evidence, "

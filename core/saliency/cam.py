@@ -112,6 +112,25 @@ def fused_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=
     return _per_image(normalize_map, fused), probs
 
 
+def agreement_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=(8, 16)) -> tuple:
+    """LayerCAM at two stages fused by their geometric mean: ``(maps, probabilities)``.
+
+    Each stage's LayerCAM is divided by its maximum and upsampled to the input
+    size; the fused map is the square root of their product. A pixel is salient
+    only where both agree: the coarser stage says which region drives the class,
+    the finer one draws it at its own resolution. Where the maximum fusion of
+    :func:`fused_batch` keeps every stage's stray peaks, the product drops them.
+    """
+    layers = [explainer.stage_layer(s) for s in strides]  # a model without these stages uses its last conv
+    maps, probs = raw_cams(explainer, batch, class_indices, layers, "layercam")
+    product = None
+    for stage in maps:
+        peak = stage.max(axis=(1, 2), keepdims=True)
+        scaled = upsample(np.where(peak > 1e-12, stage / np.maximum(peak, 1e-12), 0.0), explainer.input_size)
+        product = scaled if product is None else product * np.clip(scaled, 0.0, None)
+    return _per_image(normalize_map, np.sqrt(np.clip(product, 0.0, None))), probs
+
+
 def gradcam_fast(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., 2017) at the last conv layer, fast path.
 
