@@ -53,6 +53,12 @@ def test_home_without_dataset(tmp_path, monkeypatch):
     assert "Dataset: not found at" in _texts(at) and "set HAM10000_DIR" in _texts(at)
 
 
+def test_a_read_only_app_does_not_show_the_dataset_path(tiny_dataset_env, monkeypatch):
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    texts = _texts(_run())
+    assert "Dataset: found" in texts and str(tiny_dataset_env) not in texts
+
+
 def test_home_real_dataset_status(real_dataset_dir, monkeypatch):
     monkeypatch.setenv("HAM10000_DIR", str(real_dataset_dir))
     assert f"Dataset: found at `{real_dataset_dir}`" in _texts(_run())

@@ -14,7 +14,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.layout import find_metadata
-from core.paths import dataset_dir
+from core.paths import dataset_dir, read_only
 from ui.warm import warm_start
 
 if TYPE_CHECKING:
@@ -77,9 +77,12 @@ def navigation() -> None:
 
 
 def dataset_status() -> str:
-    """One line saying whether the dataset folder was found, and where."""
+    """One line saying whether the dataset folder was found, and where (not where in a read-only public app)."""
     root = dataset_dir()
-    if find_metadata(root) is None:
+    found = find_metadata(root) is not None
+    if read_only():
+        return "Dataset: found" if found else "Dataset: not installed on this server"
+    if not found:
         return f"Dataset: not found at `{root}` (set HAM10000_DIR)"
     return f"Dataset: found at `{root}`"
 
