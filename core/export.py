@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, modelio, paths, runfolder, splits
+from core import data, modelio, paths, predictions, runfolder, splits
 from core.images import ImageError, read_model_pixels
 
 FORMATS = ("tflite",)
@@ -290,7 +290,7 @@ def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARIT
     if not csv.is_file():
         raise ExportError(f"parity: {csv} not found")
     frame = _dataset("parity").set_index("image_id")
-    saved = pd.read_csv(csv, dtype={"image_id": str})
+    saved = predictions.read_frame(csv)
     saved = saved[saved["image_id"].isin(frame.index)]
     if saved.empty:
         raise ExportError(f"parity: none of the images of {csv.name} is in the dataset")

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_tiny_dataset
 from tiny_models import build_tiny_model, folder_trained_on, save_model_folder
 
-from core import export, splits
+from core import export, predictions, splits
 from core.data import load_dataset
 from core.labels import CLASSES
 
@@ -139,7 +139,7 @@ def test_float_parity_against_saved_validation_predictions(tmp_path, tiny_data, 
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     result = export.build(folder, "none", parity_n=1000, model=wide_model)
     parity = result.card["parity"]
-    assert parity["n"] == len(pd.read_csv(folder / "predictions_val.csv"))
+    assert parity["n"] == len(predictions.read_frame(folder / "predictions_val.csv"))
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-5
 
 

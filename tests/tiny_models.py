@@ -108,9 +108,7 @@ def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = Tru
     The split is the dataset's seed-42 split; with ``save_split=False`` the folder
     keeps only its hash, as the shipped model does.
     """
-    import pandas as pd
-
-    from core import splits
+    from core import predictions, splits
     from core.data import load_dataset
     from core.images import read_model_pixels
 
@@ -125,10 +123,8 @@ def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = Tru
     val = frame[frame["image_id"].isin(table.loc[table["split"] == "val", "image_id"])]
     size = tuple(int(n) for n in model.inputs[0].shape[1:3])
     x = np.stack([read_model_pixels(p, size) for p in val["path"]]).astype(np.float32)
-    probs = pd.DataFrame(model(x, training=False).numpy(), columns=list(CLASSES))
-    probs.insert(0, "dx", val["dx"].to_numpy())
-    probs.insert(0, "image_id", val["image_id"].to_numpy())
-    probs.to_csv(folder / "predictions_val.csv", index=False, float_format="%.6f")
+    table = predictions.make_table(val["image_id"], model(x, training=False).numpy(), list(CLASSES), truth=val["dx"])
+    predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # with its first line, as runs write it
     return folder
 
 
