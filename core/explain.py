@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import ImageError, decode_image, iter_sources, to_model_input
+from core.images import decode_sources, iter_sources, to_model_input
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
 
@@ -46,15 +46,7 @@ def run(predictor, sources, method: str, out: Path, target=None, style: str = "c
     explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            rgb = decode_image(data)
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-            continue
+    for name, rgb in decode_sources(sources, on_skip):
         image_id = Path(name.split("!")[-1]).stem
         saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)
         np.save(out / f"{image_id}.npy", saliency)

@@ -346,3 +346,28 @@ def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
                 yield str(path), path.read_bytes()
             except OSError as err:
                 yield str(path), ImageError(f"{path}: cannot be read ({err.strerror or err}).")
+
+
+def decode_sources(sources, on_skip=None, decode=decode_image) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, rgb)`` for each readable entry of ``(name, bytes | ImageError)`` pairs.
+
+    Args:
+        sources: iterable of ``(name, bytes | ImageError)``, as from :func:`iter_sources`.
+        on_skip: called with ``(name, message)`` for an entry that is already an
+            :class:`ImageError` or whose bytes ``decode`` refuses; the entry is skipped.
+        decode: bytes -> array; :func:`decode_image` by default. A caller that keeps only
+            a reduced image passes a function that reduces right after decoding, so no
+            full-size array outlives its own step.
+
+    Sources are consumed one at a time: what is held is one entry's bytes and one result.
+    """
+    for name, data in sources:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            result = decode(data)
+        except ImageError as err:
+            if on_skip:
+                on_skip(name, str(err))
+            continue
+        yield name, result

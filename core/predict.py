@@ -34,7 +34,7 @@ import pandas as pd
 from core import ood as ood_scorers
 from core import predictions as contract
 from core.calibration import apply_temperature, temperature_status
-from core.images import ImageError, decode_image, iter_sources, model_pixels, to_model_input
+from core.images import decode_image, decode_sources, iter_sources, model_pixels, to_model_input
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
@@ -229,23 +229,26 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
     input size right after decoding, so memory stays bounded by one decoded image
     plus ``batch_size`` small inputs, whatever the number and size of the files.
     """
-    names, found, pending = [], [], []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            pending.append((name, model_pixels(decode(data), predictor.input_size)))
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-        if len(pending) >= batch_size:
-            found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
-            names += [n for n, _ in pending]
-            pending = []
-    if pending:
-        found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
-        names += [n for n, _ in pending]
+    def reduced(data):
+        return model_pixels(decode(data), predictor.input_size)
+
+    names, found = [], []
+    for batch in _batches(decode_sources(sources, on_skip, decode=reduced), batch_size):
+        found += predictor.predict_batch([rgb for _, rgb in batch], tta=tta)
+        names += [name for name, _ in batch]
     return prediction_table(names, found, predictor.classes)
+
+
+def _batches(items, size: int):
+    """Lists of up to ``size`` consecutive items."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def distinct_ids(names) -> list:

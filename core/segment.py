@@ -256,21 +256,13 @@ def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
     import pandas as pd
     from PIL import Image
 
-    from core.images import ImageError, decode_image
+    from core.images import decode_sources
     from core.lesion_measures import measure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            rgb = decode_image(data)
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-            continue
+    for name, rgb in decode_sources(sources, on_skip):
         mask = segmenter.segment(rgb)
         Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{image_id(name)}.png")
         rows.append({"image_id": image_id(name), "height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)})

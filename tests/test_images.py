@@ -10,6 +10,7 @@ from PIL import Image
 from core.images import (
     ImageError,
     decode_image,
+    decode_sources,
     iter_sources,
     read_mask,
     resize_mask,
@@ -154,3 +155,17 @@ def test_zip_members_and_sources_skip_bad_entries(tmp_path):
     assert set(found) == {f"{tmp_path / 'batch.zip'}!a/one.png", str(tmp_path / "sub" / "two.jpg"),
                           str(tmp_path / "missing.png")}
     assert isinstance(found[str(tmp_path / "missing.png")], ImageError)
+
+
+def test_decode_sources_yields_readable_images_and_reports_the_rest():
+    good = encode(gradient_rgb(), "PNG")
+    sources = [("a.png", good), ("gone.png", ImageError("gone.png: cannot be read.")), ("bad.jpg", b"\xff\xd8 broken"),
+               ("b.png", good)]
+    skipped = []
+    found = list(decode_sources(sources, on_skip=lambda name, message: skipped.append((name, message))))
+    assert [name for name, _ in found] == ["a.png", "b.png"]
+    np.testing.assert_array_equal(found[0][1], decode_image(good))
+    assert [name for name, _ in skipped] == ["gone.png", "bad.jpg"]
+    assert skipped[0][1] == "gone.png: cannot be read." and "not an image" in skipped[1][1]
+    shapes = [rgb.shape for _, rgb in decode_sources(sources, decode=lambda data: decode_image(data)[:2])]
+    assert shapes == [(2, 40, 3), (2, 40, 3)]  # no on_skip: skipped silently; the given decoder is used
