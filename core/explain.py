@@ -10,9 +10,12 @@ by ``core.images.decode_image`` at full size. For each image it writes
 * ``<image_id>.npy`` — the map, float32, non-negative, maximum 1 (all zeros
   when nothing raises the class's score), at the input image's own height ×
   width: the array the Predict page offers as "Download the left map";
-* ``<image_id>.png`` — the map drawn over the image (iso-contours by default);
+* ``<image_id>.png`` — the map drawn over the image (iso-contours by default).
 
-and ``explain.csv``: ``image_id, method, target, probability`` (the model's
+An ``image_id`` is the file stem; for stems that repeat, the path from the first
+folder that differs (``core.images.distinct_ids``), whose folders become
+subfolders of ``--out``: ``a/x.jpg`` and ``b/x.jpg`` give ``a/x.npy`` and ``b/x.npy``.
+It also writes ``explain.csv``: ``image_id, method, target, probability`` (the model's
 uncalibrated probability of the explained class). The explained class is the
 predicted one unless ``--target`` names a class. Unreadable files are reported
 on stderr and skipped. (The page reduces uploads to 1024 px on their longer
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import decode_sources, iter_sources, to_model_input
+from core.images import iter_sources, to_model_input, write_per_image
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
 
@@ -44,15 +47,14 @@ def run(predictor, sources, method: str, out: Path, target=None, style: str = "c
         on_skip=None) -> pd.DataFrame:
     """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
     explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, rgb in decode_sources(sources, on_skip):
-        image_id = Path(name.split("!")[-1]).stem
+
+    def write(rgb, path) -> dict:
         saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)
-        np.save(out / f"{image_id}.npy", saliency)
-        Image.fromarray(render(rgb, saliency, style, cmap)).save(out / f"{image_id}.png")
-        rows.append({"image_id": image_id, "method": method, "target": predictor.classes[index],
-                     "probability": probability})
+        np.save(path(".npy"), saliency)
+        Image.fromarray(render(rgb, saliency, style, cmap)).save(path(".png"))
+        return {"method": method, "target": predictor.classes[index], "probability": probability}
+
+    rows = write_per_image(sources, out, write, on_skip)
     return pd.DataFrame(rows, columns=["image_id", "method", "target", "probability"])
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from core import ood as ood_scorers
 from core import predictions as contract
 from core.calibration import apply_temperature, temperature_status
-from core.images import decode_image, decode_sources, iter_sources, model_pixels, to_model_input
+from core.images import decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
 from core.paths import default_model_dir, runs_dir
@@ -222,7 +222,7 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
 
     Returns:
         A predictions table (``core.predictions``): ``image_id`` (the file stem, made
-        distinct by :func:`distinct_ids` when stems repeat), ``dx_pred``, ``ood_flag``,
+        distinct by ``core.images.distinct_ids`` when stems repeat), ``dx_pred``, ``ood_flag``,
         ``ood_score``, then the (calibrated) probability of each class.
 
     Sources are consumed one at a time and each image is reduced to the model's
@@ -249,42 +249,6 @@ def _batches(items, size: int):
             batch = []
     if batch:
         yield batch
-
-
-def distinct_ids(names) -> list:
-    """Image ids from source names: the file stem, or, for stems that repeat, the
-    path below the deepest folder the repeating names share (suffix dropped).
-
-    ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
-    inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
-    """
-    parts = [tuple(p for p in Path(str(n).replace("!", "/")).with_suffix("").parts if p.strip("/\\"))
-             for n in names]
-    stems = [p[-1] if p else "" for p in parts]
-    counts = pd.Series(stems, dtype=object).value_counts()
-    ids = []
-    for stem, path in zip(stems, parts):
-        if counts.get(stem, 0) < 2:
-            ids.append(stem)
-            continue
-        group = [p for s, p in zip(stems, parts) if s == stem]
-        shared = len(_common_prefix(group))
-        ids.append("/".join(path[min(shared, len(path) - 1):]))
-    seen: dict = {}
-    for k, image_id in enumerate(ids):  # the same name given twice: number the repeats
-        seen[image_id] = seen.get(image_id, 0) + 1
-        ids[k] = image_id if seen[image_id] == 1 else f"{image_id}#{seen[image_id]}"
-    return ids
-
-
-def _common_prefix(paths: list) -> tuple:
-    prefix = paths[0]
-    for path in paths[1:]:
-        k = 0
-        while k < min(len(prefix), len(path)) and prefix[k] == path[k]:
-            k += 1
-        prefix = prefix[:k]
-    return prefix
 
 
 def prediction_table(names, found: list, classes) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 ``python -m core.segment --model DIR --out DIR PATH...`` writes one
 ``<image_id>.png`` mask (0/255, the input image's own size) per image and a
-``measurements.csv`` of lesion measurements (``core.lesion_measures``).
+``measurements.csv`` of lesion measurements (``core.lesion_measures``). Image ids
+are named as for ``core.explain``: the file stem, or ``a/x`` (written as ``a/x.png``)
+when two files share a stem.
 
 The model is a flat functional graph: the MobileNetV2 encoder of
 ``core.models.build_model`` (with its offline ImageNet weights and its
@@ -236,18 +238,14 @@ def _compiled_forward(model):
     return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
 
 
-def image_id(name: str) -> str:
-    """The image id of a source name: the file stem (of the zip member for ``archive.zip!member``)."""
-    return Path(name.split("!")[-1]).stem
-
-
 def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
     """Segment ``(name, bytes)`` pairs: write ``<image_id>.png`` masks and return the measurements table.
 
     Args:
         segmenter: the loaded segmenter.
         sources: iterable of ``(name, bytes | ImageError)`` as from ``core.images.iter_sources``.
-        out_dir: the folder for the mask PNGs (0/255, each at its image's own size).
+        out_dir: the folder for the mask PNGs (0/255, each at its image's own size), named
+            as ``core.images.write_per_image`` names them.
         on_skip: called with ``(name, message)`` for each unreadable entry.
 
     Returns:
@@ -256,17 +254,15 @@ def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
     import pandas as pd
     from PIL import Image
 
-    from core.images import decode_sources
+    from core.images import write_per_image
     from core.lesion_measures import measure
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, rgb in decode_sources(sources, on_skip):
+    def write(rgb, path) -> dict:
         mask = segmenter.segment(rgb)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{image_id(name)}.png")
-        rows.append({"image_id": image_id(name), "height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)})
-    return pd.DataFrame(rows)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path(".png"))
+        return {"height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)}
+
+    return pd.DataFrame(write_per_image(sources, out_dir, write, on_skip))
 
 
 MEASUREMENTS_FILE = "measurements.csv"
