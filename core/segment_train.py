@@ -286,16 +286,7 @@ def train(args, folder) -> int:
     trainer.prepare_data()
     trainer.write_config()
     trainer.build()
-    for epoch in range(trainer.start_epoch, args.epochs):
-        if not trainer.run_epoch(epoch):
-            log.info("stopped on request during epoch %d", epoch + 1)
-            folder.update(state="stopped", finished=now(),
-                          message=f"stopped during epoch {epoch + 1}; resume continues from epoch {epoch + 1}")
-            return 0
-    trainer.finish()
-    folder.update(state="done", finished=now(), message="finished")
-    log.info("run finished; best %s", trainer.best)
-    return 0
+    return rf.run_epochs(trainer, folder, args.epochs)
 
 
 def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int | None = None):

@@ -752,17 +752,7 @@ def _train(args, folder: RunFolder) -> int:
     trainer.prepare_data()
     trainer.write_config()
     trainer.build(strategy)
-    for epoch in range(trainer.start_epoch, args.epochs):
-        if not trainer.run_epoch(epoch):
-            saved = (rf.read_json(folder.path(rf.STATE_FILE)) or {}).get("epoch", 0)
-            log.info("stopped on request during epoch %d", epoch + 1)
-            folder.update(state="stopped", finished=now(),
-                          message=f"stopped during epoch {epoch + 1}; resume continues from epoch {saved + 1}")
-            return 0
-    trainer.finish()
-    folder.update(state="done", finished=now(), message="finished")
-    log.info("run finished; best %s", trainer.best)
-    return 0
+    return rf.run_epochs(trainer, folder, args.epochs)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def test_stop_is_honoured_and_resume_finishes_the_run(env):
     args = segment_train.build_parser().parse_args(["--run-dir", str(run), *ARGS])
     assert segment_train.train(args, StopAfterFirstBatch(run)) == 0
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "stopped" and "resume" in status["message"]
+    assert status["state"] == "stopped"
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    # the stop landed mid-epoch 2, so epoch 2 is what a resume runs again
+    assert status["message"] == "stopped during epoch 2; resume continues from epoch 2"
     assert segment_train.main(["--run-dir", str(run), "--resume"]) == 0
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert [r["epoch"] for r in lines(run) if r["kind"] == "epoch"] == [1, 2]
