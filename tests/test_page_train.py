@@ -2,10 +2,11 @@
 
 import json
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import TRAINER_LIKE_ARGV, write_tiny_dataset
+from conftest import TRAINER_LIKE_ARGV, start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
@@ -89,11 +90,7 @@ def fixture_runs(env, live_trainer, dead_pid):
     return write_fixture_runs(env, live_trainer, TRAINER_LIKE_ARGV, dead_pid)
 
 
-def run_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+run_page = partial(start_page, PAGE, timeout=60)
 
 
 def open_run(at: AppTest, run_id: str) -> AppTest:
