@@ -187,7 +187,7 @@ def main(argv=None) -> None:
     from core.saliency import Explainer
 
     predictor = Predictor(folder)
-    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    explainer = Explainer.of(predictor.folder, predictor.model)
     rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed)
     images = load_inputs(rows, predictor)
     methods = [*BASELINES, *args.methods]

@@ -46,7 +46,7 @@ def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, 
 def run(predictor, sources, method: str, out: Path, target=None, style: str = "contours", cmap: str = DEFAULT_CMAP,
         on_skip=None) -> pd.DataFrame:
     """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
-    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    explainer = Explainer.of(predictor.folder, predictor.model)
 
     def write(rgb, path) -> dict:
         saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)

@@ -33,10 +33,10 @@ import pandas as pd
 
 from core import ood as ood_scorers
 from core import predictions as contract
-from core.calibration import apply_temperature, temperature_status
+from core.calibration import apply_temperature
 from core.images import decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input
 from core.labels import MALIGNANT
-from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
+from core.modelio import MODEL_FILE, ModelFolder, is_model_dir
 from core.paths import default_model_dir, runs_dir
 from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
@@ -120,19 +120,21 @@ class Predictor:
     """A model folder loaded for serving.
 
     Args:
-        model_dir: a folder with ``model.keras`` and ``model.json``.
+        model_dir: a folder with ``model.keras`` and ``model.json``, or that folder
+            already opened (``core.modelio.ModelFolder``, shared with evaluation and saliency).
         model: an already loaded Keras model (skips loading; for tests and benches).
     """
 
-    def __init__(self, model_dir: Path, model=None):
-        self.model_dir = Path(model_dir)
-        self.meta = read_metadata(self.model_dir)
-        self.classes = tuple(self.meta["classes"])
-        self.input_size = input_size(self.meta)
-        self.calibration = temperature_status(self.meta, self.model_dir)
+    def __init__(self, model_dir, model=None):
+        self.folder = ModelFolder.open(model_dir)
+        self.model_dir = self.folder.path
+        self.meta = self.folder.meta
+        self.classes = self.folder.classes
+        self.input_size = self.folder.input_size
+        self.calibration = self.folder.calibration
         self.temperature = self.calibration["applied"]
-        self.model = model if model is not None else load_model(self.model_dir)
-        self.ood = ood_scorers.load_scorer(self.model_dir, self.meta)
+        self.model = model if model is not None else self.folder.model
+        self.ood = self.folder.ood
         layers = self.ood.layers
         self._forward = _compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
 
