@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import iter_sources, to_model_input, write_per_image
+from core.images import SkipReport, iter_sources, to_model_input, write_per_image
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
 
@@ -75,15 +75,11 @@ def main(argv=None) -> int:
     predictor = Predictor(args.model)
     if args.target is not None and args.target not in predictor.classes:
         parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
-    skipped = []
+    skipped = SkipReport()
 
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
-
-    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, report)
+    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, skipped)
     table.to_csv(args.out / "explain.csv", index=False, float_format="%.6f")
-    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped)}")
+    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 
 

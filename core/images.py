@@ -27,6 +27,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -371,10 +372,21 @@ def decode_sources(sources, on_skip=None, decode=decode_image) -> Iterator[tuple
                 raise data
             result = decode(data)
         except ImageError as err:
-            if on_skip:
+            if on_skip is not None:
                 on_skip(name, str(err))
             continue
         yield name, result
+
+
+class SkipReport:
+    """An ``on_skip`` for the command lines: says ``skipped NAME: MESSAGE`` on stderr and keeps the names."""
+
+    def __init__(self):
+        self.names = []
+
+    def __call__(self, name: str, message: str) -> None:
+        self.names.append(name)
+        print(f"skipped {name}: {message}", file=sys.stderr)
 
 
 def distinct_ids(names) -> list:

@@ -135,6 +135,24 @@ def load_model(model_dir: Path, meta: dict | None = None):
     return model
 
 
+def compiled_forward(model):
+    """A traced inference function of a Keras model: much faster per call than ``model.predict``.
+
+    It takes a float32 batch and returns numpy: one array, or a tuple of arrays
+    for a model with several outputs (imports TensorFlow).
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)
+
+    def run(x):
+        out = forward(tf.convert_to_tensor(x, dtype=tf.float32))
+        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
+
 class ModelFolder:
     """A classifier's model folder, opened once.
 

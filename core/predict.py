@@ -34,9 +34,11 @@ import pandas as pd
 from core import ood as ood_scorers
 from core import predictions as contract
 from core.calibration import apply_temperature
-from core.images import decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input
+from core.images import (
+    SkipReport, decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input,
+)
 from core.labels import MALIGNANT
-from core.modelio import MODEL_FILE, ModelFolder, is_model_dir
+from core.modelio import MODEL_FILE, ModelFolder, compiled_forward, is_model_dir
 from core.paths import default_model_dir, runs_dir
 from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
@@ -136,7 +138,7 @@ class Predictor:
         self.model = model if model is not None else self.folder.model
         self.ood = self.folder.ood
         layers = self.ood.layers
-        self._forward = _compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
+        self._forward = compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
 
     def warmup(self) -> None:
         """Run one prediction so the first user request does not pay for tracing."""
@@ -188,21 +190,6 @@ class Predictor:
     def _prediction(self, raw: np.ndarray, probs: np.ndarray, score: float, flagged: bool) -> Prediction:
         ood = OodResult(score, self.ood.threshold, flagged, self.ood.source, self.ood.method, self.ood.describe(score))
         return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
-
-
-def _compiled_forward(model):
-    """A traced inference function: much faster per call than ``model.predict``."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
-    def run(x):
-        out = forward(tf.convert_to_tensor(x, dtype=tf.float32))
-        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
-
-    return run
 
 
 def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: int = 16, on_skip=None):
@@ -269,27 +256,23 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    skipped = []
-
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
+    skipped = SkipReport()
 
     try:
         batch_size = positive_int(args.batch_size, "--batch-size")
         predictor = Predictor(args.model)
-        table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=report)
+        table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=skipped)
     except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if table.empty:
-        print(f"error: no readable image among the paths given (skipped {len(skipped)})", file=sys.stderr)
+        print(f"error: no readable image among the paths given (skipped {len(skipped.names)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature)
     flagged = int(table[contract.OOD_FLAG].sum())
     print(f"wrote {len(table)} rows ({predictor.probabilities_kind} probabilities) to {args.out}; "
-          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped)}")
+          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped.names)}")
     return 0
 
 

@@ -204,12 +204,14 @@ class Segmenter:
     """
 
     def __init__(self, model_dir: Path, model=None):
+        from core.modelio import compiled_forward
+
         self.model_dir = Path(model_dir)
         self.meta = read_segmenter_metadata(self.model_dir)
         self.input_size = (int(self.meta["image_height"]), int(self.meta["image_width"]))
         self.threshold = float(self.meta["threshold"])
         self.model = model if model is not None else load_segmenter_model(self.model_dir)
-        self._forward = _compiled_forward(self.model)
+        self._forward = compiled_forward(self.model)
 
     def warmup(self) -> None:
         """Run one segmentation so the first user request does not pay for tracing."""
@@ -225,17 +227,6 @@ class Segmenter:
 
         prob = self.probabilities(to_model_input(rgb, self.input_size)[None])[0]
         return mask_at(prob, rgb.shape[:2], self.threshold)
-
-
-def _compiled_forward(model):
-    """A traced inference function: much faster per call than ``model.predict``."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
-    return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
 
 
 def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
@@ -270,7 +261,7 @@ MEASUREMENTS_FILE = "measurements.csv"
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (1 when no image was readable)."""
-    from core.images import iter_sources
+    from core.images import SkipReport, iter_sources
 
     parser = argparse.ArgumentParser(prog="python -m core.segment", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
@@ -279,15 +270,11 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
     segmenter = Segmenter(args.model)
-    skipped = []
+    skipped = SkipReport()
 
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
-
-    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=report)
+    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
     table.to_csv(args.out / MEASUREMENTS_FILE, index=False, float_format="%.6f")
-    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped)}")
+    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from core.images import (
     ImageError,
+    SkipReport,
     decode_image,
     decode_sources,
     distinct_ids,
@@ -205,3 +206,10 @@ def test_write_per_image_keeps_what_was_written_when_a_write_fails(tmp_path):
     with pytest.raises(RuntimeError, match="model failed"):
         write_per_image(sources, tmp_path, fail_second)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["one.txt"]
+
+
+def test_skip_report_names_each_skipped_entry_on_stderr(capsys):
+    report = SkipReport()
+    found = list(decode_sources([("a.png", encode(gradient_rgb(), "PNG")), ("b.jpg", b"junk")], on_skip=report))
+    assert [name for name, _ in found] == ["a.png"] and report.names == ["b.jpg"]
+    assert capsys.readouterr().err.startswith("skipped b.jpg: This file is not an image")
