@@ -31,7 +31,6 @@ import pandas as pd  # noqa: E402
 
 from core import paths  # noqa: E402
 from core import segment  # noqa: E402
-from core.data import load_dataset  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
 from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
@@ -39,8 +38,8 @@ from core import runfolder as rf  # noqa: E402
 from core.runfolder import RunFolder, write_json_atomic  # noqa: E402
 from core.runfolder import now_iso as now  # noqa: E402
 from core.train import (  # noqa: E402
-    _on_sigterm, export_model, library_versions, make_progress_callback, prepare_split,
-    sample_lesions, setup_logging,
+    _on_sigterm, export_model, library_versions, make_progress_callback, sample_lesions, setup_logging,
+    split_dataset, split_indices,
 )
 
 log = logging.getLogger("core.segment_train")
@@ -169,19 +168,15 @@ class SegmentTrainer:
     def prepare_data(self) -> None:
         """Load the dataset and split, keep images with a mask, build the image and mask caches."""
         args, folder = self.args, self.folder
-        folder.update(state="running", message="loading the dataset")
-        frame = load_dataset(args.data_dir or paths.dataset_dir())
-        splits, self.split_sha256 = prepare_split(args, frame, folder.dir)
-        frame = frame.merge(splits[["image_id", "split"]], on="image_id", how="inner")
+        frame, self.split_sha256 = split_dataset(args, folder)
         missing = int((frame["mask_path"] == "").sum())
         if missing:
             log.info("%d images have no mask and are left out", missing)
         frame = frame[frame["mask_path"] != ""].reset_index(drop=True)
         self.frame = sample_lesions(frame, args.max_images, args.seed)
-        self.idx = {s: np.flatnonzero(self.frame["split"].to_numpy() == s) for s in ("train", "val", "test")}
+        self.idx = split_indices(self.frame, self.split_sha256)
         if len(self.idx["train"]) == 0 or len(self.idx["val"]) == 0:
             raise ValueError("the split has no training or no validation images with masks")
-        log.info("split %s: %s", self.split_sha256[:12], {s: len(i) for s, i in self.idx.items()})
         folder.update(message="decoding images and masks into the cache")
         size = input_hw(args)
         self.images = load_or_build_cache(self.frame["path"].tolist(), size, paths.cache_dir())
