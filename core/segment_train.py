@@ -41,6 +41,7 @@ from core.train import (  # noqa: E402
     _on_sigterm, export_model, library_versions, make_progress_callback, sample_lesions, setup_logging,
     split_dataset, split_indices,
 )
+from core.train import load_resume_args as recorded_args  # noqa: E402  (this module's own adds --epochs)
 
 log = logging.getLogger("core.segment_train")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidates for the mask threshold, chosen on validation
@@ -290,14 +291,7 @@ def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int
     ``epochs`` changes the run's length: fewer ends it (the best checkpoint is
     then scored) at the epochs already done, more extends it.
     """
-    config = json.loads((run_dir / rf.CONFIG_FILE).read_text(encoding="utf-8"))
-    defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
-    merged = {k: config.get(k, v) for k, v in defaults.items()}
-    for key in ("data_dir", "split_file"):
-        merged[key] = Path(merged[key]) if merged[key] else None
-    merged["run_dir"], merged["resume"] = run_dir, True
-    if config.get("planned_epochs"):
-        merged["planned_epochs"] = config["planned_epochs"]
+    merged = vars(recorded_args(parser, run_dir, keep=("planned_epochs",)))
     if epochs is not None and epochs != merged["epochs"]:
         merged["planned_epochs"] = merged.get("planned_epochs") or merged["epochs"]
         merged["epochs"] = epochs

@@ -667,8 +667,12 @@ class Trainer:
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
-    """The options a run was started with, read back from its config file."""
+def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, keep=()):
+    """The options a run was started with, read back from its config file.
+
+    ``keep`` names recorded values that are not options of ``parser`` but are carried
+    over when the config has them (the segmenter's ``planned_epochs``).
+    """
     config = rf.read_json(run_dir / rf.CONFIG_FILE)
     if config is None:
         parser.error(f"--resume: no readable {rf.CONFIG_FILE} in {run_dir}")
@@ -677,6 +681,7 @@ def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
     for key in ("data_dir", "split_file"):
         merged[key] = Path(merged[key]) if merged[key] else None
     merged["run_dir"], merged["resume"] = run_dir, True
+    merged.update({k: config[k] for k in keep if config.get(k)})
     return argparse.Namespace(**merged)
 
 

@@ -74,3 +74,16 @@ def test_bad_options_fail_with_a_reason(env):
     folder = RunFolder(env / "r")
     assert segment_train.train(args, folder) == 2
     assert json.loads((env / "r" / "status.json").read_text())["state"] == "failed"
+
+
+def test_resume_options_come_from_the_config_and_a_new_length_keeps_the_planned_one(tmp_path):
+    parser = segment_train.build_parser()
+    config = {**vars(parser.parse_args(["--run-dir", str(tmp_path), *ARGS])), "run_dir": str(tmp_path)}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = segment_train.load_resume_args(parser, tmp_path)
+    assert (args.epochs, args.image_size, args.resume, getattr(args, "planned_epochs", None)) == (2, 32, True, None)
+    longer = segment_train.load_resume_args(parser, tmp_path, epochs=4)
+    assert (longer.epochs, longer.planned_epochs) == (4, 2)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "epochs": 4, "planned_epochs": 2}))
+    again = segment_train.load_resume_args(parser, tmp_path)
+    assert (again.epochs, again.planned_epochs) == (4, 2)
