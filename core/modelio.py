@@ -27,15 +27,28 @@ class ModelFolderError(ValueError):
     """A model folder that is missing files or has unusable metadata."""
 
 
+def read_metadata_file(path: Path, what: str = "model metadata") -> dict:
+    """The JSON object of a ``model.json`` (a classifier's or a segmenter's), unchecked.
+
+    Raises:
+        ModelFolderError: the file is missing, not valid JSON or not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: {what} not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{path}: not a JSON object")
+    return meta
+
+
 def read_metadata(model_dir: Path) -> dict:
     """Return the metadata of a model folder, checked for the keys serving needs."""
     path = Path(model_dir) / METADATA_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"{path}: model metadata not found")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    meta = read_metadata_file(path)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if "image_size" not in meta and not {"image_height", "image_width"} <= meta.keys():
         missing.append("image_height/image_width")

@@ -134,17 +134,10 @@ def write_segmenter_metadata(model_dir: Path, meta: dict) -> None:
 
 def read_segmenter_metadata(model_dir: Path) -> dict:
     """Read a segmenter's ``model.json``, checked for the keys segmenting needs."""
-    import json
-
-    from core.modelio import METADATA_FILE, ModelFolderError
+    from core.modelio import METADATA_FILE, ModelFolderError, read_metadata_file
 
     path = Path(model_dir) / METADATA_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ModelFolderError(f"{path}: segmenter metadata not found") from err
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    meta = read_metadata_file(path, "segmenter metadata")
     missing = [k for k in ("image_height", "image_width", "threshold") if k not in meta]
     if missing or meta.get("task") != "segmentation":
         raise ModelFolderError(f"{path}: not a segmenter's metadata (task={meta.get('task')!r}, missing {missing})")

@@ -79,6 +79,9 @@ def test_metadata_is_checked(tmp_path, tiny_folder):
         segment.read_segmenter_metadata(tmp_path)
     with pytest.raises(ModelFolderError, match="not found"):
         segment.read_segmenter_metadata(tmp_path / "missing")
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(ModelFolderError, match="not a JSON object"):
+        segment.read_segmenter_metadata(tmp_path)
 
 
 def test_segmenter_returns_a_mask_at_the_image_size(tiny_folder):
