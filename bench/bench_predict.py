@@ -43,7 +43,7 @@ def main(argv=None) -> None:
 
     predictor = Predictor(folder)
     predictor.warmup()
-    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    explainer = Explainer.of(predictor.folder, predictor.model)
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)  # an original-size HAM10000 image
 

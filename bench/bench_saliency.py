@@ -67,11 +67,14 @@ def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int) -> tuple:
 
 def held_out_ids(model_dir: Path, split: str) -> set:
     """Image ids of a held-out split, from ``splits.csv`` or the split's predictions file."""
-    if (model_dir / "splits.csv").is_file():
-        splits = pd.read_csv(model_dir / "splits.csv", dtype=str)
+    from core import predictions
+    from core.splits import SPLIT_FILE, load_splits
+
+    if (model_dir / SPLIT_FILE).is_file():
+        splits = load_splits(model_dir / SPLIT_FILE)
         return set(splits.loc[splits["split"] == split, "image_id"])
-    predictions = model_dir / f"predictions_{split}.csv"
-    return set(pd.read_csv(predictions, dtype=str)["image_id"]) if predictions.is_file() else set()
+    path = model_dir / predictions.FILES[split]
+    return set(predictions.read_frame(path)[predictions.IMAGE_ID]) if path.is_file() else set()
 
 
 def load_inputs(rows, predictor) -> list:
@@ -184,7 +187,7 @@ def main(argv=None) -> None:
     from core.saliency import Explainer
 
     predictor = Predictor(folder)
-    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    explainer = Explainer.of(predictor.folder, predictor.model)
     rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed)
     images = load_inputs(rows, predictor)
     methods = [*BASELINES, *args.methods]

@@ -141,19 +141,9 @@ def port_weights(model, arch: str, state: dict | None = None) -> None:
     Kernels are transposed from torch's (out, in, h, w) layout; the classifier
     is copied too when the model's head has ImageNet's 1000 classes.
     """
-    import keras
-
-    from core.torch_weights import read_legacy_checkpoint
+    from core.torch_weights import copy_classifier, copy_layer, read_legacy_checkpoint
 
     state = state if state is not None else read_legacy_checkpoint(checkpoint_path(arch))
     for prefix, name in _layer_names(arch):
-        layer = model.get_layer(name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
-        else:
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
-    head = model.get_layer("predictions")
-    if head.units == state["_fc.weight"].shape[0]:
-        head.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
+        copy_layer(model.get_layer(name), state, prefix)
+    copy_classifier(model.get_layer("predictions"), state, "_fc")

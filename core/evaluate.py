@@ -70,12 +70,13 @@ def available_splits(model_dir: Path) -> list:
     return [split for split, name in SPLIT_FILES.items() if (Path(model_dir) / name).is_file()]
 
 
-def load_predictions(model_dir: Path, split: str) -> pd.DataFrame:
-    """Validated predictions of one split of a model folder, columns in ``model.json`` order."""
+def load_predictions(model_dir, split: str) -> pd.DataFrame:
+    """Validated predictions of one split of a model folder (a path or a ``modelio.ModelFolder``),
+    columns in ``model.json`` order."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_FILES)}")
-    classes = modelio.read_metadata(model_dir)["classes"]
-    return read_predictions(Path(model_dir) / SPLIT_FILES[split], classes)
+    folder = modelio.ModelFolder.open(model_dir)
+    return read_predictions(folder.path / SPLIT_FILES[split], list(folder.classes))
 
 
 def arrays(table: pd.DataFrame, classes) -> tuple:
@@ -221,29 +222,33 @@ def _decode(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: {err}") from err
 
 
-def predict_table(model_dir: Path, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
-    """Predict every image of an image table with a model folder; returns a predictions table with truth."""
-    meta = modelio.read_metadata(model_dir)
-    classes = list(meta["classes"])
+def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
+    """Predict every image of an image table with a model folder (a path or a ``modelio.ModelFolder``);
+    returns a predictions table with truth."""
+    folder = modelio.ModelFolder.open(model_dir)
+    classes = list(folder.classes)
     unknown = sorted(set(table["dx"].astype(str)) - set(classes))
     if unknown:
         raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
     from core.predict import Predictor
 
-    probs, scores, flags = predict_files(Predictor(model_dir), table["path"], batch_size, progress)
+    probs, scores, flags = predict_files(Predictor(folder), table["path"], batch_size, progress)
     # Renormalise away float32 rounding so the file passes its own validation.
     probs = probs / probs.sum(axis=1, keepdims=True)
     return predictions.make_table(table["image_id"], probs, classes, truth=table["dx"], ood_scores=scores,
                                   ood_flags=flags)
 
 
-def overlap_check(model_dir: Path, table: pd.DataFrame) -> pd.DataFrame | None:
+def overlap_check(model_dir, table: pd.DataFrame) -> pd.DataFrame | None:
     """The leakage report of an external set against the model's split (None when the folder has no split).
+
+    ``model_dir`` is a path or a ``modelio.ModelFolder``.
 
     Images without a HAM10000 id match are hashed against the dataset's training
     and validation images when the dataset is present.
     """
-    split = leakage.find_model_split(model_dir, modelio.read_metadata(model_dir))
+    folder = modelio.ModelFolder.open(model_dir)
+    split = leakage.find_model_split(folder.path, folder.meta)
     if split is None:
         return None
     report = leakage.id_overlap(table, split)
@@ -258,22 +263,24 @@ def overlap_check(model_dir: Path, table: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def evaluate_external(
-    model_dir: Path, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None
+    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None
 ) -> dict:
     """Predict an external test set and write predictions, truth, overlap, metrics and ISIC submission CSVs.
 
     Metrics are given on every image (split ``external``) and, when some images
     overlap the model's training or validation data, on the clean part too
-    (split ``external_clean``).
+    (split ``external_clean``). ``model_dir`` is a path or a ``modelio.ModelFolder``,
+    opened once for the whole evaluation.
 
     Returns:
         ``{"predictions": path, "truth": path, "overlap": path | None, "metrics": path, "submission": path}``.
     """
     out_dir = Path(out_dir)
     table = read_truth(truth_csv, images_dir)
-    found = predict_table(model_dir, table, batch_size=batch_size, progress=progress)
-    classes = modelio.read_metadata(model_dir)["classes"]
-    report = overlap_check(model_dir, table)
+    folder = modelio.ModelFolder.open(model_dir)
+    found = predict_table(folder, table, batch_size=batch_size, progress=progress)
+    classes = list(folder.classes)
+    report = overlap_check(folder, table)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     written = {"predictions": out_dir / SPLIT_FILES["external"], "truth": out_dir / TRUTH_FILE,
                "overlap": None if report is None else out_dir / OVERLAP_FILE,
@@ -284,7 +291,7 @@ def evaluate_external(
         report.to_csv(written["overlap"], index=False)
     external_metrics(found, classes, report).to_csv(written["metrics"], index=False)
     submission_frame(found, classes).to_csv(written["submission"], index=False, float_format="%.6f")
-    source = {"model": str(Path(model_dir).resolve()), "images": str(images_dir), "truth": str(truth_csv),
+    source = {"model": str(folder.path.resolve()), "images": str(images_dir), "truth": str(truth_csv),
               "n": len(found), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "overlap": None if report is None else leakage.summary(report)}
     (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2), encoding="utf-8")

@@ -10,9 +10,12 @@ by ``core.images.decode_image`` at full size. For each image it writes
 * ``<image_id>.npy`` — the map, float32, non-negative, maximum 1 (all zeros
   when nothing raises the class's score), at the input image's own height ×
   width: the array the Predict page offers as "Download the left map";
-* ``<image_id>.png`` — the map drawn over the image (iso-contours by default);
+* ``<image_id>.png`` — the map drawn over the image (iso-contours by default).
 
-and ``explain.csv``: ``image_id, method, target, probability`` (the model's
+An ``image_id`` is the file stem; for stems that repeat, the path from the first
+folder that differs (``core.images.distinct_ids``), whose folders become
+subfolders of ``--out``: ``a/x.jpg`` and ``b/x.jpg`` give ``a/x.npy`` and ``b/x.npy``.
+It also writes ``explain.csv``: ``image_id, method, target, probability`` (the model's
 uncalibrated probability of the explained class). The explained class is the
 predicted one unless ``--target`` names a class. Unreadable files are reported
 on stderr and skipped. (The page reduces uploads to 1024 px on their longer
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import ImageError, decode_image, iter_sources, to_model_input
+from core.images import SkipReport, iter_sources, to_model_input, write_per_image
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
 
@@ -43,24 +46,15 @@ def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, 
 def run(predictor, sources, method: str, out: Path, target=None, style: str = "contours", cmap: str = DEFAULT_CMAP,
         on_skip=None) -> pd.DataFrame:
     """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
-    explainer = Explainer(predictor.model, predictor.meta["last_conv_layer"])
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            rgb = decode_image(data)
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-            continue
-        image_id = Path(name.split("!")[-1]).stem
+    explainer = Explainer.of(predictor.folder, predictor.model)
+
+    def write(rgb, path) -> dict:
         saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)
-        np.save(out / f"{image_id}.npy", saliency)
-        Image.fromarray(render(rgb, saliency, style, cmap)).save(out / f"{image_id}.png")
-        rows.append({"image_id": image_id, "method": method, "target": predictor.classes[index],
-                     "probability": probability})
+        np.save(path(".npy"), saliency)
+        Image.fromarray(render(rgb, saliency, style, cmap)).save(path(".png"))
+        return {"method": method, "target": predictor.classes[index], "probability": probability}
+
+    rows = write_per_image(sources, out, write, on_skip)
     return pd.DataFrame(rows, columns=["image_id", "method", "target", "probability"])
 
 
@@ -81,15 +75,11 @@ def main(argv=None) -> int:
     predictor = Predictor(args.model)
     if args.target is not None and args.target not in predictor.classes:
         parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
-    skipped = []
+    skipped = SkipReport()
 
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
-
-    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, report)
+    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, skipped)
     table.to_csv(args.out / "explain.csv", index=False, float_format="%.6f")
-    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped)}")
+    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 
 

@@ -25,9 +25,14 @@ Model inputs follow the model folder contract: a plain bilinear stretch to
 
 import contextlib
 import io
+import os
+import shutil
+import sys
+import tempfile
 import threading
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -346,3 +351,137 @@ def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
                 yield str(path), path.read_bytes()
             except OSError as err:
                 yield str(path), ImageError(f"{path}: cannot be read ({err.strerror or err}).")
+
+
+def decode_sources(sources, on_skip=None, decode=decode_image) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, rgb)`` for each readable entry of ``(name, bytes | ImageError)`` pairs.
+
+    Args:
+        sources: iterable of ``(name, bytes | ImageError)``, as from :func:`iter_sources`.
+        on_skip: called with ``(name, message)`` for an entry that is already an
+            :class:`ImageError` or whose bytes ``decode`` refuses; the entry is skipped.
+        decode: bytes -> array; :func:`decode_image` by default. A caller that keeps only
+            a reduced image passes a function that reduces right after decoding, so no
+            full-size array outlives its own step.
+
+    Sources are consumed one at a time: what is held is one entry's bytes and one result.
+    """
+    for name, data in sources:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            result = decode(data)
+        except ImageError as err:
+            if on_skip is not None:
+                on_skip(name, str(err))
+            continue
+        yield name, result
+
+
+class SkipReport:
+    """An ``on_skip`` for the command lines: says ``skipped NAME: MESSAGE`` on stderr and keeps the names."""
+
+    def __init__(self):
+        self.names = []
+
+    def __call__(self, name: str, message: str) -> None:
+        self.names.append(name)
+        print(f"skipped {name}: {message}", file=sys.stderr)
+
+
+def distinct_ids(names) -> list:
+    """Image ids from source names: the file stem, or, for stems that repeat, the
+    path below the deepest folder the repeating names share (suffix dropped).
+
+    ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
+    inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
+    The same name given twice is numbered (``x``, ``x#2``). An id's folders are
+    never empty, ``.``, ``..`` or a root, so :func:`output_path` stays inside its folder.
+    """
+    parts = [_id_parts(n) for n in names]
+    stems = [p[-1] if p else "" for p in parts]
+    counts = Counter(stems)
+    ids = []
+    for stem, path in zip(stems, parts):
+        if counts[stem] < 2:
+            ids.append(stem)
+            continue
+        group = [p for s, p in zip(stems, parts) if s == stem]
+        shared = len(_common_prefix(group))
+        ids.append("/".join(path[min(shared, len(path) - 1):]))
+    seen: dict = {}
+    for k, image_id in enumerate(ids):  # the same name given twice: number the repeats
+        seen[image_id] = seen.get(image_id, 0) + 1
+        ids[k] = image_id if seen[image_id] == 1 else f"{image_id}#{seen[image_id]}"
+    return ids
+
+
+def _id_parts(name) -> tuple:
+    """The folders and stem of a source name; roots, ``.`` and ``..`` among the folders dropped."""
+    *folders, stem = Path(str(name).replace("!", "/")).with_suffix("").parts or ("",)
+    return (*(f for f in folders if f.strip("/\\") and f not in (".", "..")), stem)
+
+
+def _common_prefix(paths: list) -> tuple:
+    prefix = paths[0]
+    for path in paths[1:]:
+        k = 0
+        while k < min(len(prefix), len(path)) and prefix[k] == path[k]:
+            k += 1
+        prefix = prefix[:k]
+    return prefix
+
+
+def output_path(out_dir, image_id: str, suffix: str) -> Path:
+    """Where a file made from image ``image_id`` goes: ``a/x`` gives ``<out_dir>/a/x<suffix>``.
+
+    An id's folders become subfolders, so the file's path below ``out_dir``, without
+    ``suffix``, is the id itself.
+    """
+    *folders, stem = image_id.split("/")
+    return Path(out_dir).joinpath(*folders, stem + suffix)
+
+
+def write_per_image(sources, out_dir, write, on_skip=None) -> list:
+    """Decode each source, let ``write`` make its files and row, and name the files by image id.
+
+    Args:
+        sources: iterable of ``(name, bytes | ImageError)``, as from :func:`iter_sources`.
+        out_dir: the output folder; the files of image ``a/x`` (an id of :func:`distinct_ids`)
+            are ``<out_dir>/a/x<suffix>`` (:func:`output_path`), so two ``x.jpg`` from
+            different folders never overwrite each other.
+        write: called as ``write(rgb, path)`` for each readable image, where ``path(suffix)``
+            is the file to write for that suffix; returns the image's row (a dict).
+        on_skip: called with ``(name, message)`` for each unreadable entry.
+
+    Returns:
+        The rows, each with ``image_id`` first, in source order.
+
+    Ids depend on every name, so files are written into a hidden staging folder of
+    ``out_dir`` while images stream in and moved to their names at the end; when
+    ``write`` fails, what was written before is still moved, named by the names seen.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
+    names, rows, written = [], [], []
+    try:
+        for k, (name, rgb) in enumerate(decode_sources(sources, on_skip)):
+            suffixes = []
+            rows.append(write(rgb, lambda suffix: _staged(staging, k, suffix, suffixes)))  # noqa: B023 (used at once)
+            names.append(name)
+            written.append(suffixes)
+    finally:
+        ids = distinct_ids(names)
+        for k, (image_id, suffixes) in enumerate(zip(ids, written)):
+            for suffix in suffixes:
+                target = output_path(out_dir, image_id, suffix)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / f"{k}{suffix}", target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return [{"image_id": image_id, **row} for image_id, row in zip(ids, rows)]
+
+
+def _staged(staging: Path, k: int, suffix: str, suffixes: list) -> Path:
+    suffixes.append(suffix)
+    return staging / f"{k}{suffix}"

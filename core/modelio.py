@@ -1,7 +1,9 @@
 """Read and write model folders (``model.keras`` + ``model.json``).
 
 ``read_metadata`` needs no TensorFlow, so pages can list models cheaply;
-``load_model`` imports Keras only when called.
+``load_model`` imports Keras only when called. :class:`ModelFolder` is a
+folder opened once: prediction, evaluation and saliency share it, so
+``model.json`` is read and checked once however many of them use the folder.
 
 The class list of ``model.json`` is checked because nothing else would catch a
 wrong one: it must name known classes (``core.labels.CLASSES``) once each, in
@@ -12,6 +14,7 @@ Messages name the folder by its name only.
 
 import csv
 import json
+from functools import cached_property
 from pathlib import Path
 
 from core.labels import CLASSES
@@ -24,15 +27,28 @@ class ModelFolderError(ValueError):
     """A model folder that is missing files or has unusable metadata."""
 
 
+def read_metadata_file(path: Path, what: str = "model metadata") -> dict:
+    """The JSON object of a ``model.json`` (a classifier's or a segmenter's), unchecked.
+
+    Raises:
+        ModelFolderError: the file is missing, not valid JSON or not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: {what} not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{path}: not a JSON object")
+    return meta
+
+
 def read_metadata(model_dir: Path) -> dict:
     """Return the metadata of a model folder, checked for the keys serving needs."""
     path = Path(model_dir) / METADATA_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"{path}: model metadata not found")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    meta = read_metadata_file(path)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if "image_size" not in meta and not {"image_height", "image_width"} <= meta.keys():
         missing.append("image_height/image_width")
@@ -130,3 +146,87 @@ def load_model(model_dir: Path, meta: dict | None = None):
             f"but the model has {outputs} outputs"
         )
     return model
+
+
+def compiled_forward(model):
+    """A traced inference function of a Keras model: much faster per call than ``model.predict``.
+
+    It takes a float32 batch and returns numpy: one array, or a tuple of arrays
+    for a model with several outputs (imports TensorFlow).
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)
+
+    def run(x):
+        out = forward(tf.convert_to_tensor(x, dtype=tf.float32))
+        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
+
+class ModelFolder:
+    """A classifier's model folder, opened once.
+
+    ``model.json`` is read and checked on opening; the Keras model, the
+    calibration status and the out-of-distribution scorer are loaded when first
+    asked for, then kept.
+
+    Args:
+        path: a folder with ``model.keras`` and ``model.json``.
+        model: an already loaded Keras model (skips loading; for tests and benches).
+
+    Raises:
+        ModelFolderError: no ``model.json``, or one serving cannot use.
+    """
+
+    def __init__(self, path: Path, model=None):
+        self.path = Path(path)
+        self.meta = read_metadata(self.path)
+        if model is not None:
+            self.__dict__["model"] = model  # what cached_property would have stored
+
+    @classmethod
+    def open(cls, folder) -> "ModelFolder":
+        """``folder`` itself when it is already open, else the folder at that path opened."""
+        return folder if isinstance(folder, ModelFolder) else cls(folder)
+
+    @property
+    def classes(self) -> tuple:
+        """The class codes, in the model's output order."""
+        return tuple(self.meta["classes"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The model's input ``(height, width)``."""
+        return input_size(self.meta)
+
+    @property
+    def last_conv_layer(self) -> str:
+        """The layer saliency maps are read from."""
+        return self.meta["last_conv_layer"]
+
+    @cached_property
+    def model(self):
+        """The Keras model, checked to have one output per class (imports TensorFlow)."""
+        return load_model(self.path, self.meta)
+
+    @cached_property
+    def calibration(self) -> dict:
+        """``core.calibration.temperature_status``: the stored temperature and whether it is applied."""
+        from core.calibration import temperature_status
+
+        return temperature_status(self.meta, self.path)
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature applied to probabilities, or None when they stay the model's own softmax."""
+        return self.calibration["applied"]
+
+    @cached_property
+    def ood(self):
+        """The folder's out-of-distribution scorer (``core.ood.load_scorer``)."""
+        from core.ood import load_scorer
+
+        return load_scorer(self.path, self.meta)

@@ -194,22 +194,15 @@ def port_torchvision_mobilenet_v2(model, state: dict | None = None) -> None:
     """
     import keras
 
-    from core.torch_weights import offline_checkpoint_path, read_legacy_checkpoint
+    from core.torch_weights import copy_classifier, copy_layer, offline_checkpoint_path, read_legacy_checkpoint
 
     state = state if state is not None else read_legacy_checkpoint(offline_checkpoint_path())
     for prefix, name in _torchvision_mobilenet_v2_names():
         layer = model.get_layer(name)
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.epsilon = 1e-5
-            keys = ("weight", "bias", "running_mean", "running_var")
-            layer.set_weights([state[f"{prefix}.{k}"] for k in keys])
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
-        else:
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
+        copy_layer(layer, state, prefix)
     for layer in model.layers:
         if isinstance(layer, keras.layers.ZeroPadding2D) and layer.name.endswith("_pad"):
             layer.padding = ((1, 1), (1, 1))
-    head = model.get_layer("predictions")
-    if head.units == state["classifier.1.weight"].shape[0]:
-        head.set_weights([state["classifier.1.weight"].T, state["classifier.1.bias"]])
+    copy_classifier(model.get_layer("predictions"), state, "classifier.1")

@@ -197,13 +197,20 @@ def save_statistics(model_dir: Path, fitted: StatisticsModel) -> None:
     np.savez(Path(model_dir) / OOD_FILE, **arrays)
 
 
-def load_statistics(model_dir: Path) -> StatisticsModel | None:
-    """The saved :class:`StatisticsModel` of a folder, or None when it has none."""
+def _saved_arrays(model_dir: Path) -> dict | None:
+    """Every array of a folder's ``ood.npz`` as float64, or None when it has none."""
     path = Path(model_dir) / OOD_FILE
     if not path.is_file():
         return None
     with np.load(path) as data:
-        values = {k: data[k].astype(np.float64) for k in data.files}
+        return {k: data[k].astype(np.float64) for k in data.files}
+
+
+def load_statistics(model_dir: Path) -> StatisticsModel | None:
+    """The saved :class:`StatisticsModel` of a folder, or None when it has none."""
+    values = _saved_arrays(model_dir)
+    if values is None:
+        return None
     values["intercept"] = float(values["intercept"])
     values["residual_variance"] = float(values["residual_variance"])
     return StatisticsModel(**values)
@@ -211,13 +218,10 @@ def load_statistics(model_dir: Path) -> StatisticsModel | None:
 
 def load(model_dir: Path) -> dict | None:
     """The saved statistics of a ``feature_distance`` folder, or None when it has none."""
-    path = Path(model_dir) / OOD_FILE
-    if not path.is_file():
+    values = _saved_arrays(model_dir)
+    if values is None or "precision_upper" not in values:
         return None
-    with np.load(path) as data:
-        if "precision_upper" not in data.files:
-            return None
-        mean, upper, bank = (data[k].astype(np.float64) for k in ("mean", "precision_upper", "bank"))
+    mean, upper, bank = (values[k] for k in ("mean", "precision_upper", "bank"))
     precision = np.zeros((len(mean), len(mean)))
     precision[np.triu_indices(len(mean))] = upper
     precision = precision + np.triu(precision, 1).T

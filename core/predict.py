@@ -33,10 +33,12 @@ import pandas as pd
 
 from core import ood as ood_scorers
 from core import predictions as contract
-from core.calibration import apply_temperature, temperature_status
-from core.images import ImageError, decode_image, iter_sources, model_pixels, to_model_input
+from core.calibration import apply_temperature
+from core.images import (
+    SkipReport, decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input,
+)
 from core.labels import MALIGNANT
-from core.modelio import MODEL_FILE, input_size, is_model_dir, load_model, read_metadata
+from core.modelio import MODEL_FILE, ModelFolder, compiled_forward, is_model_dir
 from core.paths import default_model_dir, runs_dir
 from core.validation import EXIT_BAD_INPUT, one_line, positive_int
 
@@ -120,21 +122,23 @@ class Predictor:
     """A model folder loaded for serving.
 
     Args:
-        model_dir: a folder with ``model.keras`` and ``model.json``.
+        model_dir: a folder with ``model.keras`` and ``model.json``, or that folder
+            already opened (``core.modelio.ModelFolder``, shared with evaluation and saliency).
         model: an already loaded Keras model (skips loading; for tests and benches).
     """
 
-    def __init__(self, model_dir: Path, model=None):
-        self.model_dir = Path(model_dir)
-        self.meta = read_metadata(self.model_dir)
-        self.classes = tuple(self.meta["classes"])
-        self.input_size = input_size(self.meta)
-        self.calibration = temperature_status(self.meta, self.model_dir)
+    def __init__(self, model_dir, model=None):
+        self.folder = ModelFolder.open(model_dir)
+        self.model_dir = self.folder.path
+        self.meta = self.folder.meta
+        self.classes = self.folder.classes
+        self.input_size = self.folder.input_size
+        self.calibration = self.folder.calibration
         self.temperature = self.calibration["applied"]
-        self.model = model if model is not None else load_model(self.model_dir)
-        self.ood = ood_scorers.load_scorer(self.model_dir, self.meta)
+        self.model = model if model is not None else self.folder.model
+        self.ood = self.folder.ood
         layers = self.ood.layers
-        self._forward = _compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
+        self._forward = compiled_forward(ood_scorers.feature_model(self.model, layers) if layers else self.model)
 
     def warmup(self) -> None:
         """Trace the model so the first user request does not pay for it.
@@ -194,21 +198,6 @@ class Predictor:
         return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
 
 
-def _compiled_forward(model):
-    """A traced inference function: much faster per call than ``model.predict``."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
-    def run(x):
-        out = forward(tf.convert_to_tensor(x, dtype=tf.float32))
-        return tuple(o.numpy() for o in out) if isinstance(out, (list, tuple)) else out.numpy()
-
-    return run
-
-
 def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: int = 16, on_skip=None):
     """Classify image files, folders and zips; see :func:`predict_sources` for the table."""
     return predict_sources(predictor, iter_sources(paths), tta=tta, batch_size=batch_size, on_skip=on_skip)
@@ -228,66 +217,33 @@ def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size
 
     Returns:
         A predictions table (``core.predictions``): ``image_id`` (the file stem, made
-        distinct by :func:`distinct_ids` when stems repeat), ``dx_pred``, ``ood_flag``,
+        distinct by ``core.images.distinct_ids`` when stems repeat), ``dx_pred``, ``ood_flag``,
         ``ood_score``, then the (calibrated) probability of each class.
 
     Sources are consumed one at a time and each image is reduced to the model's
     input size right after decoding, so memory stays bounded by one decoded image
     plus ``batch_size`` small inputs, whatever the number and size of the files.
     """
-    names, found, pending = [], [], []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            pending.append((name, model_pixels(decode(data), predictor.input_size)))
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-        if len(pending) >= batch_size:
-            found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
-            names += [n for n, _ in pending]
-            pending = []
-    if pending:
-        found += predictor.predict_batch([rgb for _, rgb in pending], tta=tta)
-        names += [n for n, _ in pending]
+    def reduced(data):
+        return model_pixels(decode(data), predictor.input_size)
+
+    names, found = [], []
+    for batch in _batches(decode_sources(sources, on_skip, decode=reduced), batch_size):
+        found += predictor.predict_batch([rgb for _, rgb in batch], tta=tta)
+        names += [name for name, _ in batch]
     return prediction_table(names, found, predictor.classes)
 
 
-def distinct_ids(names) -> list:
-    """Image ids from source names: the file stem, or, for stems that repeat, the
-    path below the deepest folder the repeating names share (suffix dropped).
-
-    ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
-    inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
-    """
-    parts = [tuple(p for p in Path(str(n).replace("!", "/")).with_suffix("").parts if p.strip("/\\"))
-             for n in names]
-    stems = [p[-1] if p else "" for p in parts]
-    counts = pd.Series(stems, dtype=object).value_counts()
-    ids = []
-    for stem, path in zip(stems, parts):
-        if counts.get(stem, 0) < 2:
-            ids.append(stem)
-            continue
-        group = [p for s, p in zip(stems, parts) if s == stem]
-        shared = len(_common_prefix(group))
-        ids.append("/".join(path[min(shared, len(path) - 1):]))
-    seen: dict = {}
-    for k, image_id in enumerate(ids):  # the same name given twice: number the repeats
-        seen[image_id] = seen.get(image_id, 0) + 1
-        ids[k] = image_id if seen[image_id] == 1 else f"{image_id}#{seen[image_id]}"
-    return ids
-
-
-def _common_prefix(paths: list) -> tuple:
-    prefix = paths[0]
-    for path in paths[1:]:
-        k = 0
-        while k < min(len(prefix), len(path)) and prefix[k] == path[k]:
-            k += 1
-        prefix = prefix[:k]
-    return prefix
+def _batches(items, size: int):
+    """Lists of up to ``size`` consecutive items."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def prediction_table(names, found: list, classes) -> pd.DataFrame:
@@ -306,27 +262,23 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    skipped = []
-
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
+    skipped = SkipReport()
 
     try:
         batch_size = positive_int(args.batch_size, "--batch-size")
         predictor = Predictor(args.model)
-        table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=report)
+        table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=skipped)
     except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if table.empty:
-        print(f"error: no readable image among the paths given (skipped {len(skipped)})", file=sys.stderr)
+        print(f"error: no readable image among the paths given (skipped {len(skipped.names)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature)
     flagged = int(table[contract.OOD_FLAG].sum())
     print(f"wrote {len(table)} rows ({predictor.probabilities_kind} probabilities) to {args.out}; "
-          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped)}")
+          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped.names)}")
     return 0
 
 

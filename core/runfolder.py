@@ -27,11 +27,14 @@ This module imports neither TensorFlow nor Streamlit.
 
 import fcntl
 import json
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -235,6 +238,44 @@ class RunFolder:
     def write_json(self, name: str, data: dict) -> None:
         """Write one of the folder's JSON files (``config.json``, ``state.json``) atomically."""
         write_json_atomic(self.dir / name, data)
+
+    def mark_stopped(self, epoch: int) -> None:
+        """Record a stop on request during ``epoch`` (1-based) and where a resume continues.
+
+        A resume continues after the last epoch ``state.json`` records, which is the
+        stopped epoch itself when the stop landed mid-epoch.
+        """
+        saved = int((read_json(self.dir / STATE_FILE) or {}).get("epoch") or 0)
+        self.update(state="stopped", finished=now_iso(),
+                    message=f"stopped during epoch {epoch}; resume continues from epoch {saved + 1}")
+
+    def mark_done(self) -> None:
+        """Record a run that ended normally."""
+        self.update(state="done", finished=now_iso(), message="finished")
+
+
+def run_epochs(trainer, folder: RunFolder, epochs: int) -> int:
+    """Run a trainer's epochs up to ``epochs``, then finish it; a stop on request ends the run early.
+
+    Args:
+        trainer: has ``start_epoch`` (0-based), ``run_epoch(epoch) -> bool`` (False when the
+            run stops), ``finish()`` and ``best``: ``core.train.Trainer`` and
+            ``core.segment_train.SegmentTrainer``.
+        folder: the run folder whose status records the end.
+        epochs: the run's length.
+
+    Returns:
+        0, the trainer's exit status for a stopped or a finished run.
+    """
+    for epoch in range(trainer.start_epoch, epochs):
+        if not trainer.run_epoch(epoch):
+            log.info("stopped on request during epoch %d", epoch + 1)
+            folder.mark_stopped(epoch + 1)
+            return 0
+    trainer.finish()
+    folder.mark_done()
+    log.info("run finished; best %s", trainer.best)
+    return 0
 
 
 def request_stop(run_dir: Path) -> Path:

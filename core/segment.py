@@ -2,7 +2,9 @@
 
 ``python -m core.segment --model DIR --out DIR PATH...`` writes one
 ``<image_id>.png`` mask (0/255, the input image's own size) per image and a
-``measurements.csv`` of lesion measurements (``core.lesion_measures``).
+``measurements.csv`` of lesion measurements (``core.lesion_measures``). Image ids
+are named as for ``core.explain``: the file stem, or ``a/x`` (written as ``a/x.png``)
+when two files share a stem.
 
 The model is a flat functional graph: the MobileNetV2 encoder of
 ``core.models.build_model`` (with its offline ImageNet weights and its
@@ -132,17 +134,10 @@ def write_segmenter_metadata(model_dir: Path, meta: dict) -> None:
 
 def read_segmenter_metadata(model_dir: Path) -> dict:
     """Read a segmenter's ``model.json``, checked for the keys segmenting needs."""
-    import json
-
-    from core.modelio import METADATA_FILE, ModelFolderError
+    from core.modelio import METADATA_FILE, ModelFolderError, read_metadata_file
 
     path = Path(model_dir) / METADATA_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ModelFolderError(f"{path}: segmenter metadata not found") from err
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(f"{path}: not valid JSON ({err})") from err
+    meta = read_metadata_file(path, "segmenter metadata")
     missing = [k for k in ("image_height", "image_width", "threshold") if k not in meta]
     if missing or meta.get("task") != "segmentation":
         raise ModelFolderError(f"{path}: not a segmenter's metadata (task={meta.get('task')!r}, missing {missing})")
@@ -202,12 +197,14 @@ class Segmenter:
     """
 
     def __init__(self, model_dir: Path, model=None):
+        from core.modelio import compiled_forward
+
         self.model_dir = Path(model_dir)
         self.meta = read_segmenter_metadata(self.model_dir)
         self.input_size = (int(self.meta["image_height"]), int(self.meta["image_width"]))
         self.threshold = float(self.meta["threshold"])
         self.model = model if model is not None else load_segmenter_model(self.model_dir)
-        self._forward = _compiled_forward(self.model)
+        self._forward = compiled_forward(self.model)
 
     def warmup(self) -> None:
         """Run one segmentation so the first user request does not pay for tracing."""
@@ -225,29 +222,14 @@ class Segmenter:
         return mask_at(prob, rgb.shape[:2], self.threshold)
 
 
-def _compiled_forward(model):
-    """A traced inference function: much faster per call than ``model.predict``."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
-    return lambda x: forward(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
-
-
-def image_id(name: str) -> str:
-    """The image id of a source name: the file stem (of the zip member for ``archive.zip!member``)."""
-    return Path(name.split("!")[-1]).stem
-
-
 def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
     """Segment ``(name, bytes)`` pairs: write ``<image_id>.png`` masks and return the measurements table.
 
     Args:
         segmenter: the loaded segmenter.
         sources: iterable of ``(name, bytes | ImageError)`` as from ``core.images.iter_sources``.
-        out_dir: the folder for the mask PNGs (0/255, each at its image's own size).
+        out_dir: the folder for the mask PNGs (0/255, each at its image's own size), named
+            as ``core.images.write_per_image`` names them.
         on_skip: called with ``(name, message)`` for each unreadable entry.
 
     Returns:
@@ -256,25 +238,15 @@ def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
     import pandas as pd
     from PIL import Image
 
-    from core.images import ImageError, decode_image
+    from core.images import write_per_image
     from core.lesion_measures import measure
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, data in sources:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            rgb = decode_image(data)
-        except ImageError as err:
-            if on_skip:
-                on_skip(name, str(err))
-            continue
+    def write(rgb, path) -> dict:
         mask = segmenter.segment(rgb)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{image_id(name)}.png")
-        rows.append({"image_id": image_id(name), "height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)})
-    return pd.DataFrame(rows)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path(".png"))
+        return {"height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)}
+
+    return pd.DataFrame(write_per_image(sources, out_dir, write, on_skip))
 
 
 MEASUREMENTS_FILE = "measurements.csv"
@@ -282,7 +254,7 @@ MEASUREMENTS_FILE = "measurements.csv"
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (1 when no image was readable)."""
-    from core.images import iter_sources
+    from core.images import SkipReport, iter_sources
 
     parser = argparse.ArgumentParser(prog="python -m core.segment", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
@@ -291,15 +263,11 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
     segmenter = Segmenter(args.model)
-    skipped = []
+    skipped = SkipReport()
 
-    def report(name, message):
-        skipped.append(name)
-        print(f"skipped {name}: {message}", file=sys.stderr)
-
-    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=report)
+    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
     table.to_csv(args.out / MEASUREMENTS_FILE, index=False, float_format="%.6f")
-    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped)}")
+    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 
 

@@ -31,7 +31,6 @@ import pandas as pd  # noqa: E402
 
 from core import paths  # noqa: E402
 from core import segment  # noqa: E402
-from core.data import load_dataset  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
 from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
@@ -39,9 +38,10 @@ from core import runfolder as rf  # noqa: E402
 from core.runfolder import RunFolder, write_json_atomic  # noqa: E402
 from core.runfolder import now_iso as now  # noqa: E402
 from core.train import (  # noqa: E402
-    _on_sigterm, export_model, library_versions, make_progress_callback, prepare_split,
-    sample_lesions, setup_logging,
+    _on_sigterm, export_model, library_versions, make_progress_callback, sample_lesions, setup_logging,
+    split_dataset, split_indices,
 )
+from core.train import load_resume_args as recorded_args  # noqa: E402  (this module's own adds --epochs)
 
 log = logging.getLogger("core.segment_train")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidates for the mask threshold, chosen on validation
@@ -169,19 +169,15 @@ class SegmentTrainer:
     def prepare_data(self) -> None:
         """Load the dataset and split, keep images with a mask, build the image and mask caches."""
         args, folder = self.args, self.folder
-        folder.update(state="running", message="loading the dataset")
-        frame = load_dataset(args.data_dir or paths.dataset_dir())
-        splits, self.split_sha256 = prepare_split(args, frame, folder.dir)
-        frame = frame.merge(splits[["image_id", "split"]], on="image_id", how="inner")
+        frame, self.split_sha256 = split_dataset(args, folder)
         missing = int((frame["mask_path"] == "").sum())
         if missing:
             log.info("%d images have no mask and are left out", missing)
         frame = frame[frame["mask_path"] != ""].reset_index(drop=True)
         self.frame = sample_lesions(frame, args.max_images, args.seed)
-        self.idx = {s: np.flatnonzero(self.frame["split"].to_numpy() == s) for s in ("train", "val", "test")}
+        self.idx = split_indices(self.frame, self.split_sha256)
         if len(self.idx["train"]) == 0 or len(self.idx["val"]) == 0:
             raise ValueError("the split has no training or no validation images with masks")
-        log.info("split %s: %s", self.split_sha256[:12], {s: len(i) for s, i in self.idx.items()})
         folder.update(message="decoding images and masks into the cache")
         size = input_hw(args)
         self.images = load_or_build_cache(self.frame["path"].tolist(), size, paths.cache_dir())
@@ -286,16 +282,7 @@ def train(args, folder) -> int:
     trainer.prepare_data()
     trainer.write_config()
     trainer.build()
-    for epoch in range(trainer.start_epoch, args.epochs):
-        if not trainer.run_epoch(epoch):
-            log.info("stopped on request during epoch %d", epoch + 1)
-            folder.update(state="stopped", finished=now(),
-                          message=f"stopped during epoch {epoch + 1}; resume continues from epoch {epoch + 1}")
-            return 0
-    trainer.finish()
-    folder.update(state="done", finished=now(), message="finished")
-    log.info("run finished; best %s", trainer.best)
-    return 0
+    return rf.run_epochs(trainer, folder, args.epochs)
 
 
 def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int | None = None):
@@ -304,14 +291,7 @@ def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int
     ``epochs`` changes the run's length: fewer ends it (the best checkpoint is
     then scored) at the epochs already done, more extends it.
     """
-    config = json.loads((run_dir / rf.CONFIG_FILE).read_text(encoding="utf-8"))
-    defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
-    merged = {k: config.get(k, v) for k, v in defaults.items()}
-    for key in ("data_dir", "split_file"):
-        merged[key] = Path(merged[key]) if merged[key] else None
-    merged["run_dir"], merged["resume"] = run_dir, True
-    if config.get("planned_epochs"):
-        merged["planned_epochs"] = config["planned_epochs"]
+    merged = vars(recorded_args(parser, run_dir, keep=("planned_epochs",)))
     if epochs is not None and epochs != merged["epochs"]:
         merged["planned_epochs"] = merged.get("planned_epochs") or merged["epochs"]
         merged["epochs"] = epochs

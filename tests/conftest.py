@@ -13,6 +13,8 @@ from PIL import Image
 
 from core.labels import CLASSES
 
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+
 
 @pytest.fixture
 def real_dataset_dir() -> Path:
@@ -114,6 +116,31 @@ def clear_streamlit_caches():
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def start_page(page, timeout: float = 60):
+    """Run a page script once under ``AppTest`` and check that it raised nothing.
+
+    Args:
+        page: a file name under ``pages/`` (``"4_Predict.py"``) or a path.
+        timeout: AppTest's default timeout; pages that load TensorFlow need minutes on 2 cores.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES / page), default_timeout=timeout)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def predict_env(monkeypatch, tmp_path, page_model, clear_streamlit_caches) -> Path:
+    """The Predict page with ``page_model`` (a fixture of the test module) as the default model,
+    no run folders and no dataset; Streamlit caches cleared around the test."""
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(page_model))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
+    return tmp_path
 
 
 TRAINER_LIKE_ARGV = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"]

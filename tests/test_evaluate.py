@@ -242,3 +242,55 @@ def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, mo
 
 def test_external_set_without_a_model_split_says_it_was_not_checked(tmp_path):
     assert "not checked" in evaluate.overlap_sentence(None)
+
+
+def count_opens(monkeypatch, name: str) -> list:
+    """Record every opening of a file called ``name`` (``open``, ``Path.open``, ``Path.read_text``)."""
+    import builtins
+    import io
+
+    opened, real_open = [], io.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == name:
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opened
+
+
+@pytest.mark.timeout(180)
+def test_an_external_evaluation_reads_model_json_once(tmp_path, monkeypatch):
+    from core.splits import SPLIT_FILE, save_splits
+
+    images, truth = write_external_set(tmp_path / "external", n_per_class=1)
+    model_dir = build_tiny_model(tmp_path / "model")
+    ids = pd.read_csv(truth)["image"].tolist()
+    split = pd.DataFrame({"image_id": ids[:2], "lesion_id": ["L0", "L1"], "dx": "nv", "split": ["train", "val"]})
+    meta = json.loads((model_dir / "model.json").read_text())
+    meta["split_sha256"] = save_splits(split, model_dir / SPLIT_FILE)
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
+    opened = count_opens(monkeypatch, "model.json")
+    written = evaluate.evaluate_external(model_dir, images, truth, tmp_path / "out")  # predicts, checks overlap, scores
+    assert opened == [str(model_dir / "model.json")]
+    assert len(evaluate.read_predictions(written["predictions"], CLASSES)) == 7 and written["overlap"] is not None
+
+
+def test_prediction_evaluation_and_saliency_share_one_opened_folder(tmp_path, monkeypatch):
+    from core.modelio import ModelFolder
+    from core.predict import Predictor
+    from core.saliency import Explainer
+
+    model_dir = write_model_folder(build_tiny_model(tmp_path / "model"))
+    opened = count_opens(monkeypatch, "model.json")
+    folder = ModelFolder(model_dir)
+    predictor = Predictor(folder)
+    explainer = Explainer.of(folder)
+    assert len(evaluate.load_predictions(folder, "val")) == 70
+    assert len(opened) == 1
+    assert predictor.folder is folder and predictor.model is folder.model is explainer.model
+    assert predictor.classes == folder.classes and explainer.last_conv_layer == "last_conv"
+    assert Predictor(model_dir).classes == folder.classes  # a path still works

@@ -63,3 +63,16 @@ def test_target_and_method_options(tmp_path, model_dir):
 def test_nothing_readable_fails(tmp_path, model_dir):
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 broken")
     assert cli.main(["--model", str(model_dir), "--out", str(tmp_path / "o"), str(tmp_path / "junk.jpg")]) == 1
+
+
+def test_same_stem_in_two_folders_keeps_both_maps(tmp_path, model_dir):
+    for folder, size in (("a", (60, 45)), ("b", (80, 60))):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "ISIC_1.png").write_bytes(red_left(size))
+    out = tmp_path / "maps"
+    assert cli.main(["--model", str(model_dir), "--out", str(out), str(tmp_path / "in")]) == 0
+    assert list(pd.read_csv(out / "explain.csv")["image_id"]) == ["a/ISIC_1", "b/ISIC_1"]
+    assert np.load(out / "a" / "ISIC_1.npy").shape == (45, 60) and np.load(out / "b" / "ISIC_1.npy").shape == (60, 80)
+    with Image.open(out / "b" / "ISIC_1.png") as picture:
+        assert picture.size == (80, 60)
+    assert not (out / "ISIC_1.npy").exists()

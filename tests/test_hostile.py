@@ -482,7 +482,16 @@ def test_float_tiff_in_zero_to_one_is_scaled_not_black():
 
 def test_same_stem_in_different_folders_gets_distinct_ids():
     names = ["/in/a/ISIC_1.jpg", "/in/b/ISIC_1.png", "/in/a/ISIC_2.jpg", "set.zip!x/ISIC_1.jpg", "up.jpg", "up.jpg"]
-    assert predict.distinct_ids(names) == ["in/a/ISIC_1", "in/b/ISIC_1", "ISIC_2", "set.zip/x/ISIC_1", "up", "up#2"]
+    assert images.distinct_ids(names) == ["in/a/ISIC_1", "in/b/ISIC_1", "ISIC_2", "set.zip/x/ISIC_1", "up", "up#2"]
+
+
+def test_ids_never_climb_out_of_an_output_folder(tmp_path):
+    names = ["../x.jpg", "x.jpg", "/abs/./x.png", "set.zip!../../x.jpg", "../../y.jpg"]
+    ids = images.distinct_ids(names)
+    assert ids == ["x", "x#2", "abs/x", "set.zip/x", "y"]
+    for image_id in ids:
+        path = images.output_path(tmp_path, image_id, ".npy").resolve()
+        assert path.is_relative_to(tmp_path.resolve())
 
 
 def test_cli_names_the_files_it_skips(tiny_model_dir, tmp_path, capsys):

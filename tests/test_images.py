@@ -9,11 +9,15 @@ from PIL import Image
 
 from core.images import (
     ImageError,
+    SkipReport,
     decode_image,
+    decode_sources,
+    distinct_ids,
     iter_sources,
     read_mask,
     resize_mask,
     to_model_input,
+    write_per_image,
     zip_members,
 )
 
@@ -154,3 +158,58 @@ def test_zip_members_and_sources_skip_bad_entries(tmp_path):
     assert set(found) == {f"{tmp_path / 'batch.zip'}!a/one.png", str(tmp_path / "sub" / "two.jpg"),
                           str(tmp_path / "missing.png")}
     assert isinstance(found[str(tmp_path / "missing.png")], ImageError)
+
+
+def test_decode_sources_yields_readable_images_and_reports_the_rest():
+    good = encode(gradient_rgb(), "PNG")
+    sources = [("a.png", good), ("gone.png", ImageError("gone.png: cannot be read.")), ("bad.jpg", b"\xff\xd8 broken"),
+               ("b.png", good)]
+    skipped = []
+    found = list(decode_sources(sources, on_skip=lambda name, message: skipped.append((name, message))))
+    assert [name for name, _ in found] == ["a.png", "b.png"]
+    np.testing.assert_array_equal(found[0][1], decode_image(good))
+    assert [name for name, _ in skipped] == ["gone.png", "bad.jpg"]
+    assert skipped[0][1] == "gone.png: cannot be read." and "not an image" in skipped[1][1]
+    shapes = [rgb.shape for _, rgb in decode_sources(sources, decode=lambda data: decode_image(data)[:2])]
+    assert shapes == [(2, 40, 3), (2, 40, 3)]  # no on_skip: skipped silently; the given decoder is used
+
+
+def write_size(rgb, path):
+    path(".txt").write_text(f"{rgb.shape[0]}x{rgb.shape[1]}")
+    return {"height": rgb.shape[0]}
+
+
+def test_write_per_image_names_files_by_distinct_ids(tmp_path):
+    sources = [("in/a/x.png", encode(gradient_rgb(40, 30), "PNG")), ("in/b/x.png", encode(gradient_rgb(20, 10), "PNG")),
+               ("in/b/bad.png", b"junk"), ("set.zip!y.png", encode(gradient_rgb(8, 6), "PNG"))]
+    skipped = []
+    rows = write_per_image(sources, tmp_path / "out", write_size, on_skip=lambda name, _: skipped.append(name))
+    assert rows == [{"image_id": "a/x", "height": 30}, {"image_id": "b/x", "height": 10}, {"image_id": "y", "height": 6}]
+    assert [row["image_id"] for row in rows] == distinct_ids(["in/a/x.png", "in/b/x.png", "set.zip!y.png"])
+    assert skipped == ["in/b/bad.png"]
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == ["a/x.txt", "b/x.txt", "y.txt"]  # no staging folder left behind
+    assert (tmp_path / "out" / "b" / "x.txt").read_text() == "10x20"
+
+
+def test_write_per_image_keeps_what_was_written_when_a_write_fails(tmp_path):
+    calls = []
+
+    def fail_second(rgb, path):
+        calls.append(1)
+        if len(calls) == 2:
+            path(".txt").write_text("half")
+            raise RuntimeError("model failed")
+        return write_size(rgb, path)
+
+    sources = [("one.png", encode(gradient_rgb(), "PNG")), ("two.png", encode(gradient_rgb(), "PNG"))]
+    with pytest.raises(RuntimeError, match="model failed"):
+        write_per_image(sources, tmp_path, fail_second)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["one.txt"]
+
+
+def test_skip_report_names_each_skipped_entry_on_stderr(capsys):
+    report = SkipReport()
+    found = list(decode_sources([("a.png", encode(gradient_rgb(), "PNG")), ("b.jpg", b"junk")], on_skip=report))
+    assert [name for name, _ in found] == ["a.png"] and report.names == ["b.jpg"]
+    assert capsys.readouterr().err.startswith("skipped b.jpg: This file is not an image")

@@ -48,6 +48,19 @@ def test_saved_statistics_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.distance(x), fitted.distance(x), rtol=1e-3)
     np.testing.assert_allclose(loaded.head(x), fitted.head(x), rtol=1e-3, atol=1e-6)
     assert ood.load_statistics(tmp_path / "elsewhere") is None
+    assert ood.load(tmp_path) is None  # statistics are not a feature_distance file
+
+
+def test_feature_distance_files_still_load(tmp_path):
+    precision = np.array([[2.0, 0.5, 0.0], [0.5, 3.0, 0.25], [0.0, 0.25, 1.0]])
+    upper = precision[np.triu_indices(3)].astype(np.float32)
+    bank = np.eye(3, dtype=np.float32)
+    np.savez(tmp_path / ood.OOD_FILE, mean=np.ones(3, np.float32), precision_upper=upper, bank=bank)
+    stats = ood.load(tmp_path)
+    np.testing.assert_allclose(stats["precision"], precision)
+    np.testing.assert_array_equal(stats["mean"], np.ones(3))
+    np.testing.assert_array_equal(stats["bank"], bank)
+    assert ood.load(tmp_path / "elsewhere") is None
 
 
 def test_statistic_layers_take_the_last_layer_of_each_resolution():

@@ -1,13 +1,14 @@
 """The Evaluate page driven by AppTest on fixture model folders with generated predictions."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from conftest import write_tiny_dataset
+from conftest import start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 from core import metrics
@@ -65,11 +66,7 @@ def models(tmp_path, monkeypatch):
     st.cache_data.clear()
 
 
-def run_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+run_page = partial(start_page, PAGE, timeout=60)
 
 
 def markdown_text(at: AppTest) -> str:

@@ -1,9 +1,10 @@
 """The Evaluate page's TFLite download, driven by AppTest on a tiny model folder."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_dataset
+from conftest import start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 from tiny_models import build_tiny_model, folder_trained_on
 
@@ -24,11 +25,7 @@ def model_folder(tmp_path, monkeypatch, clear_streamlit_caches):
     return folder
 
 
-def run_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+run_page = partial(start_page, PAGE, timeout=180)
 
 
 def parity_row(at: AppTest) -> dict:

@@ -1,15 +1,14 @@
 """The Predict page driven by AppTest with a tiny model and a tiny generated dataset."""
 
 import io
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
-from conftest import write_tiny_dataset
+from conftest import start_page, write_tiny_dataset
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 from tiny_models import build_tiny_model, save_model_folder
 
 from core import explain as explain_cli
@@ -26,7 +25,7 @@ FLAG_ALL = {**PASS_ALL, "threshold": 1.0}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def page_model(tmp_path_factory):
     return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_page") / "default", temperature=1.5,
                              extra={"ood": PASS_ALL})
 
@@ -36,18 +35,6 @@ def flagging_model_dir(tmp_path_factory):
     """A model folder whose out-of-distribution check flags every image."""
     return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("predict_gate") / "default", temperature=1.5,
                              extra={"ood": FLAG_ALL})
-
-
-@pytest.fixture
-def env(monkeypatch, tmp_path, model_dir):
-    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(model_dir))
-    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield tmp_path
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def png(seed: int = 0, size=(60, 45)) -> bytes:
@@ -62,21 +49,17 @@ def texts(at) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def run_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+run_page = partial(start_page, PAGE, timeout=TIMEOUT)
 
 
-def test_no_model_explains_where_it_is_expected(monkeypatch, env):
-    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(env / "missing_model"))
+def test_no_model_explains_where_it_is_expected(monkeypatch, predict_env):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(predict_env / "missing_model"))
     at = run_page()
     assert "No model yet" in at.info[0].value
     assert "Not a medical device" in texts(at)
 
 
-def test_upload_shows_probabilities_saliency_and_curves(env):
+def test_upload_shows_probabilities_saliency_and_curves(predict_env):
     at = run_page()
     assert [r.value for r in at.radio][:1] == ["Upload"]
     assert at.radio[0].options == ["Upload", "Camera", "Example images"]  # no dataset, no sample source
@@ -99,7 +82,7 @@ def test_upload_shows_probabilities_saliency_and_curves(env):
     assert "Grad-CAM++" in str(at.get("image")[1].captions)
 
 
-def test_example_images_work_without_a_dataset(env):
+def test_example_images_work_without_a_dataset(predict_env):
     at = run_page()
     at.radio(key="predict_source").set_value("Example images").run()
     assert not at.exception, at.exception
@@ -144,22 +127,22 @@ def media(monkeypatch) -> dict:
     return files
 
 
-def test_page_and_cli_give_the_same_map(env, media, model_dir):
+def test_page_and_cli_give_the_same_map(predict_env, media, page_model):
     at = run_page()
     at.file_uploader[0].set_value(("lesion.png", png(5), "image/png")).run()
     assert not at.exception, at.exception
     page_map = np.load(io.BytesIO(media["lesion.npy"]))
-    source = env / "in" / "lesion.png"
+    source = predict_env / "in" / "lesion.png"
     source.parent.mkdir()
     source.write_bytes(png(5))
-    assert explain_cli.main(["--model", str(model_dir), "--out", str(env / "out"), str(source)]) == 0
-    cli_map = np.load(env / "out" / "lesion.npy")
+    assert explain_cli.main(["--model", str(page_model), "--out", str(predict_env / "out"), str(source)]) == 0
+    cli_map = np.load(predict_env / "out" / "lesion.npy")
     assert page_map.shape == cli_map.shape == (45, 60) and cli_map.dtype == np.float32
     np.testing.assert_allclose(page_map, cli_map, atol=1e-6)
     assert cli_map.max() > 0
 
 
-def test_bad_upload_shows_error_and_page_keeps_working(env):
+def test_bad_upload_shows_error_and_page_keeps_working(predict_env):
     at = run_page()
     at.file_uploader[0].set_value(("broken.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg", "image/jpeg")).run()
     assert not at.exception, at.exception
@@ -169,8 +152,8 @@ def test_bad_upload_shows_error_and_page_keeps_working(env):
     assert len(at.get("plotly_chart")) == 2
 
 
-def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, env):
-    monkeypatch.setenv("HAM10000_DIR", str(write_tiny_dataset(env / "ham10000")))
+def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, predict_env):
+    monkeypatch.setenv("HAM10000_DIR", str(write_tiny_dataset(predict_env / "ham10000")))
     at = run_page()
     at.radio(key="predict_source").set_value("Dataset sample").run()
     assert not at.exception, at.exception
@@ -183,7 +166,7 @@ def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, env):
     assert "lesion border" in str(at.get("image")[0].captions)
 
 
-def test_batch_mode_table_and_skipped_files(env):
+def test_batch_mode_table_and_skipped_files(predict_env):
     at = run_page()
     batch = at.file_uploader(key="predict_batch_files")
     batch.set_value([("a.png", png(2), "image/png"), ("b.png", png(3), "image/png"),
@@ -198,7 +181,7 @@ def test_batch_mode_table_and_skipped_files(env):
     assert "0 flagged as not looking dermatoscopic" in texts(at)
 
 
-def test_flagged_image_is_gated_before_any_verdict(monkeypatch, env, flagging_model_dir):
+def test_flagged_image_is_gated_before_any_verdict(monkeypatch, predict_env, flagging_model_dir):
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(flagging_model_dir))
     at = run_page()
     at.file_uploader[0].set_value(("flower.png", png(4), "image/png")).run()
@@ -212,7 +195,7 @@ def test_flagged_image_is_gated_before_any_verdict(monkeypatch, env, flagging_mo
     assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 4  # original, two maps, colour-scale legend
 
 
-def test_flagged_batch_rows_carry_the_flag(monkeypatch, env, flagging_model_dir):
+def test_flagged_batch_rows_carry_the_flag(monkeypatch, predict_env, flagging_model_dir):
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(flagging_model_dir))
     at = run_page()
     at.file_uploader(key="predict_batch_files").set_value([("a.png", png(2), "image/png")]).run()
@@ -223,12 +206,12 @@ def test_flagged_batch_rows_carry_the_flag(monkeypatch, env, flagging_model_dir)
     assert "1 flagged as not looking dermatoscopic" in texts(at)
 
 
-def test_dataset_sample_says_its_split_and_warns_on_training_images(monkeypatch, env, tmp_path):
+def test_dataset_sample_says_its_split_and_warns_on_training_images(monkeypatch, predict_env, tmp_path):
     import pandas as pd
 
     from core.splits import SPLIT_FILE, save_splits
 
-    data = write_tiny_dataset(env / "ham10000")
+    data = write_tiny_dataset(predict_env / "ham10000")
     monkeypatch.setenv("HAM10000_DIR", str(data))
     meta = pd.read_csv(data / "HAM10000_metadata.csv")
     folder = save_model_folder(build_tiny_model(), tmp_path / "with_split", extra={"ood": PASS_ALL})

@@ -1,26 +1,25 @@
 """The segmentation parts of the Predict and Evaluate pages, driven by AppTest with a tiny U-Net."""
 
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from conftest import write_tiny_dataset
+from conftest import start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 from test_page_evaluate import write_fixture_models
 from test_page_predict import png, texts
 from tiny_models import build_tiny_model, save_model_folder
 from tiny_segmenter import save_tiny_segmenter, write_scores
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
 TIMEOUT = 300
 
 pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
+def page_model(tmp_path_factory):
     return save_model_folder(build_tiny_model(), tmp_path_factory.mktemp("segment_page") / "default")
 
 
@@ -29,18 +28,6 @@ def segmenters(tmp_path_factory):
     root = tmp_path_factory.mktemp("segmenters")
     return {"all": save_tiny_segmenter(root / "all", threshold=0.0),
             "none": save_tiny_segmenter(root / "none", threshold=1.5)}
-
-
-@pytest.fixture
-def predict_env(monkeypatch, tmp_path, classifier):
-    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(classifier))
-    monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield tmp_path
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def upload(at: AppTest) -> AppTest:
@@ -54,11 +41,7 @@ def upload(at: AppTest) -> AppTest:
     return at
 
 
-def start(page: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+start = partial(start_page, timeout=TIMEOUT)
 
 
 def test_predict_shows_the_outline_measurements_and_saliency_inside_the_lesion(monkeypatch, predict_env, segmenters):

@@ -2,10 +2,11 @@
 
 import json
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import TRAINER_LIKE_ARGV, write_tiny_dataset
+from conftest import TRAINER_LIKE_ARGV, start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
@@ -89,11 +90,7 @@ def fixture_runs(env, live_trainer, dead_pid):
     return write_fixture_runs(env, live_trainer, TRAINER_LIKE_ARGV, dead_pid)
 
 
-def run_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+run_page = partial(start_page, PAGE, timeout=60)
 
 
 def open_run(at: AppTest, run_id: str) -> AppTest:
@@ -223,16 +220,22 @@ def test_active_run_offers_no_delete(fixture_runs):
     assert not [b for b in at.button if "Delete" in b.label]
 
 
-def test_only_an_active_run_is_polled(fixture_runs, monkeypatch):
+@pytest.fixture
+def scheduled(monkeypatch) -> list:
+    """``(function name, run_every)`` of every ``st.fragment`` the page declares."""
     import streamlit
 
-    original, scheduled = streamlit.fragment, []
+    original, found = streamlit.fragment, []
 
     def recording_fragment(func=None, *, run_every=None, **kwargs):
-        scheduled.append((func.__name__, run_every))
+        found.append((func.__name__, run_every))
         return original(func, run_every=run_every, **kwargs)
 
     monkeypatch.setattr(streamlit, "fragment", recording_fragment)
+    return found
+
+
+def test_only_an_active_run_is_polled(fixture_runs, scheduled):
     at = open_run(run_page(), fixture_runs["done"])
     open_run(at, fixture_runs["running"])
     panels = [every for name, every in scheduled if name == "_run_panel"]
@@ -241,17 +244,8 @@ def test_only_an_active_run_is_polled(fixture_runs, monkeypatch):
     assert {every for name, every in scheduled if name == "_history"} == {2.0}
 
 
-def test_history_is_not_polled_without_an_active_run(env, dead_pid, monkeypatch):
-    import streamlit
-
+def test_history_is_not_polled_without_an_active_run(env, dead_pid, scheduled):
     _write(env / "20250101-120000-done", {"state": "done", "pid": dead_pid, "epochs": 2, "epoch": 2}, epochs=2)
-    original, scheduled = streamlit.fragment, []
-
-    def recording_fragment(func=None, *, run_every=None, **kwargs):
-        scheduled.append((func.__name__, run_every))
-        return original(func, run_every=run_every, **kwargs)
-
-    monkeypatch.setattr(streamlit, "fragment", recording_fragment)
     run_page()
     assert ("_history", None) in scheduled and ("_history", 2.0) not in scheduled
 

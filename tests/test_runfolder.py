@@ -105,3 +105,46 @@ def test_model_metadata_goes_through_the_one_atomic_writer(tmp_path, monkeypatch
     monkeypatch.setattr(modelio, "write_json_atomic", lambda path, data, **kw: calls.append((path, kw)))
     modelio.write_metadata(tmp_path, {"classes": []})
     assert calls == [(tmp_path / rf.METADATA_FILE, {"sort_keys": True})]
+
+
+class ScriptedTrainer:
+    """A trainer without a model: saves ``state.json`` after each epoch, and stops where it is told."""
+
+    def __init__(self, folder, start_epoch=0, stop_during=None, stop_after=None):
+        self.folder, self.start_epoch, self.best, self.finished = folder, start_epoch, None, False
+        self.stop_during, self.stop_after = stop_during, stop_after
+
+    def run_epoch(self, epoch: int) -> bool:
+        if epoch + 1 == self.stop_during:
+            return False
+        self.folder.write_json(rf.STATE_FILE, {"epoch": epoch + 1})
+        return epoch + 1 != self.stop_after  # a stop agreed at the epoch's end, after its state is saved
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+@pytest.mark.parametrize(("start", "stop_during", "stop_after", "message"), [
+    (0, 3, None, "stopped during epoch 3; resume continues from epoch 3"),
+    (0, 1, None, "stopped during epoch 1; resume continues from epoch 1"),
+    (2, 4, None, "stopped during epoch 4; resume continues from epoch 4"),
+    (0, None, 2, "stopped during epoch 2; resume continues from epoch 3"),
+])
+def test_a_stopped_run_says_where_a_resume_continues(tmp_path, start, stop_during, stop_after, message):
+    folder = rf.RunFolder(tmp_path)
+    if start:
+        folder.write_json(rf.STATE_FILE, {"epoch": start})
+    trainer = ScriptedTrainer(folder, start, stop_during, stop_after)
+    assert rf.run_epochs(trainer, folder, epochs=5) == 0
+    status = rf.read_json(tmp_path / rf.STATUS_FILE)
+    assert (status["state"], status["message"]) == ("stopped", message) and status["finished"]
+    assert not trainer.finished
+
+
+def test_a_run_that_ends_normally_is_finished_and_done(tmp_path):
+    folder = rf.RunFolder(tmp_path)
+    trainer = ScriptedTrainer(folder)
+    assert rf.run_epochs(trainer, folder, epochs=2) == 0
+    status = rf.read_json(tmp_path / rf.STATUS_FILE)
+    assert trainer.finished and (status["state"], status["message"]) == ("done", "finished")
+    assert rf.read_json(tmp_path / rf.STATE_FILE) == {"epoch": 2}

@@ -79,6 +79,9 @@ def test_metadata_is_checked(tmp_path, tiny_folder):
         segment.read_segmenter_metadata(tmp_path)
     with pytest.raises(ModelFolderError, match="not found"):
         segment.read_segmenter_metadata(tmp_path / "missing")
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(ModelFolderError, match="not a JSON object"):
+        segment.read_segmenter_metadata(tmp_path)
 
 
 def test_segmenter_returns_a_mask_at_the_image_size(tiny_folder):
@@ -125,3 +128,17 @@ def test_a_full_threshold_segments_everything_and_the_mask_matches_the_png(tmp_p
     table = segment.segment_sources(segment.Segmenter(folder), [("x/a.png", buffer.getvalue())], tmp_path / "o")
     assert table.loc[0, "area_share"] == 1.0 and (table.loc[0, "height"], table.loc[0, "width"]) == (20, 30)
     assert (np.asarray(Image.open(tmp_path / "o" / "a.png")) == 255).all()
+
+
+def test_same_stem_in_two_folders_keeps_both_masks(tmp_path, tiny_folder):
+    for folder, size in (("a", (60, 45)), ("b", (33, 50))):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        write_image(tmp_path / "in" / folder / "ISIC_1.jpg", size, 0)
+    out = tmp_path / "out"
+    assert segment.main(["--model", str(tiny_folder), "--out", str(out), str(tmp_path / "in")]) == 0
+    table = pd.read_csv(out / segment.MEASUREMENTS_FILE)
+    assert list(table["image_id"]) == ["a/ISIC_1", "b/ISIC_1"] and list(table["width"]) == [60, 33]
+    for folder, size in (("a", (60, 45)), ("b", (33, 50))):
+        with Image.open(out / folder / "ISIC_1.png") as mask:
+            assert mask.size == size
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", segment.MEASUREMENTS_FILE]

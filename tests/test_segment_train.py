@@ -59,8 +59,10 @@ def test_stop_is_honoured_and_resume_finishes_the_run(env):
     args = segment_train.build_parser().parse_args(["--run-dir", str(run), *ARGS])
     assert segment_train.train(args, StopAfterFirstBatch(run)) == 0
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "stopped" and "resume" in status["message"]
+    assert status["state"] == "stopped"
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    # the stop landed mid-epoch 2, so epoch 2 is what a resume runs again
+    assert status["message"] == "stopped during epoch 2; resume continues from epoch 2"
     assert segment_train.main(["--run-dir", str(run), "--resume"]) == 0
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert [r["epoch"] for r in lines(run) if r["kind"] == "epoch"] == [1, 2]
@@ -72,3 +74,16 @@ def test_bad_options_fail_with_a_reason(env):
     folder = RunFolder(env / "r")
     assert segment_train.train(args, folder) == 2
     assert json.loads((env / "r" / "status.json").read_text())["state"] == "failed"
+
+
+def test_resume_options_come_from_the_config_and_a_new_length_keeps_the_planned_one(tmp_path):
+    parser = segment_train.build_parser()
+    config = {**vars(parser.parse_args(["--run-dir", str(tmp_path), *ARGS])), "run_dir": str(tmp_path)}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = segment_train.load_resume_args(parser, tmp_path)
+    assert (args.epochs, args.image_size, args.resume, getattr(args, "planned_epochs", None)) == (2, 32, True, None)
+    longer = segment_train.load_resume_args(parser, tmp_path, epochs=4)
+    assert (longer.epochs, longer.planned_epochs) == (4, 2)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "epochs": 4, "planned_epochs": 2}))
+    again = segment_train.load_resume_args(parser, tmp_path)
+    assert (again.epochs, again.planned_epochs) == (4, 2)

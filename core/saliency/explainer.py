@@ -32,6 +32,17 @@ class Explainer:
         self._tfkv = {}
         self._stages = None
 
+    @classmethod
+    def of(cls, folder, model=None) -> "Explainer":
+        """The explainer of a model folder: a path or a ``core.modelio.ModelFolder`` (opened once, shared).
+
+        ``model`` replaces the folder's own Keras model (an already loaded one).
+        """
+        from core.modelio import ModelFolder
+
+        folder = ModelFolder.open(folder)
+        return cls(folder.model if model is None else model, folder.last_conv_layer)
+
     def traced(self, key, build):
         """A traced function cached under ``key``; ``build(explainer)`` makes it once."""
         if key not in self._traced:
