@@ -327,6 +327,19 @@ def _unsupported(path: Path) -> ImageError:
     return ImageError(f"not an image type this reads ({kind}; accepted: {', '.join(UPLOAD_TYPES)}, zip).")
 
 
+def zip_sources(name: str, data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
+    """Yield ``(f"{name}!{member}", bytes | ImageError)`` for a zip's members, one extracted at a time.
+
+    An unreadable zip yields one ``(name, ImageError)``.
+    """
+    try:
+        for member in zip_members(data):
+            yield f"{name}!{member[0]}", member[1]
+            del member  # not kept alive while the next member is extracted
+    except ImageError as err:
+        yield name, err
+
+
 def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
     """Yield ``(name, bytes)`` for image files, folders (recursively) and zips, one file at a time.
 
@@ -341,10 +354,8 @@ def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
             yield str(path), _unsupported(path)
         elif path.suffix.lower() == ".zip":
             try:
-                for member in zip_members(path.read_bytes()):
-                    yield f"{path}!{member[0]}", member[1]
-                    del member  # not kept alive while the next member is extracted
-            except (ImageError, OSError) as err:
+                yield from zip_sources(str(path), path.read_bytes())
+            except OSError as err:
                 yield str(path), ImageError(f"{path}: {err}")
         else:
             try:

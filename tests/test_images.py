@@ -213,3 +213,14 @@ def test_skip_report_names_each_skipped_entry_on_stderr(capsys):
     found = list(decode_sources([("a.png", encode(gradient_rgb(), "PNG")), ("b.jpg", b"junk")], on_skip=report))
     assert [name for name, _ in found] == ["a.png"] and report.names == ["b.jpg"]
     assert capsys.readouterr().err.startswith("skipped b.jpg: This file is not an image")
+
+
+def test_a_broken_zip_is_one_skipped_source_in_folders_and_uploads(tmp_path):
+    from core.images import zip_sources
+
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    (name, err), = list(iter_sources([broken]))
+    assert name == str(broken) and isinstance(err, ImageError) and "zip" in str(err)
+    (name, err), = list(zip_sources("upload.zip", broken.read_bytes()))
+    assert name == "upload.zip" and isinstance(err, ImageError)

@@ -21,7 +21,7 @@ import streamlit as st
 from core import leakage
 from core import predictions as contract
 from core.data import DatasetError
-from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_members
+from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_sources
 from core.images import decode_upload as decode_upload_pixels
 from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
@@ -313,15 +313,10 @@ def upload_sources(files):
     been decoded and reduced, so a zip of many huge members never sits in memory at once.
     """
     for upload in files:
-        if not upload.name.lower().endswith(".zip"):
+        if upload.name.lower().endswith(".zip"):
+            yield from zip_sources(upload.name, upload.getvalue())
+        else:
             yield upload.name, upload.getvalue()
-            continue
-        try:
-            for member in zip_members(upload.getvalue()):
-                yield f"{upload.name}!{member[0]}", member[1]
-                del member  # not kept alive while the next member is extracted
-        except ImageError as err:
-            yield upload.name, err
 
 
 def count_sources(files) -> int:
