@@ -187,14 +187,16 @@ def _read_labelled_csv(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
     return frame[["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path", "mask_path"]]
 
 
-def predict_files(predictor, image_paths, batch_size: int = 32, progress=None) -> tuple:
-    """Raw probabilities and OOD results of image files, decoded exactly as the Predict page does.
+def predict_files(predictor, image_paths, batch_size: int = 32, progress=None, decode=None) -> tuple:
+    """Raw probabilities and OOD results of image files, decoded by ``core.images`` as serving does.
 
     Args:
         predictor: a :class:`core.predict.Predictor` of the model folder.
         image_paths: image files to predict.
         batch_size: images per forward pass.
         progress: optional ``callback(done, total)`` called after each batch.
+        decode: ``bytes -> RGB``; default :func:`core.images.decode_image` with the command line's
+            limits; the app passes :func:`core.images.decode_upload` (its own, lower limits).
 
     Returns:
         ``(probs, ood_scores, ood_flags)``: the model's own softmax ``(N, C)`` and one score and flag per image.
@@ -206,23 +208,23 @@ def predict_files(predictor, image_paths, batch_size: int = 32, progress=None) -
     found = []
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start : start + batch_size]
-        found += predictor.predict_batch([_decode(p) for p in chunk])
+        found += predictor.predict_batch([_decode(p, decode) for p in chunk])
         if progress is not None:
             progress(min(start + batch_size, len(image_paths)), len(image_paths))
     probs = np.array([p.raw for p in found]).reshape(len(found), -1)
     return probs, [p.ood.score for p in found], [p.ood.flagged for p in found]
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, decode=None) -> np.ndarray:
     from core.images import decode_image
 
     try:
-        return decode_image(path.read_bytes())
+        return (decode or decode_image)(path.read_bytes())
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from err
 
 
-def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress=None) -> pd.DataFrame:
+def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress=None, decode=None) -> pd.DataFrame:
     """Predict every image of an image table with a model folder (a path or a ``modelio.ModelFolder``);
     returns a predictions table with truth."""
     folder = modelio.ModelFolder.open(model_dir)
@@ -232,7 +234,7 @@ def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress
         raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
     from core.predict import Predictor
 
-    probs, scores, flags = predict_files(Predictor(folder), table["path"], batch_size, progress)
+    probs, scores, flags = predict_files(Predictor(folder), table["path"], batch_size, progress, decode)
     # Renormalise away float32 rounding so the file passes its own validation.
     probs = probs / probs.sum(axis=1, keepdims=True)
     return predictions.make_table(table["image_id"], probs, classes, truth=table["dx"], ood_scores=scores,
@@ -263,14 +265,14 @@ def overlap_check(model_dir, table: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def evaluate_external(
-    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None
+    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None, decode=None
 ) -> dict:
     """Predict an external test set and write predictions, truth, overlap, metrics and ISIC submission CSVs.
 
     Metrics are given on every image (split ``external``) and, when some images
     overlap the model's training or validation data, on the clean part too
     (split ``external_clean``). ``model_dir`` is a path or a ``modelio.ModelFolder``,
-    opened once for the whole evaluation.
+    opened once for the whole evaluation; ``decode`` as in :func:`predict_files`.
 
     Returns:
         ``{"predictions": path, "truth": path, "overlap": path | None, "metrics": path, "submission": path}``.
@@ -278,7 +280,7 @@ def evaluate_external(
     out_dir = Path(out_dir)
     table = read_truth(truth_csv, images_dir)
     folder = modelio.ModelFolder.open(model_dir)
-    found = predict_table(folder, table, batch_size=batch_size, progress=progress)
+    found = predict_table(folder, table, batch_size=batch_size, progress=progress, decode=decode)
     classes = list(folder.classes)
     report = overlap_check(folder, table)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable

@@ -294,3 +294,30 @@ def test_prediction_evaluation_and_saliency_share_one_opened_folder(tmp_path, mo
     assert predictor.folder is folder and predictor.model is folder.model is explainer.model
     assert predictor.classes == folder.classes and explainer.last_conv_layer == "last_conv"
     assert Predictor(model_dir).classes == folder.classes  # a path still works
+
+
+def test_the_app_decodes_external_images_with_its_own_lower_pixel_limit(tmp_path):
+    from PIL import Image
+
+    from core.images import INTERACTIVE_MAX_PIXELS, ImageError, decode_upload
+
+    side = int(INTERACTIVE_MAX_PIXELS ** 0.5) + 10  # above the app's limit, below the command line's
+    path = tmp_path / "big.png"
+    Image.new("L", (side, side)).save(path)
+
+    class Recorder:
+        def __init__(self):
+            self.shapes = []
+
+        def predict_batch(self, images):
+            from types import SimpleNamespace
+
+            self.shapes += [np.shape(i) for i in images]
+            ood = SimpleNamespace(score=0.0, flagged=False)
+            return [SimpleNamespace(raw=np.full(7, 1 / 7), ood=ood) for _ in images]
+
+    recorder = Recorder()
+    evaluate.predict_files(recorder, [path])
+    assert recorder.shapes == [(side, side, 3)]
+    with pytest.raises(ImageError, match="megapixels"):
+        evaluate.predict_files(Recorder(), [path], decode=decode_upload)

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core import evaluate, modelio, uploads
+from core.images import decode_upload
 from ui.evaluate.common import KEY_EXTERNAL, Source, mtime
 
 KEY_WORKSPACE = "evaluate_workspace"  # the session's core.uploads.Workspace
@@ -130,7 +131,7 @@ def _run_external(model_dir: Path, first, second) -> Path | None:
 
     try:
         images, truth = (first, second) if isinstance(first, Path) else _save_uploads(out / "upload", first, second)
-        evaluate.evaluate_external(model_dir, images, truth, out, progress=progress)
+        evaluate.evaluate_external(model_dir, images, truth, out, progress=progress, decode=decode_upload)
     except (OSError, ValueError) as err:
         bar.empty()
         log.warning("external test set refused: %s", err)
