@@ -118,7 +118,7 @@ async def session(page, port: int, files: dict, log: list, rss) -> None:
     log.append("6300 px PNG: " + (await page.locator('[data-testid="stAlert"]').filter(
         has_text=re.compile("too large|Refused")).first.inner_text()).splitlines()[0][:120] + f" [{rss():.0f} MB]")
     await upload(page, "Dermatoscopic image", files["big_png"])
-    await page.get_by_text("Download overlay (PNG)").first.wait_for(timeout=STEP_TIMEOUT_MS)
+    await page.get_by_text("Download the left picture (PNG)").first.wait_for(timeout=STEP_TIMEOUT_MS)
     log.append(f"4800 px PNG: predicted and explained [{rss():.0f} MB]")
     await page.get_by_role("tab", name="Batch").click()
     await upload(page, "Images or zip files", files["zip"])
