@@ -12,8 +12,8 @@ Each round starts a fresh ``streamlit run app.py`` on a free port and drives hea
     (ui/warm.py) loads TensorFlow and the model in the background from the first page on.
   * **Predict, cold deep link**: a fresh server opened straight at /Predict (nothing warmed yet).
   * **First prediction with its map**: upload one of the example images right after Predict is usable;
-    seconds until the probabilities, the outline, both saliency maps and the faithfulness curves are drawn
-    (on a fresh server this still waits for the warm start to finish). Then a second, different image,
+    seconds until the probabilities, the outline and both saliency maps are drawn (the faithfulness curves
+    are drawn on request, not timed; on a fresh server this still waits for the warm start to finish). Then a second, different image,
     and a third in a new browser session once the server is warm: what a class sees when the app was
     opened a minute before.
   * **Explore filter change**: click a diagnosis pill; milliseconds from the click until the new numbers,
@@ -100,7 +100,7 @@ def predict_cold(browser, url: str) -> float:
 
 
 def prediction_with_map(page, image: Path) -> float:
-    """Seconds from choosing a file to its probabilities, saliency images and curves all drawn."""
+    """Seconds from choosing a file to its probabilities, outline and saliency images all drawn."""
     delete = page.locator('[data-testid="stFileUploaderDeleteBtn"] button')
     if delete.count():  # clear the previous image first, so its result cannot pass for the new one
         delete.first.click()

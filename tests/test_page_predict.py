@@ -70,8 +70,11 @@ def test_upload_shows_probabilities_saliency_and_curves(predict_env):
     assert "Calibrated with temperature scaling, T = 1.500, fitted on an unknown number of images" in page
     assert "Out-of-distribution check passed. Confidence check only" in page
     assert "Malignant (mel + bcc + akiec)" == at.metric[0].label
-    assert len(at.get("plotly_chart")) == 2  # probabilities + deletion/insertion curves
+    assert len(at.get("plotly_chart")) == 1  # probabilities; the curves are drawn on request
     assert len(at.get("image")) == 4  # original, two maps side by side, colour-scale legend
+    at.toggle(key="predict_curves_on").set_value(True).run()
+    assert len(at.get("plotly_chart")) == 2  # + deletion/insertion curves
+    assert "deletion" in at.get("plotly_chart")[1].proto.spec and "AUC" in at.get("plotly_chart")[1].proto.spec
     assert at.selectbox(key="predict_method").value == DEFAULT_METHOD
     assert at.selectbox(key="predict_method_b").value != DEFAULT_METHOD
     assert at.radio(key="predict_style").value == "contours" and at.radio(key="predict_cmap").value == "viridis"
@@ -149,7 +152,7 @@ def test_bad_upload_shows_error_and_page_keeps_working(predict_env):
     assert any("Cannot use **broken.jpg**" in e.value for e in at.error)
     at.file_uploader[0].set_value(("fine.png", png(1), "image/png")).run()
     assert not at.exception and not at.error
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("image")) == 4  # the verdict and the maps
 
 
 def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, predict_env):
@@ -192,7 +195,7 @@ def test_flagged_image_is_gated_before_any_verdict(monkeypatch, predict_env, fla
     at.toggle(key=[t.key for t in at.toggle if t.key.startswith("predict_show_anyway")][0]).set_value(True).run()
     assert not at.exception, at.exception
     assert "Shown on request" in texts(at) and at.metric[0].label == "Malignant (mel + bcc + akiec)"
-    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 4  # original, two maps, colour-scale legend
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("image")) == 4  # original, two maps, colour-scale legend
 
 
 def test_flagged_batch_rows_carry_the_flag(monkeypatch, predict_env, flagging_model_dir):

@@ -27,6 +27,7 @@ KEY_TARGET = "predict_target"
 KEY_STYLE = "predict_style"
 KEY_CMAP = "predict_cmap"
 KEY_OPACITY = "predict_opacity"
+KEY_CURVES = "predict_curves_on"
 
 COMPARE_METHOD = "Grad-CAM, stride 32"
 CURVE_STEPS = 20
@@ -120,8 +121,7 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_ma
             segment_view.saliency_energy_caption(model_map, predicted_mask, method)
     _legend(options)
     _downloads(image, options, maps[0])
-    show_curves(*_curves(*base, options["methods"][0], options["target"], _x=x, _map=maps[0]),
-                options["methods"][0])
+    faithfulness_section(base, options, x, maps[0])
 
 
 def _scores(col, model_map: np.ndarray, mask) -> None:
@@ -176,8 +176,15 @@ def curves_figure(deletion, insertion) -> go.Figure:
     return fig
 
 
-def show_curves(deletion, insertion, method: str) -> None:
-    """The faithfulness section: curves of the left map plus a one-line reading guide."""
+def faithfulness_section(base: tuple, options: dict, x: np.ndarray, model_map: np.ndarray) -> None:
+    """The faithfulness check of the left map: a reading guide, and its curves on request.
+
+    The curves take 42 forward passes (most of a prediction's time), so they are
+    drawn when asked; the toggle keeps its state for the session.
+    """
+    method = options["methods"][0]
     st.markdown(f"**Is the left map ({method}) faithful?** Deletion blurs the most salient pixels first; insertion "
                 "restores them on a blurred copy. A faithful map makes the probability drop fast / rise fast.")
-    st.plotly_chart(curves_figure(deletion, insertion), width="stretch", key="predict_curves")
+    if st.toggle("Draw the deletion and insertion curves (42 more forward passes, about a second)", key=KEY_CURVES):
+        deletion, insertion = _curves(*base, method, options["target"], _x=x, _map=model_map)
+        st.plotly_chart(curves_figure(deletion, insertion), width="stretch", key="predict_curves")
