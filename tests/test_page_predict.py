@@ -75,6 +75,8 @@ def test_upload_shows_probabilities_saliency_and_curves(predict_env):
     at.toggle(key="predict_curves_on").set_value(True).run()
     assert len(at.get("plotly_chart")) == 2  # + deletion/insertion curves
     assert "deletion" in at.get("plotly_chart")[1].proto.spec and "AUC" in at.get("plotly_chart")[1].proto.spec
+    at.file_uploader[0].set_value(("second.png", png(2), "image/png")).run()
+    assert len(at.get("plotly_chart")) == 2  # the toggle keeps its state for the next image
     assert at.selectbox(key="predict_method").value == DEFAULT_METHOD
     assert at.selectbox(key="predict_method_b").value != DEFAULT_METHOD
     assert at.radio(key="predict_style").value == "contours" and at.radio(key="predict_cmap").value == "viridis"
