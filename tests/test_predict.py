@@ -182,13 +182,17 @@ def _listing(folder: Path) -> set:
 
 def test_upload_is_decoded_and_predicted_without_touching_disk(predictor, monkeypatch, tmp_path):
     upload = png_bytes(random_image(7, (120, 160, 3)))
-    before = _listing(Path(tempfile.gettempdir()))
+    # A temporary folder of this test's own: other processes (a second test run) write to the shared /tmp.
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     with _NoDiskWrites(monkeypatch):
         with pytest.raises(AssertionError):  # the guard itself works
             Image.new("RGB", (2, 2)).save(tmp_path / "probe.png")
         prediction = predictor.predict(decode_image(upload), tta=True)
     assert prediction.probabilities.sum() == pytest.approx(1.0)
-    assert _listing(Path(tempfile.gettempdir())) - before == set()
+    assert _listing(private_tmp) == set()
     assert not (tmp_path / "probe.png").exists()
 
 
