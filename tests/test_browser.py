@@ -61,8 +61,11 @@ def _sidebar_labels(page) -> list:
     return [text.split("\n")[-1].strip() for text in page.locator('[data-testid="stSidebar"] a').all_inner_texts()]
 
 
-def _first_metric(page) -> str:
-    return page.locator('[data-testid="stMetricValue"]').first.inner_text()
+def _images_metric(page):
+    """The value of Explore's "Images" metric. The browser draws the page's metrics one by one for a while after
+    the script run ends (the one with a help icon last), so read it by its label, never as "the first metric"."""
+    label = page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(r"^\s*Images\s*$"))
+    return page.locator('[data-testid="stMetric"]', has=label).locator('[data-testid="stMetricValue"]')
 
 
 @pytest.mark.timeout(600)
@@ -81,17 +84,18 @@ def test_deep_link_on_a_fresh_server_renders_the_page(path, expected, browser_pa
 
 @pytest.mark.timeout(900)
 def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browser_page):
+    from playwright.sync_api import expect
+
     page, url = browser_page
     page.goto(f"{url}/Explore", wait_until="domcontentloaded")
     page.get_by_text("Images per class").first.wait_for(timeout=WAIT_MS)
     _settle(page)
-    everything = _first_metric(page)
+    everything = _images_metric(page).inner_text()
     page.locator('[data-testid="stSidebar"] button', has_text=re.compile(r"^MEL$")).click()
     page.wait_for_url(re.compile(r"explore_classes=MEL"), timeout=WAIT_MS)
-    page.wait_for_function(f"document.querySelector('[data-testid=\"stMetricValue\"]').innerText !== {everything!r}",
-                           timeout=WAIT_MS)
+    expect(_images_metric(page)).not_to_have_text(everything, timeout=WAIT_MS)
     _settle(page)
-    melanomas = _first_metric(page)
+    melanomas = _images_metric(page).inner_text()
 
     page.get_by_role("button", name=re.compile(r"^Lesion HAM_")).first.click()  # opens a dialog over the page
     dialog = page.get_by_role("dialog")
@@ -104,19 +108,20 @@ def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browse
     page.reload(wait_until="domcontentloaded")  # reload: filters and dialog come back
     page.get_by_role("dialog").wait_for(timeout=WAIT_MS)
     _settle(page)
-    assert _first_metric(page) == melanomas
+    expect(_images_metric(page)).to_have_text(melanomas, timeout=WAIT_MS)
 
     page.go_back()  # the lesion was one history entry: Back closes it and keeps the filter
     page.wait_for_url(lambda u: "image=" not in u, timeout=WAIT_MS)
     page.get_by_role("dialog").wait_for(state="detached", timeout=WAIT_MS)
     _settle(page)
-    assert _first_metric(page) == melanomas and "explore_classes=MEL" in page.url
+    expect(_images_metric(page)).to_have_text(melanomas, timeout=WAIT_MS)
+    assert "explore_classes=MEL" in page.url
 
     fresh = page.context.browser.new_page()  # a pasted link in a new window: a new session, same view
     fresh.goto(opened, wait_until="domcontentloaded")
     fresh.get_by_role("dialog").wait_for(timeout=WAIT_MS)
     _settle(fresh)
-    assert _first_metric(fresh) == melanomas
+    expect(_images_metric(fresh)).to_have_text(melanomas, timeout=WAIT_MS)
 
 
 @pytest.mark.timeout(900)
