@@ -82,20 +82,29 @@ def now_iso() -> str:
 # ---------------------------------------------------------------- reading and writing
 
 
-def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> None:
-    """Write JSON so a reader never sees half a file (temp file + ``os.replace``)."""
+def _replace_atomically(path: Path, write) -> None:
+    """Call ``write(binary file)`` on a hidden temporary file beside ``path``, then rename it over ``path``:
+    a reader sees the old file or the whole new one, never half of it; a failed write leaves no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=float), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> None:
+    """Write JSON so a reader never sees half a file."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=float)
+    _replace_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_arrays_atomic(path: Path, arrays: list, count: int) -> None:
     """Save numbered arrays and a count as ``.npz`` so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, count=np.int64(count), **{f"a{i}": a for i, a in enumerate(arrays)})
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda fh: np.savez(fh, count=np.int64(count), **{f"a{i}": a for i, a in enumerate(arrays)}))
 
 
 def read_arrays(path: Path) -> tuple[list, int] | None:

@@ -54,6 +54,23 @@ def test_json_round_trip_and_unreadable_files(tmp_path):
     assert rf.read_json(tmp_path / "missing.json") is None
 
 
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    path = tmp_path / "average.npz"
+    rf.write_arrays_atomic(path, [np.zeros(2)], count=1)
+
+    def disk_full(handle, **arrays):
+        handle.write(b"half an npz")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        rf.write_arrays_atomic(path, [np.ones(2)], count=2)
+    assert rf.read_arrays(path)[1] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["average.npz"]
+
+
 def test_stop_request_round_trip(tmp_path):
     folder = rf.RunFolder(tmp_path)
     assert not folder.stop_requested()
