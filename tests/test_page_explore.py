@@ -43,6 +43,27 @@ def test_class_filter_updates_counts_and_gallery(tiny_dataset_env):
     assert len(captions) == 9 and all(" · MEL · " in c for c in captions)
 
 
+def test_charts_follow_the_filter_and_leave_removed_classes_empty(tiny_dataset_env):
+    import json
+
+    at = _run()
+    at.button_group(key="explore_classes").set_value(["mel"])
+    at.toggle(key="explore_normalize").set_value(True).run()
+    specs = {spec["layout"]["title"]["text"]: spec for spec in
+             (json.loads(chart.proto.spec) for chart in at.get("plotly_chart"))}
+    assert set(specs) == {"Images per class", "Age by class", "Sex by class", "Diagnosis confirmed by",
+                          "Body site by class"}
+    bars = specs["Images per class"]["data"][0]
+    assert dict(zip(bars["x"], bars["y"]))["mel"] == 9 and sum(bars["y"]) == 9
+    sex = specs["Sex by class"]["data"][0]
+    mel = sex["x"].index("mel")
+    for row, text in zip(sex["z"], sex["text"]):
+        assert all(v is None for i, v in enumerate(row) if i != mel)  # a removed class has no share, not 0 %
+        assert all(t == "" for i, t in enumerate(text) if i != mel)
+    assert abs(sum(row[mel] for row in sex["z"]) - 1) < 1e-9  # shares of the class sum to one
+    assert [trace["x"] for trace in specs["Age by class"]["data"]] == [["mel"]]
+
+
 def test_age_and_site_filters(tiny_dataset_env):
     source = pd.read_csv(tiny_dataset_env / "HAM10000_metadata.csv")
     at = _run()
