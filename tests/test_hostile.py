@@ -449,6 +449,7 @@ def test_guard_turns_an_unexpected_exception_into_a_message_and_a_log_entry(capl
 def test_server_config_is_deliberate():
     config = tomllib.loads((PROJECT / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] == "none"
+    assert config["runner"]["postScriptGC"] is False  # ~0.3 s of every run with TensorFlow loaded
     assert config["server"]["enableXsrfProtection"] is True
     assert config["server"]["maxUploadSize"] * 1024 * 1024 == images.MAX_ZIP_MEMBER_BYTES
 

@@ -56,3 +56,19 @@ def test_a_failing_warm_start_is_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setattr(warm, "warm_caches", broken)
     warm._warm_logged()
     assert "warm start: the default model could not be loaded" in caplog.text
+
+
+def test_a_page_run_leaves_keras_and_its_kernel_cache_alone(monkeypatch):
+    """Streamlit's end-of-run clean-up would call ``keras.backend.clear_session()`` after every run,
+    emptying TensorFlow's kernel cache: each traced model call of the next run then rebuilt its kernels."""
+    import keras
+    from streamlit.runtime.scriptrunner import script_runner
+    from streamlit.testing.v1 import AppTest
+
+    resets = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: resets.append(args))
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", script_runner._clean_problem_modules)
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=60).run()
+    at.run()
+    assert not at.exception, at.exception
+    assert resets == []

@@ -15,7 +15,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.layout import find_metadata
 from core.paths import dataset_dir, read_only
-from ui.warm import warm_start
+from ui.warm import keep_kernels_between_runs, warm_start
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,6 +55,7 @@ def page_setup(title: str, icon: str) -> None:
         navigation()
         st.caption(dataset_status())
         st.caption(NOT_A_DEVICE)
+    keep_kernels_between_runs()
     warm_start()
 
 

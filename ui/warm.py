@@ -7,9 +7,12 @@ the first session starts one daemon thread (once per server process, through
 first prediction uses: the classifier (traced), the saliency explainer with the two
 methods the page opens with, and the lesion segmenter. A page that needs one of them
 meanwhile waits on the same cache entry instead of loading a second copy.
+
+Warm also means staying warm between script runs: see :func:`keep_kernels_between_runs`.
 """
 
 import logging
+import sys
 import threading
 import time
 
@@ -30,6 +33,30 @@ def warm_start() -> None:
     """
     if _real_server() and is_model_dir(default_model_dir()):
         _warm_thread()
+
+
+def keep_kernels_between_runs() -> None:
+    """Stop Streamlit from resetting Keras after every script run (idempotent; every page calls it).
+
+    Streamlit ends each run with its ``_clean_problem_modules``, which calls
+    ``keras.backend.clear_session()``: a full garbage collection (~0.3 s with TensorFlow
+    loaded) and TensorFlow's kernel cache emptied, so every traced model call of the next
+    run rebuilt its kernels (~0.3 s each on two cores). That reset is for scripts that
+    build models in their body; this app builds them once, in cached resources. The
+    replacement keeps Streamlit's other clean-up (closing matplotlib figures). The
+    garbage collection Streamlit runs after each script is off in ``.streamlit/config.toml``
+    (``runner.postScriptGC``) for the same reason.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if getattr(script_runner, "_clean_problem_modules", None) is not _clean_problem_modules:
+        script_runner._clean_problem_modules = _clean_problem_modules
+
+
+def _clean_problem_modules() -> None:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
 
 
 def _real_server() -> bool:
