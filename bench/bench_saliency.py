@@ -2,7 +2,8 @@
 
 Over a fixed, seeded sample of HAM10000 images with lesion masks (the model's
 test split, from its ``splits.csv`` or ``predictions_test.csv``, else its val
-split), every method explains the model's predicted class. Reported per method:
+split; ``--split val`` to try a new method on validation and keep the test split
+for the report), every method explains the model's predicted class. Reported per method:
 
 * **energy in lesion** — share of the map's mass inside the lesion mask (mean, 95 % CI);
 * **pointing game** — share of images whose map peaks inside the lesion;
@@ -50,14 +51,14 @@ SANITY_DEPTH = "down to stride 32"
 MIN_NATIVE = 14  # a map computed on fewer cells per side cannot follow a lesion's border
 
 
-def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int) -> tuple:
-    """``(rows, source)``: ``n`` seeded dataset rows that have a mask."""
+def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int, splits=("test", "val")) -> tuple:
+    """``(rows, source)``: ``n`` seeded dataset rows that have a mask, from the first of ``splits`` the model has."""
     from core.data import load_dataset
 
     table = load_dataset(data_dir)
     table = table[(table["mask_path"] != "") & (table["path"] != "")]
     source = "any images"
-    for split in ("test", "val"):  # images the model did not train on
+    for split in splits:  # images the model did not train on
         held_out = table[table["image_id"].isin(held_out_ids(Path(model_dir), split))]
         if len(held_out):
             table, source = held_out, f"{split} split"
@@ -179,6 +180,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sanity-n", type=int, default=12, help="images for the randomisation checks")
     parser.add_argument("--sanity-slow-n", type=int, default=4, help="of which for the tf-keras-vis back-end")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="held-out split to sample (val: for trying methods; the report uses test)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="saliency methods (names as in the UI)")
     args = parser.parse_args(argv)
     folder, note = model_folder(args.model)
@@ -188,7 +191,8 @@ def main(argv=None) -> None:
 
     predictor = Predictor(folder)
     explainer = Explainer.of(predictor.folder, predictor.model)
-    rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed)
+    splits = ("test", "val") if args.split == "test" else ("val",)
+    rows, source = sample_images(folder, args.data or dataset_dir(), args.n, args.seed, splits)
     images = load_inputs(rows, predictor)
     methods = [*BASELINES, *args.methods]
     slow = {m for m in methods if m in METHODS and METHODS[m].backend == "tf-keras-vis"}
