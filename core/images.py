@@ -51,6 +51,7 @@ DISPLAY_MAX_SIDE = 1024
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 MAX_ZIP_MEMBER_BYTES = 64 * 1024 * 1024
 WHITE = (255, 255, 255)
+STAGING_PREFIX = ".writing-"  # + pid + "-": the hidden folder write_per_image stages files in
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -406,7 +407,7 @@ def distinct_ids(names) -> list:
 
     ``["a/x.jpg", "b/x.jpg", "c/y.png"]`` gives ``["a/x", "b/x", "y"]``; names
     inside zips (``archive.zip!dir/x.jpg``) count ``!`` as a folder separator.
-    The same name given twice is numbered (``x``, ``x#2``). An id's folders are
+    The same name given twice is numbered (``x``, ``x#2``; ``x#3`` when a file is called ``x#2``). An id's folders are
     never empty, ``.``, ``..`` or a root, so :func:`output_path` stays inside its folder.
     """
     parts = [_id_parts(n) for n in names]
@@ -420,10 +421,15 @@ def distinct_ids(names) -> list:
         group = [p for s, p in zip(stems, parts) if s == stem]
         shared = len(_common_prefix(group))
         ids.append("/".join(path[min(shared, len(path) - 1):]))
-    seen: dict = {}
+    taken, seen = set(ids), set()
     for k, image_id in enumerate(ids):  # the same name given twice: number the repeats
-        seen[image_id] = seen.get(image_id, 0) + 1
-        ids[k] = image_id if seen[image_id] == 1 else f"{image_id}#{seen[image_id]}"
+        if image_id in seen:
+            n = 2
+            while f"{image_id}#{n}" in taken:  # a real file may already be called x#2
+                n += 1
+            ids[k] = f"{image_id}#{n}"
+            taken.add(ids[k])
+        seen.add(image_id)
     return ids
 
 
@@ -471,10 +477,12 @@ def write_per_image(sources, out_dir, write, on_skip=None) -> list:
     Ids depend on every name, so files are written into a hidden staging folder of
     ``out_dir`` while images stream in and moved to their names at the end; when
     ``write`` fails, what was written before is still moved, named by the names seen.
+    A staging folder left by a killed process (its pid is in the name) is removed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
+    _remove_orphaned_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     names, rows, written = [], [], []
     try:
         for k, (name, rgb) in enumerate(decode_sources(sources, on_skip)):
@@ -491,6 +499,24 @@ def write_per_image(sources, out_dir, write, on_skip=None) -> list:
                 os.replace(staging / f"{k}{suffix}", target)
         shutil.rmtree(staging, ignore_errors=True)
     return [{"image_id": image_id, **row} for image_id, row in zip(ids, rows)]
+
+
+def _remove_orphaned_staging(out_dir: Path) -> None:
+    """Delete the staging folders of ``out_dir`` whose writing process no longer exists."""
+    for folder in out_dir.glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if folder.is_dir() and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: not ours to judge
+    return True
 
 
 def _staged(staging: Path, k: int, suffix: str, suffixes: list) -> Path:

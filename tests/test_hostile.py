@@ -481,6 +481,11 @@ def test_float_tiff_in_zero_to_one_is_scaled_not_black():
     assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and rgb[4, 0, 0] == round(32 / 63 * 255)
 
 
+def test_a_numbered_repeat_never_takes_a_real_files_id():
+    assert images.distinct_ids(["x.jpg", "x.jpg", "x#2.jpg"]) == ["x", "x#3", "x#2"]
+    assert images.distinct_ids(["x.jpg", "x.jpg", "x.jpg"]) == ["x", "x#2", "x#3"]
+
+
 def test_same_stem_in_different_folders_gets_distinct_ids():
     names = ["/in/a/ISIC_1.jpg", "/in/b/ISIC_1.png", "/in/a/ISIC_2.jpg", "set.zip!x/ISIC_1.jpg", "up.jpg", "up.jpg"]
     assert images.distinct_ids(names) == ["in/a/ISIC_1", "in/b/ISIC_1", "ISIC_2", "set.zip/x/ISIC_1", "up", "up#2"]

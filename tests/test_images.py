@@ -192,6 +192,20 @@ def test_write_per_image_names_files_by_distinct_ids(tmp_path):
     assert (tmp_path / "out" / "b" / "x.txt").read_text() == "10x20"
 
 
+def test_a_killed_writers_staging_folder_is_removed_by_the_next_run(tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    dead = out / ".writing-4194305-abc"  # above Linux's largest pid: no such process
+    alive = out / f".writing-{os.getppid()}-def"  # a live writer (here: this test's parent process)
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        (folder / "0.npy").write_bytes(b"half a map")
+    rows = write_per_image([("x.png", encode(gradient_rgb(8, 6), "PNG"))], out, write_size)
+    assert rows == [{"image_id": "x", "height": 6}]
+    assert sorted(p.name for p in out.iterdir()) == [alive.name, "x.txt"]
+
+
 def test_write_per_image_keeps_what_was_written_when_a_write_fails(tmp_path):
     calls = []
 
