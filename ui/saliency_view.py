@@ -41,7 +41,7 @@ def _explainer(path: str, mtime: int) -> saliency.Explainer:
     from ui.predict import load_predictor
 
     predictor = load_predictor(Path(path))
-    explainer = saliency.Explainer(predictor.model, predictor.meta["last_conv_layer"])
+    explainer = saliency.Explainer.of(predictor.folder, predictor.model)
     blank = np.zeros((*predictor.input_size, 3), np.float32)
     for method in (saliency.DEFAULT_METHOD, COMPARE_METHOD):
         saliency.explain(explainer, blank, method, 0)
