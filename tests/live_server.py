@@ -1,4 +1,4 @@
-"""A real ``streamlit run`` server and headless Chromium, shared by the browser tests and bench/bench_browser.py."""
+"""A real server (``python -m ui.serve``, the README's) and headless Chromium, shared by the browser tests and bench/bench_browser.py."""
 
 import contextlib
 import shutil
@@ -40,9 +40,9 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 60) -> N
 
 @contextlib.contextmanager
 def streamlit_server(env: dict):
-    """A fresh ``streamlit run app.py`` on a free port; yields its base URL and stops it afterwards."""
+    """A fresh server as the README starts it (``python -m ui.serve``) on a free port; yields its base URL and stops it."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

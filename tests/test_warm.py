@@ -72,3 +72,25 @@ def test_a_page_run_leaves_keras_and_its_kernel_cache_alone(monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert resets == []
+
+
+def test_the_launcher_starts_the_warm_start_before_the_server(monkeypatch):
+    from streamlit.web import cli
+
+    from ui import serve, warm
+
+    calls = []
+    monkeypatch.setattr(warm, "_warm_thread", lambda: calls.append("warm start"))
+    monkeypatch.setattr(cli, "main", lambda args, prog_name: calls.append((prog_name, args)))
+    serve.main(["--server.port", "8765"])
+    assert calls == ["warm start", ("streamlit", ["run", str(PROJECT / "app.py"), "--server.port", "8765"])]
+
+
+def test_no_default_model_no_warm_start(monkeypatch, tmp_path):
+    from ui import warm
+
+    calls = []
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "nothing here"))
+    monkeypatch.setattr(warm, "_warm_thread", lambda: calls.append("warm start"))
+    warm.warm_start_now()
+    assert calls == []

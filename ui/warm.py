@@ -1,12 +1,14 @@
-"""Warm start: load TensorFlow and the shipped models in the background as soon as any page opens.
+"""Warm start: load TensorFlow and the shipped models in the background before anyone needs them.
 
 Importing TensorFlow takes seconds and loading the models a few more; an educator who
-opens the app and then clicks Predict should not wait for either. The first page of
-the first session starts one daemon thread (once per server process, through
-``st.cache_resource``) that fills the Predict page's own caches with everything its
-first prediction uses: the classifier (traced), the saliency explainer with the two
-methods the page opens with, and the lesion segmenter. A page that needs one of them
-meanwhile waits on the same cache entry instead of loading a second copy.
+opens the app and then clicks Predict should not wait for either. One daemon thread
+per server process (through ``st.cache_resource``) fills the Predict page's own caches
+with everything its first prediction uses: the classifier (traced), the saliency
+explainer with the two methods the page opens with, and the lesion segmenter. The
+server's launcher (``python -m ui.serve``) starts it while the server boots; under a
+plain ``streamlit run app.py`` the first page of the first session does. A page that
+needs one of the models meanwhile waits on the same cache entry instead of loading a
+second copy.
 
 Warm also means staying warm between script runs: see :func:`keep_kernels_between_runs`.
 """
@@ -31,7 +33,13 @@ def warm_start() -> None:
     Only a real server warms up: ``AppTest`` runs pages on a mock runtime, and a
     test of a page must not import TensorFlow behind its back.
     """
-    if _real_server() and is_model_dir(default_model_dir()):
+    if _real_server():
+        warm_start_now()
+
+
+def warm_start_now() -> None:
+    """Start the warm-start thread unless it runs already (``python -m ui.serve`` calls this as the server boots)."""
+    if is_model_dir(default_model_dir()):
         _warm_thread()
 
 
