@@ -4,13 +4,13 @@ Run from the project root, with the full dataset::
 
     HAM10000_DIR=/path/to/ham10000 .venv/bin/python bench/bench_browser.py [--servers 3] [--changes 8]
 
-Each round starts a fresh ``streamlit run app.py`` on a free port and drives headless Chromium
+Each round starts a fresh server as the README does (``python -m ui.serve``) on a free port and drives headless Chromium
 (/usr/bin/chromium, never a downloaded browser) through it, the way an educator and a data scientist would:
 
   * **Predict, after Home**: open the app (Home), click Predict in the sidebar as soon as Home shows;
     seconds from the click until the image source can be used (the page's script is idle). The warm start
-    (ui/warm.py) loads TensorFlow and the model in the background from the first page on.
-  * **Predict, cold deep link**: a fresh server opened straight at /Predict (nothing warmed yet).
+    (ui/warm.py) loads TensorFlow and the model in the background from the server's start on.
+  * **Predict, cold deep link**: a fresh server opened straight at /Predict (the warm start still running).
   * **First prediction with its map**: upload one of the example images right after Predict is usable;
     seconds until the probabilities, the outline and both saliency maps are drawn (the faithfulness curves
     are drawn on request, not timed; on a fresh server this still waits for the warm start to finish). Then a second, different image,
