@@ -1,4 +1,4 @@
-"""Peak memory of a real ``streamlit run`` server under the hostile uploads, several sessions at once.
+"""Peak memory of a real server (``python -m ui.serve``) under the hostile uploads, several sessions at once.
 
 Each session (its own browser context in headless Chromium) opens Predict and
 uploads, one after the other:

@@ -269,7 +269,7 @@ def no_dataset_panel(problem: str | None = None) -> None:
         "Either **download** it from its publisher, Harvard Dataverse "
         "([doi:10.7910/DVN/DBW86T](https://doi.org/10.7910/DVN/DBW86T), about 3 GB, "
         "CC BY-NC 4.0: non-commercial use, cite Tschandl et al. 2018), or **point the app at a copy**: "
-        "start it with `HAM10000_DIR=/path/to/ham10000 streamlit run app.py`. Both the publisher's layout "
+        "start it with `HAM10000_DIR=/path/to/ham10000 python -m ui.serve`. Both the publisher's layout "
         "(`HAM10000_images_part_1/`, `HAM10000_metadata`) and `images/` + `HAM10000_metadata.csv` work. "
         "From a terminal: `python -m core.data download --dest DIR`."
     )
