@@ -54,6 +54,7 @@ def test_a_failing_warm_start_is_logged_not_raised(monkeypatch, caplog):
         raise RuntimeError("no model here")
 
     monkeypatch.setattr(warm, "warm_caches", broken)
+    monkeypatch.setattr(warm.log, "propagate", True)  # Streamlit's loggers keep their lines to themselves
     warm._warm_logged()
     assert "warm start: the default model could not be loaded" in caplog.text
 

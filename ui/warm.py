@@ -13,18 +13,18 @@ second copy.
 Warm also means staying warm between script runs: see :func:`keep_kernels_between_runs`.
 """
 
-import logging
 import sys
 import threading
 import time
 
 import streamlit as st
+from streamlit.logger import get_logger
 from streamlit.runtime import Runtime
 
 from core.modelio import is_model_dir
 from core.paths import default_model_dir
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # Streamlit's logger: its info lines reach the server log
 
 
 def warm_start() -> None:
