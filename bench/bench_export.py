@@ -5,8 +5,9 @@ probability difference on every image of the split (decoded once, as serving
 does, and fed to both), balanced accuracy of each against the truth, the file
 size and the p50 latency of one image in the LiteRT interpreter (Keras p50 on the
 same image beside it). A reference line feeds the Keras model the same images with
-uniform noise of at most one grey level per pixel (seeded): how often an invisible change of the input
-alone flips the top class, the scale on which to read the quantised files' disagreement. Targets: float32 agrees on 100 % of test images with a
+uniform noise of at most one grey level per pixel (seeded): how often an invisible
+change of the input alone flips the top class, the scale on which to read the
+quantised files' disagreement. Targets: float32 agrees on 100 % of test images with a
 largest difference <= 1e-4; int8 agrees on >= 98 % and is <= 1/3 of the float size.
 
     HAM10000_DIR=... .venv/bin/python bench/bench_export.py [--model DIR] [--split test]

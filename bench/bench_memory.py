@@ -85,7 +85,7 @@ class Sampler(threading.Thread):
 
 
 def start_server(project: Path, port: int, env: dict) -> subprocess.Popen:
-    """The app's server as the README starts it (``python -m ui.serve``) in ``project``; returns once it answers its health check."""
+    """The app's server as the README starts it (``python -m ui.serve``) in ``project``, once it is healthy."""
     cmd = [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

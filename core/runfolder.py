@@ -104,7 +104,8 @@ def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> Non
 
 def write_arrays_atomic(path: Path, arrays: list, count: int) -> None:
     """Save numbered arrays and a count as ``.npz`` so a reader never sees half a file."""
-    _replace_atomically(path, lambda fh: np.savez(fh, count=np.int64(count), **{f"a{i}": a for i, a in enumerate(arrays)}))
+    numbered = {f"a{i}": a for i, a in enumerate(arrays)}
+    _replace_atomically(path, lambda fh: np.savez(fh, count=np.int64(count), **numbered))
 
 
 def read_arrays(path: Path) -> tuple[list, int] | None:

@@ -1,4 +1,5 @@
-"""A real server (``python -m ui.serve``, the README's) and headless Chromium, shared by the browser tests and bench/bench_browser.py."""
+"""A real server (``python -m ui.serve``, as the README starts it) and headless Chromium, for the browser tests
+and bench/bench_browser.py."""
 
 import contextlib
 import shutil
@@ -40,7 +41,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 60) -> N
 
 @contextlib.contextmanager
 def streamlit_server(env: dict):
-    """A fresh server as the README starts it (``python -m ui.serve``) on a free port; yields its base URL and stops it."""
+    """A fresh server (``python -m ui.serve``) on a free port; yields its base URL and stops it afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
