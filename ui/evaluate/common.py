@@ -110,6 +110,19 @@ def headline_table(source: Source, positive: str, threshold: float) -> pd.DataFr
     return _headline(str(source.csv), mtime(source.csv), tuple(classes_of(source)), positive, round(threshold, 4))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _class_metrics(csv: str, mtime: int, classes: tuple) -> tuple:
+    preds = evaluate.read_predictions(Path(csv), classes)
+    y_true, probs = evaluate.arrays(preds, classes)
+    return (metrics.class_table(y_true, probs, classes), metrics.roc_curves(y_true, probs, classes),
+            metrics.pr_curves(y_true, probs, classes))
+
+
+def class_metrics(source: Source) -> tuple:
+    """``(per-class table, ROC curves, PR curves)`` of a source (cached): computed once, not on every rerun."""
+    return _class_metrics(str(source.csv), mtime(source.csv), tuple(classes_of(source)))
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def _read_truth_table(csv: str, mtime: int) -> pd.DataFrame:
     return pd.read_csv(csv, dtype={"image_id": str})

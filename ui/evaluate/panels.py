@@ -21,6 +21,7 @@ from ui.evaluate.common import (
     SEED,
     SPLIT_LABELS,
     Source,
+    class_metrics,
     classes_of,
     figure_download,
     fmt,
@@ -122,9 +123,7 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
 
 def class_table_panel(source: Source, preds: pd.DataFrame) -> None:
     """Per-class ISIC metrics with their macro average."""
-    classes = classes_of(source)
-    y_true, probs = evaluate.arrays(preds, classes)
-    table = metrics.class_table(y_true, probs, classes)
+    table = class_metrics(source)[0].copy()
     table.loc["macro"] = metrics.macro_average(table)
     st.markdown(split_caption(source, len(preds)))
     st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["support"]), width="stretch")
@@ -137,15 +136,11 @@ def class_table_panel(source: Source, preds: pd.DataFrame) -> None:
 
 def curves_panel(source: Source, preds: pd.DataFrame) -> None:
     """ROC and precision-recall curves per class."""
-    classes = classes_of(source)
-    y_true, probs = evaluate.arrays(preds, classes)
-    table = metrics.class_table(y_true, probs, classes)
+    table, roc_curves, pr_curves = class_metrics(source)
     st.markdown(split_caption(source, len(preds)))
     left, right = st.columns(2)
-    roc = figs.roc_figure(metrics.roc_curves(y_true, probs, classes), table["auc"].to_dict(),
-                          f"ROC, one vs rest — {source.label}, n = {len(preds)}")
-    pr = figs.pr_figure(metrics.pr_curves(y_true, probs, classes), table["ap"].to_dict(),
-                        f"Precision-recall — {source.label}, n = {len(preds)}")
+    roc = figs.roc_figure(roc_curves, table["auc"].to_dict(), f"ROC, one vs rest — {source.label}, n = {len(preds)}")
+    pr = figs.pr_figure(pr_curves, table["ap"].to_dict(), f"Precision-recall — {source.label}, n = {len(preds)}")
     with left:
         st.plotly_chart(roc, key="evaluate_roc_chart")
         figure_download(roc, f"roc_{source.split}", "evaluate_dl_roc")
