@@ -25,3 +25,21 @@ def test_held_out_ids_prefer_the_saved_split(tmp_path):
     (tmp_path / "splits.csv").write_text("image_id,lesion_id,dx,split\nISIC_1,HAM_1,nv,test\nISIC_2,HAM_2,mel,val\n")
     assert bench_saliency.held_out_ids(tmp_path, "test") == {"ISIC_1"}
     assert bench_saliency.held_out_ids(tmp_path, "val") == {"ISIC_2"}
+
+
+def test_split_val_samples_validation_images_only(tmp_path):
+    import pandas as pd
+    from conftest import write_tiny_dataset
+
+    data = write_tiny_dataset(tmp_path / "ham10000")
+    ids = pd.read_csv(data / "HAM10000_metadata.csv")["image_id"].tolist()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    rows = [f"{image_id},HAM_{k},nv,{'val' if k % 3 == 0 else 'test'}" for k, image_id in enumerate(ids)]
+    (model_dir / "splits.csv").write_text("image_id,lesion_id,dx,split\n" + "\n".join(rows) + "\n")
+    val = {image_id for k, image_id in enumerate(ids) if k % 3 == 0}
+
+    picked, source = bench_saliency.sample_images(model_dir, data, 1000, seed=0, splits=("val",))
+    assert source == "val split" and set(picked["image_id"]) == val
+    picked, source = bench_saliency.sample_images(model_dir, data, 1000, seed=0)  # the report's default: test
+    assert source == "test split" and set(picked["image_id"]) == set(ids) - val
