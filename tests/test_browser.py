@@ -63,7 +63,7 @@ def _sidebar_labels(page) -> list:
 
 def _images_metric(page):
     """The value of Explore's "Images" metric. The browser draws the page's metrics one by one for a while after
-    the script run ends (the one with a help icon last), so read it by its label, never as "the first metric"."""
+    the script run ends, not always in page order, so read it by its label, never as "the first metric"."""
     label = page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(r"^\s*Images\s*$"))
     return page.locator('[data-testid="stMetric"]', has=label).locator('[data-testid="stMetricValue"]')
 
