@@ -67,31 +67,33 @@ def keras_outputs(model, pixels: np.ndarray, noise: float = 1.0, seed: int = 0) 
     return probs, float(np.median(times) * 1000), noisy
 
 
+def agreement(reference: np.ndarray, probs: np.ndarray, y_true) -> tuple:
+    """``(the table's parity and balanced-accuracy columns, export.parity's figures)`` of ``probs``
+    against the Keras model's ``reference`` on the same images."""
+    figures = export.parity(reference, probs)
+    columns = {"agree": figures["top1_agreement"], "disagree n": round((1 - figures["top1_agreement"]) * figures["n"]),
+               "max diff": figures["max_abs_diff"], "mean diff": figures["mean_abs_diff"],
+               "bal acc": metrics.balanced_accuracy(y_true, probs.argmax(1), reference.shape[1])}
+    return columns, figures
+
+
 def measure(model_dir: Path, model, quantize: str, pixels, reference, y_true, args) -> tuple:
     """Convert, run every image, and return ``(row for the table, export with test figures in its card)``."""
     start = time.perf_counter()
     result = export.build(model_dir, quantize, args.representative, parity_n=0, model=model)
     seconds = time.perf_counter() - start
     runner = export.TFLiteRunner(result.content, num_threads=args.threads)
-    probs = runner.predict(pixels)
-    figures = export.parity(reference, probs)
-    k = reference.shape[1]
+    columns, figures = agreement(reference, runner.predict(pixels), y_true)
     result.card["parity"] = {**figures, "split": args.split, "reference": "the Keras model on the same decoded images",
-                             "balanced_accuracy": metrics.balanced_accuracy(y_true, probs.argmax(1), k)}
-    row = {"quantisation": quantize, "MB": len(result.content) / 1e6, "agree": figures["top1_agreement"],
-           "disagree n": round((1 - figures["top1_agreement"]) * figures["n"]), "max diff": figures["max_abs_diff"],
-           "mean diff": figures["mean_abs_diff"], "bal acc": result.card["parity"]["balanced_accuracy"],
+                             "balanced_accuracy": columns["bal acc"]}
+    row = {"quantisation": quantize, "MB": len(result.content) / 1e6, **columns,
            "p50 ms": runner.latency_ms(pixels[0], args.repeats), "convert s": seconds}
     return row, result
 
 
 def noise_row(reference: np.ndarray, noisy: np.ndarray, y_true, noise: float) -> dict:
     """The reference line: the Keras model against itself on inputs off by at most ``noise`` grey levels."""
-    figures = export.parity(reference, noisy)
-    return {"quantisation": f"keras ±{noise:g} grey", "agree": figures["top1_agreement"],
-            "disagree n": round((1 - figures["top1_agreement"]) * figures["n"]), "max diff": figures["max_abs_diff"],
-            "mean diff": figures["mean_abs_diff"], "bal acc": metrics.balanced_accuracy(y_true, noisy.argmax(1),
-                                                                                         reference.shape[1])}
+    return {"quantisation": f"keras ±{noise:g} grey", **agreement(reference, noisy, y_true)[0]}
 
 
 def print_table(rows: list, keras_row: dict) -> None:
