@@ -145,10 +145,10 @@ def dx_type_figure(table: pd.DataFrame, normalize: bool) -> dict:
     """Stacked bars: how each class's diagnoses were confirmed."""
     value = "share" if normalize else "images"
     number = "%{y:.0%}" if normalize else "%{y:,}"
-    traces = [{"type": "bar", "name": DX_TYPES.get(kind, kind), "x": [str(c) for c in table.columns],
-               "y": [None if pd.isna(v) else v for v in row.tolist()],
-               "hovertemplate": f"%{{x}} · {DX_TYPES.get(kind, kind)}: {number}<extra></extra>"}
-              for kind, row in table.iterrows()]
+    names = [DX_TYPES.get(kind, kind) for kind in table.index]
+    traces = [{"type": "bar", "name": name, "x": [str(c) for c in table.columns], "y": cells,
+               "hovertemplate": f"%{{x}} · {name}: {number}<extra></extra>"}
+              for name, cells in zip(names, _cells(table))]
     return {"data": traces,
             "layout": {"title": {"text": "Diagnosis confirmed by"}, "height": 360, "barmode": "stack",
                        "legend": {"traceorder": "normal"},
