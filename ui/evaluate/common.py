@@ -100,7 +100,7 @@ def load_source(source: Source) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner="Bootstrapping confidence intervals…")
 def _headline(csv: str, mtime: int, classes: tuple, positive: str, threshold: float) -> pd.DataFrame:
-    preds = evaluate.read_predictions(Path(csv), classes)
+    preds = _read_predictions(csv, mtime, classes)
     y_true, probs = evaluate.arrays(preds, classes)
     return metrics.headline(y_true, probs, classes, positive=positive, threshold=threshold, n_boot=N_BOOT, seed=SEED)
 
@@ -112,7 +112,7 @@ def headline_table(source: Source, positive: str, threshold: float) -> pd.DataFr
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _class_metrics(csv: str, mtime: int, classes: tuple) -> tuple:
-    preds = evaluate.read_predictions(Path(csv), classes)
+    preds = _read_predictions(csv, mtime, classes)
     y_true, probs = evaluate.arrays(preds, classes)
     return (metrics.class_table(y_true, probs, classes), metrics.roc_curves(y_true, probs, classes),
             metrics.pr_curves(y_true, probs, classes))
