@@ -25,13 +25,10 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -39,6 +36,10 @@ import numpy as np
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT / "tests"))
+
+from live_server import free_port, server_command, wait_healthy  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 STEP_TIMEOUT_MS = 600_000
@@ -86,18 +87,14 @@ class Sampler(threading.Thread):
 
 def start_server(project: Path, port: int, env: dict) -> subprocess.Popen:
     """The app's server as the README starts it (``python -m ui.serve``) in ``project``, once it is healthy."""
-    cmd = [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
-           "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError("the server did not start")
+    proc = subprocess.Popen(server_command(port), cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port, proc, deadline_s=120)
+    except (RuntimeError, TimeoutError):
+        proc.kill()
+        raise
+    return proc
 
 
 async def open_predict(page, port: int) -> None:
@@ -160,9 +157,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         files = hostile_files(Path(tmp))
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.2f} MB" for p in files.values())
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(args.project), "HAM_RUNS_DIR": str(Path(tmp) / "runs"),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         server = start_server(args.project, port, env)

@@ -39,13 +39,17 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 60) -> N
     raise TimeoutError("streamlit did not become healthy")
 
 
+def server_command(port: int) -> list:
+    """The app's server as the README starts it (``python -m ui.serve``), headless on ``port``."""
+    return [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
+            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+
+
 @contextlib.contextmanager
 def streamlit_server(env: dict):
     """A fresh server (``python -m ui.serve``) on a free port; yields its base URL and stops it afterwards."""
     port = free_port()
-    cmd = [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
-           "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(server_command(port), cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(port, proc)
         yield f"http://127.0.0.1:{port}"
