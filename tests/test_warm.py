@@ -95,3 +95,33 @@ def test_no_default_model_no_warm_start(monkeypatch, tmp_path):
     monkeypatch.setattr(warm, "_warm_thread", lambda: calls.append("warm start"))
     warm.warm_start_now()
     assert calls == []
+
+
+def test_the_warm_thread_alone_is_spared_the_missing_context_warning():
+    import logging
+    import threading
+
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    from ui import warm
+
+    warm.quiet_context_warnings()
+    warm.quiet_context_warnings()  # idempotent: one filter
+    logger = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    assert sum(isinstance(f, warm._OutsideSessionsOnPurpose) for f in logger.filters) == 1
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.threadName)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        for name in (warm.THREAD_NAME, "some-other-thread"):
+            thread = threading.Thread(target=get_script_run_ctx, name=name)
+            thread.start()
+            thread.join()
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["some-other-thread"]

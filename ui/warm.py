@@ -13,6 +13,7 @@ second copy.
 Warm also means staying warm between script runs: see :func:`keep_kernels_between_runs`.
 """
 
+import logging
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from core.modelio import is_model_dir
 from core.paths import default_model_dir
 
 log = get_logger(__name__)  # Streamlit's logger: its info lines reach the server log
+THREAD_NAME = "warm-start"
 
 
 def warm_start() -> None:
@@ -71,9 +73,29 @@ def _real_server() -> bool:
     return Runtime.exists() and type(Runtime.instance()) is Runtime  # AppTest installs a MagicMock
 
 
+class _OutsideSessionsOnPurpose(logging.Filter):
+    """Drops Streamlit's "missing ScriptRunContext" warning for the warm-start thread only.
+
+    The thread fills ``st.cache_resource`` entries outside any session, by design;
+    without this filter every cached call it makes prints that warning in the
+    server's terminal. Any other thread's warning still gets through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == THREAD_NAME and "missing ScriptRunContext" in record.getMessage())
+
+
+def quiet_context_warnings() -> None:
+    """Install :class:`_OutsideSessionsOnPurpose` on Streamlit's context logger (idempotent)."""
+    logger = get_logger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    if not any(isinstance(f, _OutsideSessionsOnPurpose) for f in logger.filters):
+        logger.addFilter(_OutsideSessionsOnPurpose())
+
+
 @st.cache_resource(show_spinner=False)
 def _warm_thread() -> threading.Thread:
-    thread = threading.Thread(target=_warm_logged, name="warm-start", daemon=True)
+    quiet_context_warnings()
+    thread = threading.Thread(target=_warm_logged, name=THREAD_NAME, daemon=True)
     thread.start()
     return thread
 
