@@ -94,7 +94,7 @@ def list_evaluable() -> list:
         found.append(Evaluable(default, "default (shipped)", tuple(available_splits(default)), True))
     root = paths.runs_dir()
     runs = [p for p in root.iterdir() if p.is_dir() and _has_predictions(p)] if root.is_dir() else []
-    runs.sort(key=lambda p: (p / modelio.METADATA_FILE).stat().st_mtime, reverse=True)
+    runs.sort(key=lambda p: ((p / modelio.METADATA_FILE).stat().st_mtime_ns, p.name), reverse=True)  # name breaks ties
     found += [Evaluable(p, p.name, tuple(available_splits(p)), False) for p in runs]
     return found
 

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -46,20 +47,39 @@ def server_command(port: int) -> list:
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict):
-    """A fresh server (``python -m ui.serve``) on a free port; yields its base URL and stops it afterwards."""
-    port = free_port()
-    proc = subprocess.Popen(server_command(port), cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+def streamlit_server(env: dict, attempts: int = 3):
+    """A fresh server (``python -m ui.serve``) on a free port; yields its base URL and stops it afterwards.
+
+    The port is free when chosen but another process may take it before the server binds it: a server
+    that exits while starting is retried on a new port. Its log goes to a file, never to a pipe nobody
+    reads (a full pipe would freeze the server), and a failure quotes the log's end.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        for attempt in range(attempts):
+            port = free_port()
+            proc = subprocess.Popen(server_command(port), cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                wait_healthy(port, proc)
+                break
+            except (RuntimeError, TimeoutError) as err:
+                stop(proc)  # a no-op for a server that exited
+                if isinstance(err, TimeoutError) or attempt == attempts - 1:
+                    log.seek(0)
+                    raise RuntimeError(f"the server did not start ({err}); its log ends with:\n{log.read()[-3000:]}") from None
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a server busy importing TensorFlow may not answer SIGTERM in time
-            proc.kill()
-            proc.wait(timeout=30)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server: SIGTERM, then SIGKILL if it does not exit within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a server busy importing TensorFlow may not answer SIGTERM in time
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def launch_chromium(playwright):

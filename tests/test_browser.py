@@ -46,10 +46,16 @@ def browser_page(server_env):
     playwright = pytest.importorskip("playwright.sync_api")
     with streamlit_server(server_env) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_navigation_timeout(WAIT_MS)  # a busy server may take longer than 30 s to answer
-        yield page, url
+        yield _new_page(browser), url
         browser.close()
+
+
+def _new_page(browser):
+    """A tab whose waits default to ``WAIT_MS``: a busy server may take longer than Playwright's 30 s to answer."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    page.set_default_navigation_timeout(WAIT_MS)
+    return page
 
 
 def _settle(page) -> None:
@@ -58,6 +64,10 @@ def _settle(page) -> None:
 
 
 def _sidebar_labels(page) -> list:
+    """The sidebar's page links, read once all of them are drawn (links may appear after the run ends)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-testid="stSidebar"] a')).to_have_count(len(SIDEBAR), timeout=WAIT_MS)
     return [text.split("\n")[-1].strip() for text in page.locator('[data-testid="stSidebar"] a').all_inner_texts()]
 
 
@@ -101,7 +111,7 @@ def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browse
     dialog = page.get_by_role("dialog")
     dialog.wait_for(timeout=WAIT_MS)
     page.wait_for_url(re.compile(r"image=ISIC_"), timeout=WAIT_MS)
-    assert dialog.get_by_text(re.compile(r"image\(s\) of the same lesion")).count() == 1
+    expect(dialog.get_by_text(re.compile(r"image\(s\) of the same lesion"))).to_have_count(1, timeout=WAIT_MS)
     assert dialog.is_visible() and dialog.bounding_box()["y"] < 1000  # in the visible window
     opened = page.url
 
@@ -117,7 +127,7 @@ def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browse
     expect(_images_metric(page)).to_have_text(melanomas, timeout=WAIT_MS)
     assert "explore_classes=MEL" in page.url
 
-    fresh = page.context.browser.new_page()  # a pasted link in a new window: a new session, same view
+    fresh = _new_page(page.context.browser)  # a pasted link in a new window: a new session, same view
     fresh.goto(opened, wait_until="domcontentloaded")
     fresh.get_by_role("dialog").wait_for(timeout=WAIT_MS)
     _settle(fresh)
@@ -136,12 +146,21 @@ def test_one_click_on_a_confusion_cell_selects_it(browser_page):
     before = caption.inner_text()
     plot = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
     plot.wait_for(timeout=WAIT_MS)
-    box = plot.bounding_box()
+    box = _steady_box(page, plot)
     n = 7  # the shipped model's classes: akiec bcc bkl df mel nv vasc
     page.mouse.click(box["x"] + box["width"] * 5.5 / n, box["y"] + box["height"] * 4.5 / n)  # true mel, predicted nv
     page.wait_for_function(
         "document.body.innerText.includes('with true class mel predicted as nv')", timeout=WAIT_MS)
     assert before != caption.inner_text()
+
+
+def _steady_box(page, locator) -> dict:
+    """The element's box once two reads 100 ms apart agree: a chart in a tab just shown may still be laid out."""
+    box, previous = locator.bounding_box(), None
+    while box != previous:
+        page.wait_for_timeout(100)
+        box, previous = locator.bounding_box(), box
+    return box
 
 
 @pytest.mark.timeout(900)
@@ -162,6 +181,7 @@ def test_predict_example_image_without_uploading(browser_page):
 def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
     """Upload scikit-learn's flower photo: the page says it is not dermatoscopic and shows no verdict."""
     playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect
     from PIL import Image
     from sklearn.datasets import load_sample_image
     from tiny_models import save_ood_model_folder
@@ -171,7 +191,7 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
     model = save_ood_model_folder(tmp_path / "model")
     with streamlit_server({**server_env, "HAM_DEFAULT_MODEL": str(model)}) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = _new_page(browser)
         page.goto(f"{url}/Predict", wait_until="domcontentloaded")
         page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
         _settle(page)
@@ -179,12 +199,12 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
         page.get_by_text("This does not look like a dermatoscopic image").first.wait_for(timeout=WAIT_MS)
         _settle(page)
         page.screenshot(path=str(tmp_path / "gate.png"), full_page=True)
-        assert page.get_by_text("Show the prediction anyway").count() == 1
+        expect(page.get_by_text("Show the prediction anyway")).to_have_count(1, timeout=WAIT_MS)
         assert page.get_by_text("Malignant (mel + bcc + akiec)").count() == 0
         assert page.get_by_text("Where did the model look?").count() == 0
         page.get_by_text("Show the prediction anyway").click()
         page.get_by_text("Malignant (mel + bcc + akiec)").first.wait_for(timeout=WAIT_MS)
-        assert page.get_by_text("Shown on request").count() == 1
+        expect(page.get_by_text("Shown on request")).to_have_count(1, timeout=WAIT_MS)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
 
@@ -193,6 +213,7 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
 def test_an_uploaded_original_gets_the_lesion_outline_and_measurements(server_env, tmp_path):
     """A 600×450 original through the shipped classifier and segmenter: outline and ABCD measurements appear."""
     playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect
     data = Path(server_env["HAM10000_DIR"])
     originals = sorted((data.parent / "ham10000_originals").rglob("ISIC_*.jpg"))
     if not originals:
@@ -201,7 +222,7 @@ def test_an_uploaded_original_gets_the_lesion_outline_and_measurements(server_en
     env.pop("HAM_DEFAULT_MODEL", None)
     with streamlit_server(env) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = _new_page(browser)
         page.goto(f"{url}/Predict", wait_until="domcontentloaded")
         page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
         _settle(page)
@@ -216,6 +237,26 @@ def test_an_uploaded_original_gets_the_lesion_outline_and_measurements(server_en
         page.screenshot(path=str(tmp_path / "outline.png"), full_page=True)
         # the measurements table is a canvas data grid: its cells are in the page, not drawn as text
         page.get_by_text("Border compactness").first.wait_for(state="attached", timeout=WAIT_MS)
-        assert page.get_by_text("ABCD").count() >= 1
+        expect(page.get_by_text("ABCD").first).to_be_attached(timeout=WAIT_MS)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(server_env, monkeypatch):
+    """The port is free when chosen, but another process may bind it first: the server retries elsewhere."""
+    import socket
+    import urllib.request
+
+    import live_server
+
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, live_server.free_port()])
+        monkeypatch.setattr(live_server, "free_port", lambda: next(ports))
+        with live_server.streamlit_server(server_env) as url:
+            assert not url.endswith(f":{taken}")
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=30) as answer:
+                assert answer.status == 200

@@ -86,6 +86,17 @@ def test_list_evaluable_puts_the_default_first(tmp_path, monkeypatch):
     assert len(loaded) == 70
 
 
+def test_list_evaluable_orders_runs_newest_first_and_ties_by_name(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    folders = {name: write_model_folder(runs / name) for name in ("run_c", "run_a", "run_b")}
+    same = 1_700_000_000
+    for name, when in (("run_a", same), ("run_b", same), ("run_c", same - 60)):
+        os.utime(folders[name] / "model.json", (when, when))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "missing"))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(runs))
+    assert [e.name for e in evaluate.list_evaluable()] == ["run_b", "run_a", "run_c"]
+
+
 def test_list_evaluable_without_models_is_empty(tmp_path, monkeypatch):
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "missing"))
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "no_runs"))

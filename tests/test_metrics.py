@@ -136,11 +136,12 @@ def test_headline_intervals_contain_the_point_and_are_seeded():
 def test_bootstrap_of_1500_images_1000_resamples_is_fast():
     y, probs = synthetic(n=1500, seed=5)
     metrics.headline(y[:50], probs[:50], CLASSES, n_boot=10)  # warm up imports and caches
-    start = time.process_time()
+    start = time.thread_time()
     table = metrics.headline(y, probs, CLASSES, n_boot=1000, seed=0)
-    # CPU time, not wall time, so a busy shared machine does not fail the test; about
-    # 0.2 s here when idle, 1 s is the target.
-    assert time.process_time() - start < 2.0
+    # This thread's CPU time, not wall time (a busy shared machine) nor the process's
+    # (TensorFlow's thread pools may be busy in the same process); about 0.2 s here
+    # when idle, 1 s is the target.
+    assert time.thread_time() - start < 2.0
     assert table["ci_low"].notna().all()
 
 

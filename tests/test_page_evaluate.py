@@ -1,6 +1,8 @@
 """The Evaluate page driven by AppTest on fixture model folders with generated predictions."""
 
 import json
+import os
+import time
 from functools import partial
 from pathlib import Path
 
@@ -44,12 +46,15 @@ def write_model_folder(folder: Path, table: pd.DataFrame, seed: int, skill: floa
 
 
 def write_fixture_models(root: Path, table: pd.DataFrame) -> dict:
-    """The shipped default model and two runs (one with test predictions only)."""
-    return {
+    """The shipped default model and two runs (one with test predictions only); run_b is the newer run."""
+    folders = {
         "default": write_model_folder(root / "default", table, seed=0, skill=3.0),
         "run_a": write_model_folder(root / "runs" / "run_a", table, seed=10, skill=1.5),
         "run_b": write_model_folder(root / "runs" / "run_b", table, seed=20, skill=6.0, splits=("test",)),
     }
+    an_hour_ago = time.time() - 3600  # written milliseconds apart, the two could share a timestamp
+    os.utime(folders["run_a"] / "model.json", (an_hour_ago, an_hour_ago))
+    return folders
 
 
 @pytest.fixture

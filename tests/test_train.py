@@ -325,14 +325,14 @@ def test_two_workers_under_multi_worker_mirrored_strategy_end_with_the_same_weig
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run_dir), "--epochs", "1", *TINY,
            "--warmup-epochs", "0"]
-    workers = []
+    workers, logs = [], [tmp_path / f"worker-{index}.err" for index in range(2)]
     for index in range(2):
         env = {**_env(tmp_path, tiny_dataset), "HAM_WORKER_DIR": str(tmp_path / "workers"),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True))
-    results = [(w.wait(timeout=540), w.stderr.read()) for w in workers]
-    assert [code for code, _ in results] == [0, 0], [err[-2000:] for _, err in results]
+        with logs[index].open("w") as log:  # a file, not a pipe: an unread full pipe would block its worker
+            workers.append(subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=log))
+    codes = [w.wait(timeout=540) for w in workers]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
     chief_log = (run_dir / rf.LOG_FILE).read_text()
     assert "strategy CollectiveAllReduceStrategy with 2 replicas" in chief_log
     assert json.loads((run_dir / rf.STATUS_FILE).read_text())["state"] == "done"
