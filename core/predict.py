@@ -101,11 +101,17 @@ def tta_views(batch: np.ndarray) -> np.ndarray:
     ``v*N .. v*N+N-1`` hold view ``v``.
     """
     views = []
-    turns = range(4) if batch.shape[1] == batch.shape[2] else range(0, 4, 2)
+    turns = range(4) if batch.shape[1] == batch.shape[2] else range(0, 4, 2)  # 2 * len(turns) == tta_count(...)
     for flipped in (batch, batch[:, :, ::-1]):
         for k in turns:
             views.append(np.rot90(flipped, k=k, axes=(1, 2)))
     return np.ascontiguousarray(np.concatenate(views, axis=0))
+
+
+def tta_count(input_size: tuple) -> int:
+    """How many views :func:`tta_views` makes of an ``(H, W)`` input: 8 if square, else 4."""
+    height, width = input_size
+    return 8 if height == width else 4
 
 
 def available_models() -> list:

@@ -85,6 +85,8 @@ def test_upload_shows_probabilities_saliency_and_curves(predict_env):
     at.radio(key="predict_style").set_value("blend").run()
     assert not at.exception, at.exception
     assert "Grad-CAM++" in str(at.get("image")[1].captions)
+    at.toggle(key="predict_tta").set_value(True).run()  # the tiny model's input is square: 8 views
+    assert "Averaged over 8 flips/rotations (TTA)." in texts(at)
 
 
 def test_example_images_work_without_a_dataset(predict_env):

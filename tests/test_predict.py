@@ -17,7 +17,7 @@ from core import predictions
 from core.images import decode_image
 from core.labels import CLASSES
 from core.ood import DEFAULT_MSP_THRESHOLD, fit_msp_threshold
-from core.predict import Predictor, available_models, calibrate, main, tta_views
+from core.predict import Predictor, available_models, calibrate, main, tta_count, tta_views
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -93,6 +93,13 @@ def test_tta_views_are_the_eight_symmetries():
     distinct = {views[v * 2].tobytes() for v in range(8)}
     assert len(distinct) == 8
     np.testing.assert_array_equal(views[:2], batch)
+
+
+def test_a_4_by_3_input_keeps_its_frame_four_views_and_the_count_says_so():
+    batch = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1).repeat(3, axis=3)
+    views = tta_views(batch)
+    assert views.shape == (8, 3, 4, 3) and len({views[v * 2].tobytes() for v in range(4)}) == 4
+    assert tta_count((3, 4)) == 4 and tta_count((3, 3)) == 8 == len(tta_views(np.zeros((1, 3, 3, 3))))
 
 
 def test_tta_averages_views(predictor):

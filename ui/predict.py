@@ -26,7 +26,7 @@ from core.images import decode_upload as decode_upload_pixels
 from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
-from core.predict import Predictor, available_models, predict_sources
+from core.predict import Predictor, available_models, predict_sources, tta_count
 from ui.frame import NOT_A_DEVICE, dataset_table
 from ui.guard import guarded, public
 
@@ -252,7 +252,8 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
 
 
 def _calibration_text(predictor: Predictor, tta: bool) -> str:
-    views = " Averaged over 8 flips/rotations (TTA)." if tta else ""
+    n = tta_count(predictor.input_size)
+    views = f" Averaged over {n} {'flips/rotations' if n == 8 else 'flips (the frame kept)'} (TTA)." if tta else ""
     return predictor.calibration["text"] + views
 
 
