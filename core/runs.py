@@ -382,7 +382,7 @@ def run_summary_table(infos: list | None = None) -> pd.DataFrame:
     """The run history as a display table, newest first."""
     infos = list_runs() if infos is None else infos
     rows = [_summary_row(r) for r in infos]
-    columns = ["run", "status", "model", "best epoch", "val bal. acc", "val AUC",
+    columns = ["run", "status", "model", "kept", "val bal. acc", "val AUC",
                "val acc", "duration", "started"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -397,6 +397,14 @@ def _model_text(info: dict) -> str | None:
     return f"{name} @ {width}×{height} px".strip()
 
 
+def checkpoint_text(best: dict) -> str | None:
+    """Which weights a run keeps: ``epoch 8``, or ``mean of epochs 6–12`` for averaged weights."""
+    averaged = best.get("averaged_epochs")
+    if isinstance(averaged, list) and len(averaged) == 2:
+        return f"mean of epochs {averaged[0]}–{averaged[1]}"
+    return f"epoch {best['epoch']}" if isinstance(best.get("epoch"), int) else None
+
+
 def _summary_row(info: dict) -> dict:
     best = info["best"] or {}
     model = _model_text(info)
@@ -405,7 +413,7 @@ def _summary_row(info: dict) -> dict:
         "run": info["id"],
         "status": info["state"],
         "model": model,
-        "best epoch": best.get("epoch"),
+        "kept": checkpoint_text(best),
         "val bal. acc": best.get("val_balanced_accuracy"),
         "val AUC": best.get("val_auc"),
         "val acc": best.get("val_accuracy"),

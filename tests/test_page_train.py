@@ -147,7 +147,7 @@ def test_opening_a_done_run_shows_curves_metrics_and_config(fixture_runs):
     at = open_run(run_page(), fixture_runs["done"])
     assert {"train_curves", "train_lr"} <= chart_keys(at)  # the four metric curves and the learning rate
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Val balanced acc."] == "0.480" and metrics["Best epoch"] == "4"
+    assert metrics["Val balanced acc."] == "0.480" and metrics["Weights kept"] == "epoch 4"
     assert at.json[0].value and json.loads(at.json[0].value)["arch"] == "mobilenet_v2"
     assert not [b for b in at.button if "Resume" in b.label]
 

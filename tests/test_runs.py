@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from core import runs
@@ -251,7 +252,7 @@ def test_list_runs_newest_first_with_best_metrics(registry, dead_pid):
     old = table.set_index("run").loc["old"]
     assert old["status"] == "done"
     assert old["model"] == "mobilenet_v2 @ 128×128 px"
-    assert old["val bal. acc"] == 0.61
+    assert old["val bal. acc"] == 0.61 and old["kept"] == "epoch 4"
     assert old["duration"] == "1 h 30 min"
     assert runs.active_run() is None
 
@@ -263,6 +264,15 @@ def test_the_model_column_gives_width_by_height_and_names_segmentation_runs(regi
     table = runs.run_summary_table().set_index("run")
     assert table.loc["wide", "model"] == "mobilenet_v2 @ 192×144 px"
     assert table.loc["seg", "model"] == "segmenter @ 128×96 px"
+
+
+def test_the_kept_column_names_averaged_weights(registry):
+    make_run(registry, "avg", {"state": "done", "best": {"epoch": 12, "averaged_epochs": [6, 12],
+                                                         "val_balanced_accuracy": 0.737}})
+    make_run(registry, "none", {"state": "crashed"})
+    table = runs.run_summary_table().set_index("run")
+    assert table.loc["avg", "kept"] == "mean of epochs 6–12"
+    assert pd.isna(table.loc["none", "kept"])
 
 
 def test_new_run_ids_sort_by_time_and_differ():

@@ -141,7 +141,8 @@ def history_table(infos: list) -> None:
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(table, hide_index=True, width="stretch", placeholder="–",
                  column_config={"val bal. acc": score, "val AUC": score, "val acc": score,
-                                "best epoch": st.column_config.NumberColumn(format="%d")})
+                                "kept": st.column_config.TextColumn(help="the weights the run keeps: its best "
+                                                                    "epoch on validation, or a mean of epochs")})
 
 
 def pick_run(infos: list) -> str | None:
@@ -228,7 +229,7 @@ def _best_metrics(status: dict) -> None:
     if not best:
         return
     cols = st.columns(4)
-    cols[0].metric("Best epoch", best.get("epoch", "–"))
+    cols[0].metric("Weights kept", runs.checkpoint_text(best) or "–")
     for col, (key, label) in zip(cols[1:], [("val_balanced_accuracy", "Val balanced acc."),
                                             ("val_auc", "Val macro AUC"),
                                             ("val_accuracy", "Val accuracy")]):
