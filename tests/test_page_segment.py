@@ -56,9 +56,12 @@ def test_predict_shows_the_outline_measurements_and_saliency_inside_the_lesion(m
     page = texts(at)
     assert "ABCD rule" in page and "Not a medical device" in page
     assert "of the map's mass lies inside the predicted lesion" in page
+    assert any("Original · white line: predicted lesion border" in c for c in captions)  # over the maps too
     at.toggle(key="predict_segment_outline").set_value(False).run()
     assert not at.exception, at.exception
-    assert any("Lesion outline hidden" in str(image.captions) for image in at.get("image"))
+    captions = [str(image.captions) for image in at.get("image")]
+    assert any("Lesion outline hidden" in c for c in captions)
+    assert not any("white line" in c for c in captions)  # hidden there, hidden on the maps
 
 
 def test_predict_says_when_no_lesion_is_found(monkeypatch, predict_env, segmenters):

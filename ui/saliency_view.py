@@ -3,7 +3,7 @@
 Maps are computed by :mod:`core.saliency` (cached per model, image content,
 method and class) and drawn by :mod:`core.saliency.draw` at the image's own
 aspect: iso-contours over the image by default, or a heat-map blend, with the
-lesion outline (the dataset's mask) on top and a colour-scale legend. The map
+lesion outline (the dataset's mask, else the segmenter's) on top and a colour-scale legend. The map
 offered for download is the one ``python -m core.explain`` writes.
 """
 
@@ -105,23 +105,37 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_ma
     x = to_model_input(image.rgb, predictor.input_size)
     base = (str(Path(model_dir).resolve()), mtime, image.digest)
     maps = [_model_map(*base, method, options["target"], _x=x) for method in options["methods"]]
-    outlined = " · white line: lesion border (dataset mask)" if image.mask is not None else ""
+    border, outlined = lesion_border(image, predicted_mask)
     cols = st.columns(3)
     original = draw.upscale(image.rgb, DISPLAY_WIDTH)
-    if image.mask is not None:
-        original = draw.draw_outline(original, image.mask, width=draw.line_width(original))
+    if border is not None:
+        original = draw.draw_outline(original, border, width=draw.line_width(original))
     cols[0].image(original, caption="Original" + outlined, width="stretch")
     target_code = predictor.classes[options["target"]]
     for col, method, model_map in zip(cols[1:], options["methods"], maps):
         picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"],
-                              image.mask, min_width=DISPLAY_WIDTH)
+                              border, min_width=DISPLAY_WIDTH)
         col.image(picture, caption=f"{method} · {target_code}", width="stretch")
         _scores(col, model_map, image.mask)
         with col:
             segment_view.saliency_energy_caption(model_map, predicted_mask, method)
     _legend(options)
-    _downloads(image, options, maps[0])
+    _downloads(image, options, maps[0], border)
     faithfulness_section(base, options, x, maps[0])
+
+
+def lesion_border(image, predicted_mask=None) -> tuple:
+    """``(mask, caption)``: the lesion border to draw over the maps, in white, and what it is.
+
+    The dataset's mask when the image has one; else the segmenter's, unless the
+    segmentation section's outline is switched off or it found no lesion.
+    """
+    if image.mask is not None:
+        return image.mask, " · white line: lesion border (dataset mask)"
+    shown = st.session_state.get(segment_view.KEY_OUTLINE, True)
+    if predicted_mask is not None and predicted_mask.any() and shown:
+        return predicted_mask, " · white line: predicted lesion border"
+    return None, ""
 
 
 def _scores(col, model_map: np.ndarray, mask) -> None:
@@ -144,13 +158,13 @@ def _legend(options: dict) -> None:
     right.caption(f"Colour scale: 0 = nothing, 1 = the map's maximum. {what}")
 
 
-def _downloads(image, options: dict, model_map: np.ndarray) -> None:
+def _downloads(image, options: dict, model_map: np.ndarray, border=None) -> None:
     """The left map as float32 ``.npy`` at the image's own size (as ``core.explain`` writes it) and as PNG."""
     stem = Path(image.name).stem
     full = draw.resize_map(model_map, image.rgb.shape[:2])
     buffer = io.BytesIO()
     np.save(buffer, full)
-    picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"], image.mask)
+    picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"], border)
     left, right = st.columns(2)
     left.download_button("Download the left map (.npy, float32)", buffer.getvalue(), file_name=f"{stem}.npy",
                          mime="application/octet-stream", on_click="ignore")
