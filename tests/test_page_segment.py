@@ -49,10 +49,9 @@ def test_predict_shows_the_outline_measurements_and_saliency_inside_the_lesion(m
     at = upload(start("4_Predict.py"))
     captions = [str(image.captions) for image in at.get("image")]
     assert any("predicted in yellow" in c for c in captions)
-    table = next(df.value for df in at.dataframe if "measurement" in df.value.columns)
-    assert list(table["measurement"]) == ["Area share", "Asymmetry (major / minor axis)", "Border compactness",
-                                          "Colours"]
-    assert table.loc[0, "value"] == "100.0%"  # threshold 0: every pixel is lesion
+    table = next(t.value for t in at.table if t.value.index.name == "measurement")
+    assert list(table.index) == ["Area share", "Asymmetry (major / minor axis)", "Border compactness", "Colours"]
+    assert table.loc["Area share", "value"] == "100.0%"  # threshold 0: every pixel is lesion
     page = texts(at)
     assert "ABCD rule" in page and "Not a medical device" in page
     assert "of the map's mass lies inside the predicted lesion" in page

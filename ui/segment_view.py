@@ -106,7 +106,7 @@ def show_segmentation(image) -> np.ndarray | None:
             st.warning("The segmenter found no lesion in this image, so there is nothing to measure.")
         else:
             st.markdown(ABCD_RULE)
-            st.dataframe(measurements_table(image.rgb, mask), hide_index=True, width="stretch")
+            st.table(measurements_table(image.rgb, mask).set_index("measurement"))  # a static table wraps its text
         st.caption(NOT_A_DEVICE)
     return mask
 
