@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui.frame import NOT_A_DEVICE, dataset_status, installed_pages, page_setup
+from ui.home import shipped_model_summary
 
 page_setup("HAM10000 Lesion Lab", "🔬")
 st.title("HAM10000 Lesion Lab")
@@ -10,6 +11,9 @@ st.write(
     "Explore, train, evaluate and explain classifiers of dermatoscopic images on HAM10000: "
     "10,015 images of 7,470 pigmented skin lesions in seven diagnostic classes."
 )
+summary = shipped_model_summary()
+if summary:
+    st.markdown(summary)
 for script, label, icon, text in installed_pages()[1:]:
     st.page_link(script, label=label, icon=icon)
     st.caption(text)

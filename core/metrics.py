@@ -24,13 +24,16 @@ Conventions, and where they differ from ``isic-challenge-scoring``:
   resamples of 1500 images take well under a second. A resample in which a class
   has no positives gives NaN for that class's AUC or sensitivity; those resamples
   are left out of that interval.
+
+scikit-learn is imported inside the functions that need it (curves, AUC,
+average precision): a page that shows only counts and accuracies, such as the
+Home page, reads this module without paying for that import.
 """
 
 import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
 SUBGROUP_COLUMNS = {"sex": "sex", "age_band": "age band", "localization": "body site", "dx_type": "dx type"}
@@ -102,6 +105,8 @@ def auc_sens_above(y_bin: np.ndarray, scores: np.ndarray, min_tpr: float = 0.8) 
     y_bin = np.asarray(y_bin, dtype=bool)
     if y_bin.all() or not y_bin.any():
         return float("nan")
+    from sklearn.metrics import roc_curve  # here, not at the top: the Home page reads this module, fast
+
     fpr, tpr, _ = roc_curve(y_bin, scores, drop_intermediate=False)
     # tpr is non-decreasing and starts at 0, so the cut lies between cut-1 and cut.
     cut = int(np.searchsorted(tpr, min_tpr, side="left"))
@@ -115,6 +120,8 @@ def _safe_auc(y_bin, scores) -> float:
     y_bin = np.asarray(y_bin, dtype=bool)
     if y_bin.all() or not y_bin.any():
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y_bin, scores))
 
 
@@ -122,6 +129,8 @@ def _safe_ap(y_bin, scores) -> float:
     y_bin = np.asarray(y_bin, dtype=bool)
     if not y_bin.any():
         return float("nan")
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y_bin, scores))
 
 
@@ -161,6 +170,8 @@ def macro_average(table: pd.DataFrame) -> pd.Series:
 
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
     """One-vs-rest ROC curve of every class with both labels present: class, fpr, tpr, threshold."""
+    from sklearn.metrics import roc_curve
+
     frames = []
     for k, name in enumerate(classes):
         y_bin = np.asarray(y_true) == k
@@ -173,6 +184,8 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
 
 def pr_curves(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
     """One-vs-rest precision-recall curve per class with positives: class, recall, precision, threshold."""
+    from sklearn.metrics import precision_recall_curve
+
     frames = []
     for k, name in enumerate(classes):
         y_bin = np.asarray(y_true) == k

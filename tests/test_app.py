@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -64,7 +65,7 @@ def test_home_real_dataset_status(real_dataset_dir, monkeypatch):
     assert f"Dataset: found at `{real_dataset_dir}`" in _texts(_run())
 
 
-def test_home_renders_without_tensorflow(tiny_dataset):
+def test_home_renders_without_tensorflow_or_scikit_learn(tiny_dataset):
     # a fresh interpreter: other tests of this session may have imported TensorFlow.
     # How fast it renders is bench/bench_explore.py's job, not a test's.
     script = (
@@ -72,9 +73,42 @@ def test_home_renders_without_tensorflow(tiny_dataset):
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({APP!r}, default_timeout=30).run()\n"
         "assert not at.exception\n"
-        "print('tensorflow' in sys.modules)\n"
+        "print('tensorflow' in sys.modules, 'sklearn' in sys.modules)\n"
     )
     env = {**os.environ, "HAM10000_DIR": str(tiny_dataset)}
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120, check=True)
-    assert result.stdout.split() == ["False"]
+    assert result.stdout.split() == ["False", "False"]  # nor scikit-learn, though it shows the model's figures
+
+
+def test_home_gives_the_shipped_models_test_figures_with_their_n(tiny_dataset_env, tmp_path, monkeypatch):
+    from tiny_models import build_tiny_model, save_model_folder
+
+    from core import metrics, predictions
+    from core.labels import CLASSES
+
+    folder = save_model_folder(build_tiny_model(), tmp_path / "default")
+    rng = np.random.default_rng(0)
+    y = np.arange(70) % 7
+    probs = rng.dirichlet(np.ones(7), size=70)
+    probs[np.arange(70) % 2 == 0, y[np.arange(70) % 2 == 0]] += 2  # right on half the images
+    probs /= probs.sum(axis=1, keepdims=True)
+    table = predictions.make_table([f"ISIC_{i:07d}" for i in range(70)], probs, CLASSES,
+                                   truth=[CLASSES[k] for k in y])
+    predictions.write(folder / predictions.FILES["test"], table, predictions.RAW)
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(folder))
+    balanced = metrics.balanced_accuracy(y, probs.argmax(axis=1), 7)
+    text = _texts(_run())
+    assert "On the held-out **test split** (70 images" in text
+    assert f"is **{balanced:.3f}**" in text
+
+
+def test_home_without_a_shipped_model_or_with_a_broken_one_says_nothing_of_it(tiny_dataset_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tmp_path / "missing"))
+    assert "shipped classifier" not in _texts(_run())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{}")
+    (broken / "predictions_test.csv").write_text("not,a,predictions,file\n1,2,3,4\n")
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(broken))
+    assert "shipped classifier" not in _texts(_run())

@@ -37,7 +37,7 @@ PAGES = (
     ("pages/3_Evaluate.py", "Evaluate", ":material/analytics:",
      "Compare models on the held-out split: confusion matrix, per-class metrics, calibration."),
     ("pages/4_Predict.py", "Predict", ":material/stethoscope:",
-     "Classify an image and see where the model looked (Grad-CAM)."),
+     "Classify an image, outline the lesion and see where the model looked (saliency maps)."),
 )
 
 
