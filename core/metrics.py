@@ -105,7 +105,7 @@ def auc_sens_above(y_bin: np.ndarray, scores: np.ndarray, min_tpr: float = 0.8) 
     y_bin = np.asarray(y_bin, dtype=bool)
     if y_bin.all() or not y_bin.any():
         return float("nan")
-    from sklearn.metrics import roc_curve  # here, not at the top: the Home page reads this module, fast
+    from sklearn.metrics import roc_curve  # imported here: see the module's docstring
 
     fpr, tpr, _ = roc_curve(y_bin, scores, drop_intermediate=False)
     # tpr is non-decreasing and starts at 0, so the cut lies between cut-1 and cut.

@@ -101,7 +101,7 @@ def tta_views(batch: np.ndarray) -> np.ndarray:
     ``v*N .. v*N+N-1`` hold view ``v``.
     """
     views = []
-    turns = range(4) if batch.shape[1] == batch.shape[2] else range(0, 4, 2)  # 2 * len(turns) == tta_count(...)
+    turns = range(4) if tta_count(batch.shape[1:3]) == 8 else range(0, 4, 2)  # a 4:3 frame: no 90° turns
     for flipped in (batch, batch[:, :, ::-1]):
         for k in turns:
             views.append(np.rot90(flipped, k=k, axes=(1, 2)))

@@ -29,7 +29,7 @@ def _summary(folder: str, test_mtime: int) -> str | None:
         meta = read_metadata(Path(folder))
         classes = list(meta["classes"])
         table = predictions.read(Path(folder) / predictions.FILES["test"], classes)
-    except (ModelFolderError, predictions.PredictionsError, OSError, KeyError, ValueError):
+    except (ModelFolderError, OSError, KeyError, ValueError):  # PredictionsError is a ValueError
         return None  # the Evaluate page explains what is wrong with the folder
     truth, probs = predictions.truth_and_probs(table, classes)
     y_true = metrics.encode_labels(truth, classes)
