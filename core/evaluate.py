@@ -79,11 +79,7 @@ def load_predictions(model_dir, split: str) -> pd.DataFrame:
     return read_predictions(folder.path / SPLIT_FILES[split], list(folder.classes))
 
 
-def arrays(table: pd.DataFrame, classes) -> tuple:
-    """``(y_true, probs)``: label indices and the probability matrix of a predictions table."""
-    classes = list(classes)
-    truth, probs = predictions.truth_and_probs(table, classes)
-    return metrics.encode_labels(truth, classes), probs
+arrays = predictions.label_indices_and_probs  # ``(y_true, probs)`` of a predictions table
 
 
 def list_evaluable() -> list:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.metrics import encode_labels
 from core.runfolder import predictions_file
 
 FILES = {split: predictions_file(split) for split in ("val", "test", "external")}
@@ -172,3 +173,10 @@ def read(path: Path, classes, truth: bool = True) -> pd.DataFrame:
 def truth_and_probs(table: pd.DataFrame, classes) -> tuple:
     """``(true labels, probability matrix)`` of a validated table with truth."""
     return table[TRUTH], table[list(classes)].to_numpy(dtype=np.float64)
+
+
+def label_indices_and_probs(table: pd.DataFrame, classes) -> tuple:
+    """``(y_true, probs)``: true labels as indices into ``classes`` and the probability matrix, as metrics take them."""
+    classes = list(classes)
+    truth, probs = truth_and_probs(table, classes)
+    return encode_labels(truth, classes), probs

@@ -31,8 +31,7 @@ def _summary(folder: str, test_mtime: int) -> str | None:
         table = predictions.read(Path(folder) / predictions.FILES["test"], classes)
     except (ModelFolderError, OSError, KeyError, ValueError):  # PredictionsError is a ValueError
         return None  # the Evaluate page explains what is wrong with the folder
-    truth, probs = predictions.truth_and_probs(table, classes)
-    y_true = metrics.encode_labels(truth, classes)
+    y_true, probs = predictions.label_indices_and_probs(table, classes)
     y_pred = probs.argmax(axis=1)
     balanced = metrics.balanced_accuracy(y_true, y_pred, len(classes))
     height, width = input_size(meta)
