@@ -38,7 +38,7 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))
 
-from live_server import free_port, server_command, wait_healthy  # noqa: E402
+from live_server import free_port, server_command, stop, wait_healthy  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
@@ -169,8 +169,7 @@ def main(argv=None) -> None:
                                       lambda: rss_mb(server.pid)))
             peak_sampled, peak_kernel = sampler.stop(), rss_mb(server.pid, "VmHWM")
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop(server)
     print(f"project: {args.project}\nuploads: {sizes}\nsessions at once: {args.sessions}")
     for k, log in enumerate(logs):
         print(f"  session {k + 1}: " + "; ".join(log))
