@@ -112,6 +112,55 @@ def test_agreement_is_the_geometric_mean_of_the_two_scaled_stages(strided):
     assert METHODS["LayerCAM, strides 8 × 16 (geometric mean)"].native_size(strided) == (6, 8)
 
 
+def test_shifted_copies_move_the_image_by_a_quarter_cell_with_mirrored_edges():
+    x = _random_input((48, 64), seed=5)
+    copies, offsets = cams.shifted_copies(x, 4)
+    assert copies.shape == (4, 48, 64, 3) and offsets == [(-4, -4), (-4, 4), (4, -4), (4, 4)]
+    for copy, (dy, dx) in zip(copies, offsets):  # copy[i, j] = x[i + dy, j + dx] wherever that exists
+        np.testing.assert_array_equal(copy[max(0, -dy): 48 - max(0, dy), max(0, -dx): 64 - max(0, dx)],
+                                      x[max(0, dy): 48 + min(0, dy), max(0, dx): 64 + min(0, dx)])
+    np.testing.assert_array_equal(copies[0][0], x[4, np.r_[4:0:-1, 0:60]])  # mirrored, not padded with zeros
+
+
+def test_interleave_puts_each_shift_on_its_own_rows_and_columns():
+    maps = np.arange(4)[:, None, None] * np.ones((4, 2, 3))
+    woven = cams.interleave(maps)
+    assert woven.shape == (4, 6)
+    np.testing.assert_array_equal(woven[:2, :2], [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(woven[0], [0, 1, 0, 1, 0, 1])
+
+
+def _red_patch_model():
+    """The stride-16 stage is the mean red of each 16 × 16 window; class 0 is scored by it."""
+    import keras
+
+    inputs = keras.Input(shape=(48, 64, 3), name="image")
+    x = keras.layers.Conv2D(filters=1, kernel_size=1, use_bias=False, name="red")(inputs)
+    x = keras.layers.AveragePooling2D(pool_size=16, strides=16, padding="same", name="stage16")(x)
+    x = keras.layers.AveragePooling2D(pool_size=2, padding="same", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(units=2, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    model.get_layer("red").set_weights([np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 1, 3, 1) / 255])
+    model.get_layer("probs").set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def test_stitched_map_finds_a_small_patch_that_the_stride_16_map_smears():
+    explainer = Explainer(_red_patch_model(), "last_conv")
+    x = np.zeros((48, 64, 3), np.float32)
+    x[18:24, 34:40, 0] = 255.0  # a 6 × 6 red patch near the corner of one stride-16 cell
+    stitched = explain(explainer, x, "LayerCAM, stride 16 sampled at 8 (4 shifts)", 0)
+    coarse = explain(explainer, x, "LayerCAM, stride 16", 0)
+    assert stitched.shape == (48, 64) and stitched.max() == pytest.approx(1.0)
+    near = np.zeros((48, 64), bool)
+    near[14:28, 30:44] = True  # the patch and 4 pixels around it
+    assert energy_inside(stitched, near) > energy_inside(coarse, near) + 0.05
+    peak = np.unravel_index(np.argmax(stitched), stitched.shape)
+    assert abs(peak[0] - 20.5) <= 4 and abs(peak[1] - 36.5) <= 4
+    assert METHODS["LayerCAM, stride 16 sampled at 8 (4 shifts)"].native_size(explainer) == (6, 8)
+
+
 def test_traced_functions_are_built_once(explainer):
     gradcam_fast(explainer, red_left_green_right(), 0)
     count = len(explainer._traced)

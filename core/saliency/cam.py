@@ -131,6 +131,52 @@ def agreement_batch(explainer: Explainer, batch: np.ndarray, class_indices, stri
     return _per_image(normalize_map, np.sqrt(np.clip(product, 0.0, None))), probs
 
 
+def shifted_copies(x: np.ndarray, shift: int) -> tuple:
+    """``(copies (4, H, W, 3), offsets)``: ``x`` moved by ``±shift`` pixels on each axis, edges mirrored.
+
+    Copy ``(dy, dx)`` holds ``x[i + dy, j + dx]`` at ``(i, j)``: its content moves up-left for positive
+    offsets. Offsets run ``(-s, -s), (-s, +s), (+s, -s), (+s, +s)``.
+    """
+    height, width = x.shape[:2]
+    padded = np.pad(x, ((shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    offsets = [(dy, dx) for dy in (-shift, shift) for dx in (-shift, shift)]
+    copies = [padded[shift + dy: shift + dy + height, shift + dx: shift + dx + width] for dy, dx in offsets]
+    return np.stack(copies).astype(np.float32), offsets
+
+
+def interleave(maps: np.ndarray) -> np.ndarray:
+    """Four ``(h, w)`` maps of :func:`shifted_copies`, in its order, woven into one ``(2h, 2w)`` map.
+
+    The copy shifted by ``-s`` on an axis sees each cell's content ``s`` pixels earlier, so its cells
+    take the even rows (columns) of the finer grid, the ``+s`` copy's the odd ones.
+    """
+    maps = np.asarray(maps)
+    _, height, width = maps.shape
+    woven = np.empty((2 * height, 2 * width), dtype=maps.dtype)
+    for k, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        woven[row::2, col::2] = maps[k]
+    return woven
+
+
+def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, stride: int = 16) -> np.ndarray:
+    """LayerCAM at the stride-``stride`` stage sampled every ``stride / 2`` pixels: maps ``(N, H, W)`` in [0, 1].
+
+    Shift-and-stitch (Sermanet et al., OverFeat, 2014; Long et al., FCN, 2015): the stage's cells lie
+    ``stride`` pixels apart, so the image is explained four times, moved by a quarter of a cell up or
+    down and left or right (edges mirrored), and the four maps are interleaved. Every value of the
+    finer grid is the stage's own LayerCAM at that place: nothing is averaged. The four copies run as
+    one batch; unlike the other ``*_batch`` functions no probabilities are returned, as none of the
+    unshifted image is computed.
+    """
+    layer = explainer.stage_layer(stride)
+    shift = max(1, stride // 4)
+    copies = np.concatenate([shifted_copies(x, shift)[0] for x in np.asarray(batch, dtype=np.float32)])
+    classes = np.repeat(np.asarray(class_indices, dtype=np.int32).reshape(-1), 4)
+    (raw,), _ = raw_cams(explainer, copies, classes, [layer], "layercam")
+    woven = np.stack([interleave(raw[i: i + 4]) for i in range(0, len(raw), 4)])
+    return _per_image(normalize_map, upsample(woven, explainer.input_size))
+
+
 def gradcam_fast(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., 2017) at the last conv layer, fast path.
 
