@@ -43,3 +43,28 @@ def test_split_val_samples_validation_images_only(tmp_path):
     assert source == "val split" and set(picked["image_id"]) == val
     picked, source = bench_saliency.sample_images(model_dir, data, 1000, seed=0)  # the report's default: test
     assert source == "test split" and set(picked["image_id"]) == set(ids) - val
+
+
+def _tables(rows: dict) -> tuple:
+    """A summary and a sanity table as ``bench_saliency`` builds them: ``{method: (energy, native, p50, spearman)}``."""
+    import pandas as pd
+
+    table = pd.DataFrame({"native": [r[1] for r in rows.values()], "p50 ms": [r[2] for r in rows.values()],
+                          "_energy": [r[0] for r in rows.values()]}, index=list(rows))
+    sanity = pd.DataFrame({bench_saliency.SANITY_DEPTH: [r[3] for r in rows.values()]}, index=list(rows))
+    return table, sanity
+
+
+def test_winner_must_beat_the_centred_gaussian():
+    rows = {bench_saliency.GAUSSIAN: (0.44, "—", 0.1, 1.0), bench_saliency.UNIFORM: (0.25, "—", 0.1, 1.0),
+            "fine but off the lesion": (0.30, "18×24", 30.0, 0.1)}
+    assert bench_saliency.winner(*_tables(rows)) is None
+    rows["fine and on the lesion"] = (0.58, "18×24", 70.0, 0.4)
+    assert bench_saliency.winner(*_tables(rows)) == "fine and on the lesion"
+
+
+def test_winner_skips_slow_coarse_and_insane_methods():
+    rows = {bench_saliency.GAUSSIAN: (0.44, "—", 0.1, 1.0),
+            "slow": (0.70, "18×24", 220.0, 0.4), "coarse": (0.69, "9×12", 30.0, 0.4),
+            "explains the image": (0.68, "18×24", 30.0, 0.9), "passes": (0.50, "18×24", 30.0, 0.5)}
+    assert bench_saliency.winner(*_tables(rows)) == "passes"
