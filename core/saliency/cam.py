@@ -20,6 +20,7 @@ from core.saliency.explainer import Explainer, as_map, class_score, normalize_ma
 SCORECAM_MAX_N = 10
 LAYERCAM_GAMMA = 2.0
 WEIGHTINGS = ("gradcam", "layercam")
+STITCH_STRIDE = 16  # the stage that shift-and-stitch samples at half its stride
 
 
 def _build(explainer: Explainer, layers: tuple, weighting: str):
@@ -158,7 +159,7 @@ def interleave(maps: np.ndarray) -> np.ndarray:
     return woven
 
 
-def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, stride: int = 16) -> np.ndarray:
+def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, stride: int = STITCH_STRIDE) -> np.ndarray:
     """LayerCAM at the stride-``stride`` stage sampled every ``stride / 2`` pixels: maps ``(N, H, W)`` in [0, 1].
 
     Shift-and-stitch (Sermanet et al., OverFeat, 2014; Long et al., FCN, 2015): the stage's cells lie
