@@ -165,7 +165,7 @@ def winner(table: pd.DataFrame, sanity: pd.DataFrame) -> str | None:
 
     A map that a centred blob beats says nothing about this image, however fast or sane it is.
     """
-    floor = table.loc[GAUSSIAN, "_energy"] if GAUSSIAN in table.index else -np.inf
+    floor = table.loc[GAUSSIAN, "_energy"]  # main always scores the baselines
     ok = [m for m in table.index if m not in BASELINES and m in sanity.index and table.loc[m, "_energy"] > floor
           and sanity.loc[m, SANITY_DEPTH] <= SANITY_MAX and table.loc[m, "p50 ms"] <= P50_MAX_MS
           and min(int(side) for side in table.loc[m, "native"].split("×")) >= MIN_NATIVE]
