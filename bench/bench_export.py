@@ -7,11 +7,13 @@ size and the p50 latency of one image in the LiteRT interpreter (Keras p50 on th
 same image beside it). A reference line feeds the Keras model the same images with
 uniform noise of at most one grey level per pixel (seeded): how often an invisible
 change of the input alone flips the top class, the scale on which to read the
-quantised files' disagreement. Targets: float32 agrees on 100 % of test images with a
-largest difference <= 1e-4; int8 agrees on >= 98 % and is <= 1/3 of the float size.
+quantised files' disagreement. int8 is measured twice, side by side: with its kernels
+rounded to keep each layer's output (the default) and with the converter's nearest
+rounding. Targets: float32 agrees on 100 % of test images with a largest difference
+<= 1e-4; int8 agrees on >= 98 % and is <= 1/3 of the float size.
 
     HAM10000_DIR=... .venv/bin/python bench/bench_export.py [--model DIR] [--split test]
-        [--quantize none,float16,dynamic,int8] [--threads 2] [--save DIR]
+        [--quantize none,float16,dynamic,int8] [--threads 2] [--save DIR] [--no-nearest]
 
 ``--save DIR`` writes each file as ``DIR/model_<quantisation>.tflite`` with its card,
 the card's parity block holding these figures: copied into a model folder's
@@ -77,16 +79,17 @@ def agreement(reference: np.ndarray, probs: np.ndarray, y_true) -> tuple:
     return columns, figures
 
 
-def measure(model_dir: Path, model, quantize: str, pixels, reference, y_true, args) -> tuple:
+def measure(model_dir: Path, model, quantize: str, pixels, reference, y_true, args, rounding: str = "gptq") -> tuple:
     """Convert, run every image, and return ``(row for the table, export with test figures in its card)``."""
     start = time.perf_counter()
-    result = export.build(model_dir, quantize, args.representative, parity_n=0, model=model)
+    result = export.build(model_dir, quantize, args.representative, parity_n=0, model=model, rounding=rounding)
     seconds = time.perf_counter() - start
     runner = export.TFLiteRunner(result.content, num_threads=args.threads)
     columns, figures = agreement(reference, runner.predict(pixels), y_true)
     result.card["parity"] = {**figures, "split": args.split, "reference": "the Keras model on the same decoded images",
                              "balanced_accuracy": columns["bal acc"]}
-    row = {"quantisation": quantize, "MB": len(result.content) / 1e6, **columns,
+    label = quantize if quantize != "int8" or rounding == "gptq" else f"int8 {rounding}"
+    row = {"quantisation": label, "MB": len(result.content) / 1e6, **columns,
            "p50 ms": runner.latency_ms(pixels[0], args.repeats), "convert s": seconds}
     return row, result
 
@@ -120,6 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed invocations for the p50 latency")
     parser.add_argument("--noise", type=float, default=1.0, help="grey levels of the reference line's input noise")
     parser.add_argument("--save", type=Path, default=None, help="write each file and its card into this folder")
+    parser.add_argument("--no-nearest", action="store_true", help="skip int8 with the converter's nearest rounding")
     args = parser.parse_args(argv)
     model_dir = args.model or paths.default_model_dir()
     try:
@@ -138,6 +142,8 @@ def main(argv=None) -> None:
         rows.append(row)
         if args.save:
             export.write(result, args.save / export.saved_path(".", quantize).name)
+        if quantize == "int8" and not args.no_nearest:
+            rows.append(measure(model_dir, model, quantize, pixels, reference, y_true, args, rounding="nearest")[0])
     h, w = modelio.input_size(meta)
     print(f"\nmodel {model_dir} ({meta.get('arch')}, input {h}×{w} h×w); {args.split} split n = {len(pixels):,}; "
           f"LiteRT threads {args.threads}; int8 calibrated on {args.representative} training images")

@@ -17,12 +17,15 @@ Quantisations:
 * ``dynamic``: int8 weights, activations quantised on the fly; needs no data.
 * ``int8``: full integer, int8 weights (per channel) and activations, calibrated
   on a class-balanced sample of the model's own *training* split; float32 input
-  and output, so every variant is fed the same way.
+  and output, so every variant is fed the same way. Before conversion the
+  convolution kernels are rounded onto the int8 grid on the same images so as to
+  keep each layer's output (``core.int8_rounding``, GPTQ); ``--rounding nearest``
+  leaves the rounding to the converter.
 
 Command line::
 
     python -m core.export --model DIR --format tflite [--quantize none|float16|dynamic|int8] --out FILE
-                          [--representative N] [--parity N]
+                          [--representative N] [--parity N] [--rounding gptq|nearest]
 
 A request that cannot be served (unknown format or quantisation, a folder that
 is not a model, int8 without the dataset) exits with status 2 and one line on stderr.
@@ -51,6 +54,10 @@ QUANTIZATIONS = {
     "dynamic": "int8 weights, activations quantised at run time (dynamic range)",
     "int8": "full integer: int8 weights (per channel) and activations, float32 input and output",
 }
+ROUNDINGS = {  # how int8 kernels are rounded onto their grid
+    "gptq": "kernels rounded to keep each layer's output on the calibration images (GPTQ), then converted",
+    "nearest": "the converter's own rounding to the nearest int8 code",
+}
 REPRESENTATIVE_IMAGES = 200
 PARITY_IMAGES = 100
 SEED = 0
@@ -75,16 +82,18 @@ class Export:
         return json.dumps(self.card, indent=2)
 
 
-def check_request(model_dir: Path, fmt: str = "tflite", quantize: str = "none") -> dict:
+def check_request(model_dir: Path, fmt: str = "tflite", quantize: str = "none", rounding: str = "gptq") -> dict:
     """Validate a request before any TensorFlow import; returns the model's metadata.
 
     Raises:
-        ExportError: unknown format or quantisation, or a folder that is not a model.
+        ExportError: unknown format, quantisation or rounding, or a folder that is not a model.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"unknown quantisation {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if rounding not in ROUNDINGS:
+        raise ExportError(f"unknown rounding {rounding!r}: expected one of {', '.join(ROUNDINGS)}")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ExportError(f"{model_dir}: no such folder")
@@ -302,7 +311,7 @@ def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARIT
 
 
 def build(model_dir: Path, quantize: str = "none", representative: int = REPRESENTATIVE_IMAGES,
-          parity_n: int = PARITY_IMAGES, model=None) -> Export:
+          parity_n: int = PARITY_IMAGES, model=None, rounding: str = "gptq", progress=None) -> Export:
     """Convert a model folder in memory; see the module docstring for the card.
 
     Args:
@@ -312,10 +321,21 @@ def build(model_dir: Path, quantize: str = "none", representative: int = REPRESE
         parity_n: validation images to measure parity on (0: none); skipped with a
             note in the card when the dataset or the validation predictions are missing.
         model: the already loaded Keras model (skips loading).
+        rounding: a key of :data:`ROUNDINGS`, for ``int8`` only.
+        progress: ``progress(done, total, layer)`` while ``int8`` kernels are rounded.
     """
-    meta = check_request(model_dir, "tflite", quantize)
+    meta = check_request(model_dir, "tflite", quantize, rounding)
     sample, calibration = representative_sample(model_dir, meta, representative) if quantize == "int8" else (None, None)
     model = model if model is not None else load_keras(model_dir)
+    if quantize == "int8" and rounding == "gptq":
+        from core import int8_rounding
+
+        started = time.perf_counter()
+        model = int8_rounding.round_weights(model, sample, progress=progress)
+        calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding],
+                                   "seconds": round(time.perf_counter() - started, 1)}
+    elif quantize == "int8":
+        calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding]}
     content = convert(model, modelio.input_size(meta), quantize, sample)
     runner = TFLiteRunner(content)
     card = model_card(meta, content, quantize, runner, preprocessing_layers(model), calibration)
@@ -405,6 +425,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="training images to calibrate int8 with")
     parser.add_argument("--parity", type=int, default=PARITY_IMAGES,
                         help="validation images to measure parity on (0: skip)")
+    parser.add_argument("--rounding", default="gptq",
+                        help="int8 kernels: " + "; ".join(f"{k}: {v}" for k, v in ROUNDINGS.items()))
     return parser
 
 
@@ -414,7 +436,7 @@ def main(argv=None) -> int:
     try:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
-        export = build(args.model, args.quantize, args.representative, args.parity)
+        export = build(args.model, args.quantize, args.representative, args.parity, rounding=args.rounding)
         out, card = write(export, args.out)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -119,9 +119,25 @@ def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
     assert calibration["split"] == "train" and calibration["n"] == 14
     assert calibration["split_source"] == str(folder / splits.SPLIT_FILE)
     assert result.card["input"]["dtype"] == "float32"
+    assert calibration["rounding"]["method"] == "gptq"
     parity = result.card["parity"]
     assert parity["split"] == "val" and parity["n"] == 10
     assert parity["max_abs_diff"] < 0.1
+
+
+def test_int8_rounds_the_kernels_on_the_calibration_images_unless_asked_not_to(tmp_path, tiny_data, wide_model,
+                                                                               monkeypatch):
+    from core import int8_rounding
+
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
+    seen = []
+    real = int8_rounding.round_weights
+    monkeypatch.setattr(int8_rounding, "round_weights", lambda model, images, **kw: seen.append(len(images)) or
+                        real(model, images, **kw))
+    export.build(folder, "int8", representative=14, parity_n=0, model=wide_model)
+    assert seen == [14]
+    plain = export.build(folder, "int8", representative=14, parity_n=0, model=wide_model, rounding="nearest")
+    assert seen == [14] and plain.card["calibration_images"]["rounding"]["method"] == "nearest"
 
 
 def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide_model, monkeypatch):
@@ -192,6 +208,9 @@ def test_unknown_format_is_refused(wide_folder, tmp_path, capsys):
     assert "unknown format 'onnx'" in line and "tflite" in line
     line = bad_request(["--model", str(wide_folder), "--quantize", "int4", "--out", str(tmp_path / "x")], capsys)
     assert "unknown quantisation 'int4'" in line
+    line = bad_request(["--model", str(wide_folder), "--quantize", "int8", "--rounding", "up", "--out",
+                        str(tmp_path / "x")], capsys)
+    assert "unknown rounding 'up'" in line and "gptq" in line
 
 
 def test_folder_that_is_not_a_model_is_refused(tmp_path, capsys):

@@ -152,3 +152,38 @@ def save_ood_model_folder(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     entry = ood_fit.fit_for_model(folder, model, skin_like(rng, 300), skin_like(rng, 400), seed=seed, n_negatives=200)
     return save_model_folder(model, folder, extra={"ood": entry})
+
+
+def build_bottleneck_model(height: int = 24, width: int = 32, seed: int = 0, n_classes: int = len(CLASSES)):
+    """MobileNetV2 in miniature: a strided 3 × 3 stem, one inverted residual block (1 × 1 expand,
+    padded 3 × 3 depthwise, 1 × 1 linear project, residual add), each convolution followed by a
+    BatchNorm with non-trivial statistics, ReLU6, GAP and a Dense softmax."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(filters=8, kernel_size=3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    stem = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = keras.layers.Conv2D(filters=24, kernel_size=1, use_bias=False, name="expand")(stem)
+    x = keras.layers.BatchNormalization(name="expand_bn")(x)
+    x = keras.layers.ReLU(6.0, name="expand_relu")(x)
+    x = keras.layers.ZeroPadding2D(padding=1, name="pad")(x)
+    x = keras.layers.DepthwiseConv2D(kernel_size=3, padding="valid", use_bias=False, name="depthwise")(x)
+    x = keras.layers.BatchNormalization(name="depthwise_bn")(x)
+    x = keras.layers.ReLU(6.0, name="depthwise_relu")(x)
+    x = keras.layers.Conv2D(filters=8, kernel_size=1, use_bias=False, name="project")(x)
+    x = keras.layers.BatchNormalization(name="project_bn")(x)
+    x = keras.layers.Add(name="add")([stem, x])
+    x = keras.layers.Conv2D(filters=16, kernel_size=1, name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs=inputs, outputs=outputs, name="bottleneck")
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.3, c),
+                               rng.uniform(0.2, 2.0, c)])
+    return model

@@ -64,7 +64,8 @@ def _requested(model: Evaluable, quantize: str) -> export.Export | None:
     token = f"{model.path}|{quantize}"
     if token not in st.session_state.setdefault(KEY_BUILT, []):
         st.button("Convert to TFLite", key="evaluate_export_convert", on_click=_request, args=(token,))
-        note = f" int8 first calibrates on {export.REPRESENTATIVE_IMAGES} training images." if quantize == "int8" else ""
+        note = (f" int8 first rounds each layer's kernel on {export.REPRESENTATIVE_IMAGES} training images so as to "
+                "keep its output, which takes about four minutes more.") if quantize == "int8" else ""
         st.caption(f"Conversion imports TensorFlow and takes about a minute on a 2-core CPU.{note}")
         return None
     with st.spinner(f"Converting {model.name} ({CHOICES[quantize]}) and measuring parity…"):
