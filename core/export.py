@@ -151,6 +151,8 @@ def representative_sample(model_dir: Path, meta: dict, n: int = REPRESENTATIVE_I
     train_ids = set(table.loc[table["split"] == "train", "image_id"])
     rows = balanced_sample(frame[frame["image_id"].isin(train_ids)], n, seed)
     pixels = decode_images(rows["path"], modelio.input_size(meta))
+    if origin == str(Path(model_dir) / splits.SPLIT_FILE):  # no machine's path in a card that may be shipped
+        origin = f"{splits.SPLIT_FILE} in the model folder"
     info = {"split": "train", "n": int(len(pixels)), "seed": seed, "class_balanced": True, "split_source": origin}
     return pixels, info
 

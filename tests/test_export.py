@@ -1,5 +1,6 @@
 """core.export: TFLite round trips on tiny models, int8 calibration on the training split, bad requests."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
     result = export.build(folder, "int8", representative=14, parity_n=10, model=wide_model)
     calibration = result.card["calibration_images"]
     assert calibration["split"] == "train" and calibration["n"] == 14
-    assert calibration["split_source"] == str(folder / splits.SPLIT_FILE)
+    assert calibration["split_source"] == f"{splits.SPLIT_FILE} in the model folder"
     assert result.card["input"]["dtype"] == "float32"
     assert calibration["rounding"]["method"] == "gptq"
     parity = result.card["parity"]
@@ -243,3 +244,16 @@ def test_module_entry_point_refuses_in_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path}: not a model folder (it needs model.keras and model.json)"
+
+
+def test_the_shipped_int8_file_belongs_to_the_shipped_model_and_runs():
+    shipped = ROOT / "models" / "default"
+    saved = export.load_saved(shipped, "int8")
+    assert saved is not None, "models/default/export/model_int8.tflite is missing or was made from another model.keras"
+    card = saved.card
+    assert card["quantization"] == "int8" and card["calibration_images"]["rounding"]["method"] == "gptq"
+    assert card["parity"]["split"] == "test" and card["parity"]["n"] == 1431
+    assert card["sha256"] == hashlib.sha256(saved.content).hexdigest()
+    runner = export.TFLiteRunner(saved.content)
+    probs = runner.predict(random_pixels(2, size=runner.input_size))
+    assert probs.shape == (2, len(card["classes"])) and np.allclose(probs.sum(1), 1, atol=0.02)
