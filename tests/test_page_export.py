@@ -68,6 +68,19 @@ def test_saved_export_is_offered_with_its_own_figures(model_folder):
     assert row["split"] == "test" and row["n"] == 1431
 
 
+def test_saved_int8_export_says_how_it_was_calibrated_and_rounded(model_folder):
+    result = export.build(model_folder, "int8", representative=14, parity_n=0)
+    result.card["parity"] = {"n": 1431, "split": "test", "top1_agreement": 0.97, "max_abs_diff": 0.2}
+    export.write(result, export.saved_path(model_folder, "int8"))
+    at = run_page()
+    at.radio(key="evaluate_export_quantize").set_value("int8").run()
+    assert not at.exception, at.exception
+    assert not _has_button(at, CONVERT) and "Download the model (.tflite)" in downloads(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Calibrated on 14 images of the model's training split; kernels rounded to keep each layer's" in captions
+    assert parity_row(at)["top-1 agreement with Keras"] == "97.0%"
+
+
 def test_int8_without_the_dataset_says_why(model_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "absent"))
     at = run_page()

@@ -90,8 +90,14 @@ def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
     if "n" not in figures:
         st.info(f"Parity not measured: {figures.get('not_measured', 'no figures saved with this file')}.")
     else:
-        st.caption(f"Parity against {figures.get('reference', 'the Keras model')} on "
-                   f"{SPLIT_LABELS.get(figures.get('split'), figures.get('split'))} images (n = {figures['n']:,}).")
+        st.caption(f"Parity against {figures.get('reference', 'the Keras model')}: "
+                   f"{SPLIT_LABELS.get(figures.get('split'), figures.get('split'))} split, n = {figures['n']:,}.")
+    calibration = card.get("calibration_images") or {}
+    if calibration:
+        rounding = (calibration.get("rounding") or {}).get("what", "the converter's own rounding")
+        split = {"train": "training"}.get(calibration.get("split"), calibration.get("split", "?"))
+        st.caption(f"Calibrated on {calibration.get('n', '?')} images of the model's {split} "
+                   f"split; {rounding}.")
     temperature = card.get("temperature")
     calibrate = (f"calibrate its output with temperature T = {temperature:.3f}: p = softmax(log(output) / T)"
                  if temperature else "its output is the model's own softmax (no temperature)")
