@@ -36,7 +36,8 @@ normalisation into the first convolution, no gain.
 
 The result is an ordinary float Keras model: the converter then quantises its
 kernels without further loss. Only top-level layers of a functional model are
-visited; other kernels are left as they are (the converter rounds them).
+visited, and only :func:`roundable` ones; other kernels are left as they are (the
+converter rounds them).
 """
 
 from collections.abc import Callable
@@ -70,7 +71,7 @@ def round_weights(model, images: np.ndarray, *, damp: float = DAMP, rows_per_bat
     rounded = keras.models.clone_model(model)
     rounded.set_weights(model.get_weights())
     images = np.asarray(images, np.float32)
-    layers = [layer for layer in rounded.layers if type(layer).__name__ in KERNEL_LAYERS]
+    layers = [layer for layer in rounded.layers if roundable(layer)]
     ranges, float_means = float_inputs(model, layers, images)
     simulated = fake_quant_model(rounded, ranges)
     rng = np.random.default_rng(seed)
@@ -80,6 +81,14 @@ def round_weights(model, images: np.ndarray, *, damp: float = DAMP, rows_per_bat
         if progress is not None:
             progress(done, len(layers), layer.name)
     return rounded
+
+
+def roundable(layer) -> bool:
+    """A plain ``Conv2D`` or ``DepthwiseConv2D`` (no groups, depth multiplier 1), which this module rounds."""
+    kind = type(layer).__name__
+    if kind == "Conv2D":
+        return getattr(layer, "groups", 1) == 1
+    return kind == "DepthwiseConv2D" and getattr(layer, "depth_multiplier", 1) == 1
 
 
 def input_ranges(model, names: list, images: np.ndarray) -> dict:

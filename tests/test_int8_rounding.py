@@ -158,3 +158,18 @@ def test_a_mean_output_shift_is_absorbed_by_what_follows_the_layer(model, layer_
     else:
         np.testing.assert_allclose(layer.get_weights()[1], bias + shift, atol=1e-6)
 
+
+
+def test_grouped_convolutions_are_left_to_the_converter(calibration):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(shape=(*SIZE, 3))
+    x = keras.layers.Conv2D(filters=4, kernel_size=3, padding="same", name="plain")(inputs)
+    x = keras.layers.Conv2D(filters=4, kernel_size=1, groups=2, name="grouped")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    rounded = int8_rounding.round_weights(model, calibration[:8])
+    grouped = [m.get_layer("grouped").get_weights()[0] for m in (rounded, model)]
+    np.testing.assert_array_equal(*grouped)
+    codes, _ = int8_rounding.grid_codes(rounded.get_layer("plain").get_weights()[0], depthwise=False)
+    assert np.abs(codes - np.round(codes)).max() < 1e-3
