@@ -27,8 +27,9 @@ Command line::
     python -m core.export --model DIR --format tflite [--quantize none|float16|dynamic|int8] --out FILE
                           [--representative N] [--parity N] [--rounding gptq|nearest]
 
-A request that cannot be served (unknown format or quantisation, a folder that
-is not a model, int8 without the dataset) exits with status 2 and one line on stderr.
+A request that cannot be served (unknown format, quantisation or rounding, a folder
+that is not a model, int8 without the dataset) exits with status 2 and one line on
+stderr. int8 reports its rounding's progress on stderr (it takes minutes).
 """
 
 import argparse
@@ -432,13 +433,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_progress(done: int, total: int, layer: str) -> None:
+    """One stderr line every ten layers while int8 kernels are rounded."""
+    if done % 10 == 0 or done == total:
+        print(f"rounding int8 kernels: {done}/{total} layers ({layer})", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     """Command-line entry point: 0 on success, 2 for a request that cannot be served."""
     args = _parser().parse_args(argv)
     try:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
-        export = build(args.model, args.quantize, args.representative, args.parity, rounding=args.rounding)
+        export = build(args.model, args.quantize, args.representative, args.parity, rounding=args.rounding,
+                       progress=_print_progress)
         out, card = write(export, args.out)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)

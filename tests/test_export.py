@@ -196,6 +196,15 @@ def test_command_line_writes_file_and_card(wide_folder, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
 
+def test_command_line_int8_reports_the_rounding_on_stderr(tmp_path, tiny_data, wide_model, capsys):
+    folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
+    out = tmp_path / "int8.tflite"
+    argv = ["--model", str(folder), "--quantize", "int8", "--representative", "14", "--parity", "0", "--out", str(out)]
+    assert export.main(argv) == 0
+    assert "rounding int8 kernels: 2/2 layers (last_conv)" in capsys.readouterr().err
+    assert json.loads(out.with_suffix(".json").read_text())["calibration_images"]["rounding"]["method"] == "gptq"
+
+
 def bad_request(argv, capsys) -> str:
     """Run the command line, check it refuses with status 2 and one line on stderr, return that line."""
     assert export.main(argv) == 2
