@@ -330,15 +330,14 @@ def build(model_dir: Path, quantize: str = "none", representative: int = REPRESE
     meta = check_request(model_dir, "tflite", quantize, rounding)
     sample, calibration = representative_sample(model_dir, meta, representative) if quantize == "int8" else (None, None)
     model = model if model is not None else load_keras(model_dir)
+    if quantize == "int8":
+        calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding]}
     if quantize == "int8" and rounding == "gptq":
         from core import int8_rounding
 
         started = time.perf_counter()
         model = int8_rounding.round_weights(model, sample, progress=progress)
-        calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding],
-                                   "seconds": round(time.perf_counter() - started, 1)}
-    elif quantize == "int8":
-        calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding]}
+        calibration["rounding"]["seconds"] = round(time.perf_counter() - started, 1)
     content = convert(model, modelio.input_size(meta), quantize, sample)
     runner = TFLiteRunner(content)
     card = model_card(meta, content, quantize, runner, preprocessing_layers(model), calibration)

@@ -174,8 +174,8 @@ def kernel_rows(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
     return kernel.reshape(kh * kw * cin, last).T
 
 
-def rows_to_kernel(rows: np.ndarray, shape: tuple, depthwise: bool) -> np.ndarray:
-    """The inverse of :func:`kernel_rows`."""
+def rows_to_kernel(rows: np.ndarray, shape: tuple) -> np.ndarray:
+    """The inverse of :func:`kernel_rows` (the same transpose for both kinds)."""
     return rows.T.reshape(shape)
 
 
@@ -231,7 +231,7 @@ def _round_layer(model, layer, stats: dict, damp: float) -> None:
     else:
         quantised = _round_rows(rows, stats["H"], damp)
         shift = rows @ stats["mean_x"] - quantised @ stats["mean_xt"]
-    weights[0] = rows_to_kernel(quantised, kernel.shape, depthwise).astype(np.float32)
+    weights[0] = rows_to_kernel(quantised, kernel.shape).astype(np.float32)
     layer.set_weights(weights)
     _absorb_shift(model, layer, shift)
 
@@ -251,8 +251,7 @@ def gptq(rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     pinned to ±127 codes, so the grid a converter derives from the result is the same.
     """
     work = np.array(rows, dtype=np.float64)
-    scale = np.abs(work).max(1) / CODES
-    scale[scale == 0] = 1.0
+    scale = grid_scale(work)
     pinned = np.abs(work).argmax(1)
     pinned_sign = np.sign(work[np.arange(len(work)), pinned])
     inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T  # upper Cholesky factor of H⁻¹
@@ -293,7 +292,13 @@ def _input_of(layer):
 def grid_codes(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
     """``(codes, scales)`` of a kernel on its per-channel int8 grid (codes as floats, exact when on the grid)."""
     rows = kernel_rows(np.asarray(kernel, np.float64), depthwise)
+    scale = grid_scale(rows)
+    return rows / scale[:, None], scale
+
+
+def grid_scale(rows: np.ndarray) -> np.ndarray:
+    """Each row's int8 step as TFLite derives it, ``max|w| / 127`` (1 for an all-zero row)."""
     scale = np.abs(rows).max(1) / CODES
     scale[scale == 0] = 1.0
-    return rows / scale[:, None], scale
+    return scale
 

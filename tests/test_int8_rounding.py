@@ -66,7 +66,7 @@ def test_patches_times_kernel_rows_is_the_layer_output(model, calibration, layer
     cols = int8_rounding.patches(x, layer)
     got = np.einsum("nkc,ck->nc", cols, rows) if depthwise else cols @ rows.T
     np.testing.assert_allclose(got, expected.reshape(len(got), -1), atol=1e-4)
-    np.testing.assert_array_equal(int8_rounding.rows_to_kernel(rows, kernel.shape, depthwise), kernel)
+    np.testing.assert_array_equal(int8_rounding.rows_to_kernel(rows, kernel.shape), kernel)
 
 
 def test_gptq_lands_on_the_grid_and_beats_nearest_rounding_on_its_objective():
@@ -117,8 +117,8 @@ def nearest_rounded(model):
     for name, (kernel, depthwise) in kernels(copy).items():
         codes, scale = int8_rounding.grid_codes(kernel, depthwise)
         rows = np.round(codes) * scale[:, None]
-        copy.get_layer(name).set_weights([int8_rounding.rows_to_kernel(rows, kernel.shape, depthwise)
-                                          .astype(np.float32), *copy.get_layer(name).get_weights()[1:]])
+        copy.get_layer(name).set_weights([int8_rounding.rows_to_kernel(rows, kernel.shape).astype(np.float32),
+                                          *copy.get_layer(name).get_weights()[1:]])
     return copy
 
 

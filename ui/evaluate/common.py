@@ -48,7 +48,7 @@ N_BOOT = 1000
 SEED = 0
 
 
-SPLIT_LABELS = {"val": "validation", "test": "test", "external": "external test set"}
+SPLIT_LABELS = {"train": "training", "val": "validation", "test": "test", "external": "external test set"}
 
 
 MAX_CELL_IMAGES = 12

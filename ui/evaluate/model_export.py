@@ -95,7 +95,7 @@ def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
     calibration = card.get("calibration_images") or {}
     if calibration:
         rounding = (calibration.get("rounding") or {}).get("what", "the converter's own rounding")
-        split = {"train": "training"}.get(calibration.get("split"), calibration.get("split", "?"))
+        split = SPLIT_LABELS.get(calibration.get("split"), calibration.get("split", "?"))
         st.caption(f"Calibrated on {calibration.get('n', '?')} images of the model's {split} "
                    f"split; {rounding}.")
     temperature = card.get("temperature")
