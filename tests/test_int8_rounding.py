@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tiny_models import build_bottleneck_model
 
-from core import export, int8_rounding
+from core import export, int8_rounding, models
 
 SIZE = (24, 32)
 
@@ -134,8 +134,7 @@ def test_rounded_kernels_keep_the_int8_output_closer_to_float_than_nearest_round
     ranges = int8_rounding.input_ranges(model, names, calibration)
 
     def error(candidate) -> float:
-        simulated = int8_rounding.fake_quant_model(candidate, ranges)
-        return float(np.abs(np.asarray(simulated(held_out)) - reference).mean())
+        return float(np.abs(int8_rounding.simulate(candidate, held_out, ranges) - reference).mean())
 
     assert error(rounded) < error(nearest_rounded(model))
 
@@ -173,3 +172,43 @@ def test_grouped_convolutions_are_left_to_the_converter(calibration):
     np.testing.assert_array_equal(*grouped)
     codes, _ = int8_rounding.grid_codes(rounded.get_layer("plain").get_weights()[0], depthwise=False)
     assert np.abs(codes - np.round(codes)).max() < 1e-3
+
+
+def test_simulate_runs_the_float_model_where_no_input_is_quantised(model, calibration):
+    expected = np.asarray(model(calibration, training=False))
+    np.testing.assert_allclose(int8_rounding.simulate(model, calibration, {}), expected, atol=1e-6)
+    unquantised = dict.fromkeys(kernels(model))  # a range of None leaves the input float
+    np.testing.assert_allclose(int8_rounding.simulate(model, calibration, unquantised), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+def test_simulate_runs_every_architecture_as_keras_does(arch):
+    """``simulate`` walks Keras's own call records; any architecture it cannot replay fails here."""
+    model = models.build_model(arch, 32, n_classes=7)  # MobileNetV3's smallest input
+    images = np.random.default_rng(4).uniform(0, 255, size=(6, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(int8_rounding.simulate(model, images, {}),
+                               np.asarray(model(images, training=False)), atol=1e-6)
+
+
+def test_simulate_quantises_the_named_input_and_shows_it_to_before(model, calibration):
+    import keras
+
+    seen = {}
+    ranges = {"expand": (0.0, 6.0)}
+    out = int8_rounding.simulate(model, calibration, ranges, before=lambda layer, x: seen.update({layer.name: x}))
+    assert list(seen) == ["expand"]
+    stem = np.asarray(keras.Model(model.input, model.get_layer("stem_relu").output)(calibration, training=False))
+    step = 6.0 / 255
+    np.testing.assert_allclose(seen["expand"], np.round(stem / step) * step, atol=1e-5)
+    assert not np.allclose(out, np.asarray(model(calibration, training=False)), atol=1e-6)
+
+
+def test_a_layer_called_twice_is_refused_by_name(calibration):
+    import keras
+
+    inputs = keras.Input(shape=(*SIZE, 3))
+    shared = keras.layers.Conv2D(3, 1, name="shared")
+    x = shared(shared(inputs))
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match="layer shared is called 2 times"):
+        int8_rounding.round_weights(keras.Model(inputs, outputs), calibration[:4])

@@ -81,6 +81,16 @@ def test_saved_int8_export_says_how_it_was_calibrated_and_rounded(model_folder):
     assert parity_row(at)["top-1 agreement with Keras"] == "97.0%"
 
 
+def test_int8_converted_on_the_page_is_offered_and_its_progress_bar_is_gone(model_folder):
+    at = run_page()
+    at.radio(key="evaluate_export_quantize").set_value("int8").run()
+    at.button(key=CONVERT).click().run()
+    assert not at.exception, at.exception
+    assert "Download the model (.tflite)" in downloads(at)
+    assert parity_row(at)["quantisation"] == "full int8 (calibrated on training images)"
+    assert not at.get("progress")
+
+
 def test_int8_without_the_dataset_says_why(model_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "absent"))
     at = run_page()

@@ -28,8 +28,22 @@ CHOICES = {
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
-    """``core.export.build`` behind the cache; ``model_mtime`` is only a key."""
-    return export.build(Path(model_dir), quantize)
+    """``core.export.build`` behind the cache; ``model_mtime`` is only a key.
+
+    int8's kernel rounding, the long part, shows a progress bar layer by layer; the bar is
+    made and emptied here, so that a cached result replays nothing.
+    """
+    if quantize != "int8":
+        return export.build(Path(model_dir), quantize)
+    bar = st.progress(0.0, text="Rounding the int8 kernels…")
+
+    def progress(done: int, total: int, layer: str) -> None:
+        bar.progress(done / total, text=f"Rounding the int8 kernels: layer {done} of {total} ({layer})")
+
+    try:
+        return export.build(Path(model_dir), quantize, progress=progress)
+    finally:
+        bar.empty()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -65,7 +79,7 @@ def _requested(model: Evaluable, quantize: str) -> export.Export | None:
     if token not in st.session_state.setdefault(KEY_BUILT, []):
         st.button("Convert to TFLite", key="evaluate_export_convert", on_click=_request, args=(token,))
         note = (f" int8 first rounds each layer's kernel on {export.REPRESENTATIVE_IMAGES} training images so as to "
-                "keep its output, which takes about four minutes more.") if quantize == "int8" else ""
+                "keep its output, which takes about a minute more.") if quantize == "int8" else ""
         st.caption(f"Conversion imports TensorFlow and takes about a minute on a 2-core CPU.{note}")
         return None
     with st.spinner(f"Converting {model.name} ({CHOICES[quantize]}) and measuring parity…"):
