@@ -43,7 +43,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 60) -> N
 def server_command(port: int) -> list:
     """The app's server as the README starts it (``python -m ui.serve``), headless on ``port``."""
     return [sys.executable, "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
-            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false"]
 
 
 @contextlib.contextmanager

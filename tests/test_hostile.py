@@ -451,6 +451,7 @@ def test_server_config_is_deliberate():
     assert config["client"]["showErrorDetails"] == "none"
     assert config["runner"]["postScriptGC"] is False  # ~0.3 s of every run with TensorFlow loaded
     assert config["server"]["enableXsrfProtection"] is True
+    assert config["server"]["fileWatcherType"] == "none"  # the watcher held a core while TensorFlow loaded
     assert config["server"]["maxUploadSize"] * 1024 * 1024 == images.MAX_ZIP_MEMBER_BYTES
 
 

@@ -29,10 +29,10 @@ run_page = partial(start_page, PAGE, timeout=180)
 
 
 def parity_row(at: AppTest) -> dict:
-    """The one row of the export's parity table."""
-    tables = [d.value for d in at.dataframe if "top-1 agreement with Keras" in d.value.columns]
+    """The export's parity table (figure → value)."""
+    tables = [d.value for d in at.dataframe if list(d.value.columns) == ["figure", "value"]]
     assert len(tables) == 1
-    return tables[0].iloc[0].to_dict()
+    return dict(zip(tables[0]["figure"], tables[0]["value"]))
 
 
 def downloads(at: AppTest) -> dict:
@@ -49,7 +49,7 @@ def test_convert_then_download_with_parity_on_validation(model_folder):
     row = parity_row(at)
     assert row["top-1 agreement with Keras"] == "100.0%"
     assert row["input (h × w)"] == "24 × 32"
-    assert row["split"] == "validation" and row["n"] > 0
+    assert row["split"] == "validation" and int(row["n"]) > 0
     captions = " ".join(c.value for c in at.caption)
     assert "predictions_val.csv" in captions
     at.run()  # a rerun keeps the converted file on offer without a second click
@@ -65,7 +65,7 @@ def test_saved_export_is_offered_with_its_own_figures(model_folder):
     assert not _has_button(at, CONVERT)
     assert "Download the model (.tflite)" in downloads(at)
     row = parity_row(at)
-    assert row["split"] == "test" and row["n"] == 1431
+    assert row["split"] == "test" and row["n"] == "1,431"
 
 
 def test_saved_int8_export_says_how_it_was_calibrated_and_rounded(model_folder):

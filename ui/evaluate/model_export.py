@@ -125,15 +125,17 @@ def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
 
 
 def parity_table(card: dict, keras_bytes: int) -> pd.DataFrame:
-    """One row: quantisation, size against the Keras file, and the parity figures of a card."""
+    """The card's figures as a two-column table (``figure``, ``value``): quantisation, input, size
+    against the Keras file and the parity figures. Upright, so that it fits the page."""
     figures = card.get("parity") or {}
     measured = "n" in figures
-    return pd.DataFrame([{
+    rows = {
         "quantisation": CHOICES.get(card["quantization"], card["quantization"]),
         "input (h × w)": f"{card['input']['height']} × {card['input']['width']}",
         "size": f"{card['bytes'] / 1e6:.2f} MB ({card['bytes'] / keras_bytes:.0%} of model.keras)",
         "split": SPLIT_LABELS.get(figures.get("split"), figures.get("split", "–")),
-        "n": figures["n"] if measured else None,
+        "n": f"{figures['n']:,}" if measured else "–",
         "top-1 agreement with Keras": f"{figures['top1_agreement']:.1%}" if measured else "not measured",
         "largest probability difference": f"{figures['max_abs_diff']:.2g}" if measured else "not measured",
-    }])
+    }
+    return pd.DataFrame({"figure": list(rows), "value": list(rows.values())})
