@@ -37,7 +37,7 @@ normalisation into the first convolution, no gain.
 The calibration images go through the graph once, operation by operation
 (:func:`simulate`): each layer is rounded on the input it sees there and then runs
 with its rounded kernel, so the cost is one forward pass plus the per-layer solves
-(about 70 s and 3 GB for the shipped model's 52 layers on 200 images, 2-core CPU).
+(60–80 s and a 3 GB peak for the shipped model's 52 layers on 200 images, 2-core CPU).
 
 The result is an ordinary float Keras model: the converter then quantises its
 kernels without further loss. Only top-level layers of a functional model are
@@ -82,12 +82,13 @@ def round_weights(model, images: np.ndarray, *, damp: float = DAMP, rows_per_bat
     layers = [layer for layer in rounded.layers if roundable(layer)]
     ranges, float_means = float_inputs(model, layers, images)
     rng = np.random.default_rng(seed)
+    position = {layer.name: done for done, layer in enumerate(layers, start=1)}
 
     def round_on(layer, quantised_input: np.ndarray) -> None:
         stats = _statistics(quantised_input, layer, rows_per_batch, rng)
         _round_layer(rounded, layer, {**stats, "mean_x": float_means[layer.name]}, damp)
         if progress is not None:
-            progress(layers.index(layer) + 1, len(layers), layer.name)
+            progress(position[layer.name], len(layers), layer.name)
 
     simulate(rounded, images, ranges, before=round_on)
     return rounded
@@ -113,7 +114,8 @@ def simulate(model, images: np.ndarray, ranges: dict, before: Callable | None = 
                 del live[source]
         if layer.name in ranges:
             if ranges[layer.name] is not None:
-                values[sources[0]] = _in_batches(lambda x, r=ranges[layer.name]: fake_quant(x, *r), values[sources[0]])
+                values[sources[0]] = _in_batches(lambda x, r=ranges[layer.name]: fake_quant(x, *r),
+                                                 values[sources[0]])[0]
             if before is not None:
                 before(layer, values[sources[0]])
         outputs = _run(node, values)
@@ -144,28 +146,25 @@ def _graph(model, ranges: dict) -> tuple:
 
 
 def _run(node, values: dict) -> list:
-    """A node's outputs on its input arrays (by tensor id), ``BATCH`` rows at a time, as arrays."""
-    n, outputs = len(next(iter(values.values()))), None
+    """A node's outputs on its input arrays (by tensor id), as arrays."""
+    def call(*parts):
+        args, kwargs = node.arguments.fill_in(dict(zip(values, parts)))
+        return node.operation(*args, **kwargs)
+
+    return _in_batches(call, *values.values())
+
+
+def _in_batches(fn, *arrays) -> list:
+    """``fn`` over the arrays' first axis, ``BATCH`` rows at a time; its output(s) as whole arrays."""
+    n, outputs = len(arrays[0]), None
     for start in range(0, n, BATCH):
-        args, kwargs = node.arguments.fill_in({key: value[start:start + BATCH] for key, value in values.items()})
-        result = node.operation(*args, **kwargs)
+        result = fn(*(array[start:start + BATCH] for array in arrays))
         parts = [np.asarray(part) for part in (result if isinstance(result, (list, tuple)) else [result])]
         if outputs is None:
             outputs = [np.empty((n, *part.shape[1:]), part.dtype) for part in parts]
         for out, part in zip(outputs, parts):
             out[start:start + len(part)] = part
     return outputs
-
-
-def _in_batches(fn, *arrays) -> np.ndarray:
-    """``fn`` over the arrays' first axis, ``BATCH`` rows at a time, into one preallocated array."""
-    out = None
-    for start in range(0, len(arrays[0]), BATCH):
-        part = np.asarray(fn(*(a[start:start + BATCH] for a in arrays)))
-        if out is None:
-            out = np.empty((len(arrays[0]), *part.shape[1:]), part.dtype)
-        out[start:start + len(part)] = part
-    return out
 
 
 def roundable(layer) -> bool:
