@@ -193,8 +193,7 @@ def float_inputs(model, layers: list, images: np.ndarray) -> tuple:
     def collect(layer, x: np.ndarray) -> None:
         ranges[layer.name] = (min(0.0, float(x.min())), max(0.0, float(x.max())))
         total, count = 0.0, 0
-        for start in range(0, len(x), BATCH):
-            cols = patches(x[start:start + BATCH], layer)
+        for cols in _patch_batches(x, layer):
             total, count = total + cols.sum(0, dtype=np.float64), count + len(cols)
         means[layer.name] = total / count
 
@@ -243,13 +242,18 @@ def patches(x: np.ndarray, layer) -> np.ndarray:
     return cols
 
 
+def _patch_batches(x: np.ndarray, layer):
+    """:func:`patches` of ``x``, ``BATCH`` images at a time."""
+    for start in range(0, len(x), BATCH):
+        yield patches(x[start:start + BATCH], layer)
+
+
 def _statistics(quantised: np.ndarray, layer, rows_per_batch: int, rng) -> dict:
     """Of ``X̃``, the layer's receptive fields on its quantised input: ``X̃ᵀX̃ / n`` over sampled
     positions (per channel for depthwise layers) and the mean over all positions."""
     depthwise = type(layer).__name__ == "DepthwiseConv2D"
     hessian, total, count, sampled = 0.0, 0.0, 0, 0
-    for start in range(0, len(quantised), BATCH):
-        xt = patches(quantised[start:start + BATCH], layer)
+    for xt in _patch_batches(quantised, layer):
         total, count = total + xt.sum(0, dtype=np.float64), count + len(xt)
         xt = xt[rng.choice(len(xt), size=min(rows_per_batch, len(xt)), replace=False)].astype(np.float64)
         hessian = hessian + (np.einsum("nkc,nlc->ckl", xt, xt) if depthwise else xt.T @ xt)
