@@ -30,6 +30,11 @@ MIN_TEMPERATURE_N = 100  # fewer validation images than this and a fitted T is n
 _EPS = 1e-12
 
 
+def format_temperature(temperature: float) -> str:
+    """T as every page, card and command prints it: three decimals (``1.439``)."""
+    return f"{float(temperature):.3f}"
+
+
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Return ``softmax(log(probs) / temperature)`` row by row."""
     if not temperature or temperature <= 0:
@@ -38,6 +43,26 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def calibrate(probs: np.ndarray, temperature) -> np.ndarray:
+    """Temperature scaling ``softmax(log(p) / T)``; the probabilities unchanged when T is None.
+
+    The one place the served probabilities are made: Predict, batch, ``core.predict`` and the
+    images and downloads of Evaluate all call it with the model folder's applied temperature.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperature is None:
+        return probs
+    return apply_temperature(np.atleast_2d(probs), float(temperature)).reshape(probs.shape)
+
+
+def calibrate_table(table: pd.DataFrame, classes, temperature) -> pd.DataFrame:
+    """A predictions table with its class columns passed through :func:`calibrate` (a copy)."""
+    out = table.copy()
+    classes = list(classes)
+    out[classes] = calibrate(out[classes].to_numpy(dtype=np.float64), temperature)
+    return out
 
 
 def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
@@ -111,7 +136,8 @@ def calibration_summary(probs: np.ndarray, y_true: np.ndarray, temperature: floa
     """ECE, Brier and NLL before and, when ``temperature`` is given, after scaling."""
     rows = [_summary_row("uncalibrated", probs, y_true)]
     if temperature:
-        rows.append(_summary_row(f"T = {temperature:.3f}", apply_temperature(probs, temperature), y_true))
+        scaled = apply_temperature(probs, temperature)
+        rows.append(_summary_row(f"T = {format_temperature(temperature)}", scaled, y_true))
     return pd.DataFrame(rows)
 
 
@@ -157,16 +183,17 @@ def temperature_status(meta: dict, model_dir: Path, min_n: int = MIN_TEMPERATURE
         "text": one sentence for a user}``.
     """
     stored = meta.get("temperature")
+    t = format_temperature(stored) if stored else ""
     n, where = _fitted_on(meta, model_dir) if stored else (None, "unknown")
     # an unknown n (no temperature_n, no validation file) is said out loud rather than guessed small
     applied = stored if stored and (n is None or n >= min_n) else None
     if not stored:
         text = "Uncalibrated: the model's own softmax (model.json has no temperature)."
     elif applied and n is None:
-        text = f"Calibrated with temperature scaling, T = {stored:.3f}, fitted on an unknown number of images."
+        text = f"Calibrated with temperature scaling, T = {t}, fitted on an unknown number of images."
     elif applied:
-        text = f"Calibrated with temperature scaling, T = {stored:.3f}, fitted on n = {n:,} validation images."
+        text = f"Calibrated with temperature scaling, T = {t}, fitted on n = {n:,} validation images."
     else:
-        text = (f"Uncalibrated: the stored T = {stored:.3f} was fitted on {n:,} images, fewer than the {min_n} "
+        text = (f"Uncalibrated: the stored T = {t} was fitted on {n:,} images, fewer than the {min_n} "
                 "needed to trust it, so it is not applied.")
     return {"stored": stored, "applied": applied, "n": n, "n_from": where, "text": text}

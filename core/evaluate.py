@@ -284,11 +284,11 @@ def evaluate_external(
                "overlap": None if report is None else out_dir / OVERLAP_FILE,
                "metrics": out_dir / METRICS_FILE, "submission": out_dir / SUBMISSION_FILE}
     predictions.write(written["predictions"], found, predictions.RAW)
-    table.to_csv(written["truth"], index=False)
+    predictions.write_csv(written["truth"], table)
     if report is not None:
-        report.to_csv(written["overlap"], index=False)
-    external_metrics(found, classes, report).to_csv(written["metrics"], index=False)
-    submission_frame(found, classes).to_csv(written["submission"], index=False, float_format="%.6f")
+        predictions.write_csv(written["overlap"], report)
+    predictions.write_csv(written["metrics"], external_metrics(found, classes, report))
+    predictions.write_csv(written["submission"], submission_frame(found, classes), float_format="%.6f")
     source = {"model": str(folder.path.resolve()), "images": str(images_dir), "truth": str(truth_csv),
               "n": len(found), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "overlap": None if report is None else leakage.summary(report)}

@@ -31,6 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from core.images import SkipReport, iter_sources, to_model_input, write_per_image
+from core.predictions import write_csv
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     skipped = SkipReport()
 
     table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, skipped)
-    table.to_csv(args.out / "explain.csv", index=False, float_format="%.6f")
+    write_csv(args.out / "explain.csv", table, float_format="%.6f")
     print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 

@@ -19,8 +19,8 @@ PATHs are image files, folders (searched recursively) or zip files. One row per
 image in the predictions-file format of ``core.predictions``: ``image_id`` (the
 file stem; the path from the first folder that differs when two files share a
 stem), ``dx_pred`` (the predicted class), ``ood_flag``, ``ood_score``, then one
-calibrated probability per class code; the first line says they are calibrated.
-Unreadable files are reported on stderr and skipped.
+calibrated probability per class code, then ``calibration``, ``temperature`` and
+``temperature_n`` saying so. Unreadable files are reported on stderr and skipped.
 """
 
 import argparse
@@ -33,7 +33,7 @@ import pandas as pd
 
 from core import ood as ood_scorers
 from core import predictions as contract
-from core.calibration import apply_temperature
+from core.calibration import calibrate
 from core.images import (
     SkipReport, decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input,
 )
@@ -83,14 +83,6 @@ class Prediction:
     def as_dict(self) -> dict:
         """``{class: probability}`` in model class order."""
         return {c: float(p) for c, p in zip(self.classes, self.probabilities)}
-
-
-def calibrate(probs: np.ndarray, temperature) -> np.ndarray:
-    """Temperature scaling ``softmax(log(p) / T)``; the probabilities unchanged when T is None."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if temperature is None:
-        return probs
-    return apply_temperature(np.atleast_2d(probs), float(temperature)).reshape(probs.shape)
 
 
 def tta_views(batch: np.ndarray) -> np.ndarray:
@@ -196,8 +188,8 @@ class Predictor:
 
     @property
     def probabilities_kind(self) -> str:
-        """``"calibrated"`` when the model has a temperature, else ``"raw"`` (the predictions-file header)."""
-        return contract.CALIBRATED if self.temperature is not None else contract.RAW
+        """``"calibrated"`` when the model has a temperature, else ``"raw"`` (the file's ``calibration`` column)."""
+        return contract.kind(self.temperature)
 
     def _prediction(self, raw: np.ndarray, probs: np.ndarray, score: float, flagged: bool) -> Prediction:
         ood = OodResult(score, self.ood.threshold, flagged, self.ood.source, self.ood.method, self.ood.describe(score))
@@ -281,10 +273,10 @@ def main(argv=None) -> int:
         print(f"error: no readable image among the paths given (skipped {len(skipped.names)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature)
+    contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
     flagged = int(table[contract.OOD_FLAG].sum())
-    print(f"wrote {len(table)} rows ({predictor.probabilities_kind} probabilities) to {args.out}; "
-          f"{flagged} flagged as unlike dermatoscopic images; skipped {len(skipped.names)}")
+    print(f"wrote {len(table)} rows to {args.out}; {flagged} flagged as unlike dermatoscopic images; "
+          f"skipped {len(skipped.names)}. {predictor.calibration['text']}")
     return 0
 
 

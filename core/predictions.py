@@ -2,23 +2,33 @@
 
 Columns, in this order (optional ones only when known):
 
-=============  ==========================================================================
-``image_id``   the dataset id, or the file stem of a predicted file
-``dx``         the **truth** (evaluation files only; never the prediction)
-``dx_pred``    the predicted class: the arg-max of the probabilities
-``ood_flag``   1 when the image was flagged as unlike the training images, else 0
-``ood_score``  the out-of-distribution score, × its threshold (flagged above 1)
-``<class>``    one probability per class of ``model.json``, in model order
-=============  ==========================================================================
+=================  ======================================================================
+``image_id``       the dataset id, or the file stem of a predicted file
+``dx``             the **truth** (evaluation files only; never the prediction)
+``dx_pred``        the predicted class: the arg-max of the probabilities
+``ood_flag``       1 when the image was flagged as unlike the training images, else 0
+``ood_score``      the out-of-distribution score, × its threshold (flagged above 1)
+``<class>``        one probability per class of ``model.json``, in model order
+``calibration``    ``calibrated`` (temperature scaling applied) or ``raw`` (the model's softmax)
+``temperature``    the temperature T applied (empty when raw)
+``temperature_n``  the validation images T was fitted on (empty when raw or unknown)
+=================  ======================================================================
 
-The first line says which probabilities follow, e.g.
-``# probabilities: calibrated, temperature 1.3834`` (what ``core.predict`` and the
-Predict page write) or ``# probabilities: raw`` (the trainer's ``predictions_val.csv``
-/ ``predictions_test.csv``: temperature scaling is fitted on them, so they stay
-the model's own softmax). Files from before this contract (``image_id, dx,
-<classes>``, no first line) read the same.
+The last three say which probabilities the file holds, on every row, so the file
+stays a plain CSV that ``pandas.read_csv(path)``, Python's ``csv`` module and a
+spreadsheet read with their defaults. ``core.predict`` and the Predict page write
+calibrated probabilities; the trainer's ``predictions_val.csv`` /
+``predictions_test.csv`` are raw (temperature scaling is fitted on them). Older
+files, whose first line said so as a ``# probabilities: ...`` comment, and files
+from before either (``image_id, dx, <classes>``) read the same.
+
+Every CSV the project writes goes through :func:`csv_text` / :func:`write_csv`: text
+cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return; file names and ids come from users) get a leading
+single quote, as OWASP advises against CSV injection; numeric columns are left alone.
 """
 
+import csv
 import io
 from pathlib import Path
 
@@ -34,13 +44,20 @@ TRUTH = "dx"
 PREDICTED = "dx_pred"
 OOD_FLAG = "ood_flag"
 OOD_SCORE = "ood_score"
-OPTIONAL = (PREDICTED, OOD_FLAG, OOD_SCORE)
+CALIBRATION = "calibration"
+TEMPERATURE = "temperature"
+TEMPERATURE_N = "temperature_n"
+PROVENANCE = (CALIBRATION, TEMPERATURE, TEMPERATURE_N)
+OPTIONAL = (PREDICTED, OOD_FLAG, OOD_SCORE, *PROVENANCE)
 RAW = "raw"
 CALIBRATED = "calibrated"
-HEADER = "# probabilities: "
+LEGACY_HEADER = "# probabilities: "  # the first line of files written before the calibration columns
 DECIMALS = 6
 # Probabilities written with a few decimals do not sum to exactly 1.
 SUM_TOLERANCE = 1e-3
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP, CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+QUOTE = "'"
 
 
 class PredictionsError(ValueError):
@@ -71,44 +88,132 @@ def make_table(image_ids, probs: np.ndarray, classes, *, truth=None, ood_scores=
     return table
 
 
-def header(probabilities: str, temperature=None) -> str:
-    """The first line of a predictions file."""
+def percent(probability: float) -> str:
+    """A probability as every page shows it: ``49.6%``."""
+    return f"{float(probability):.1%}"
+
+
+def neutralise(value):
+    """A text cell a spreadsheet would run as a formula, with a leading single quote; anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return QUOTE + value
+    return value
+
+
+def unquote(value):
+    """Undo :func:`neutralise`, so an id read back is the id written."""
+    if isinstance(value, str) and value.startswith(QUOTE) and value[1:].startswith(FORMULA_START):
+        return value[1:]
+    return value
+
+
+def csv_text(frame: pd.DataFrame, *, index: bool = False, float_format: str | None = None) -> str:
+    """The one CSV writer of the project: a plain CSV with a header row and no comment line.
+
+    Text cells and column names are passed through :func:`neutralise`; numeric and boolean
+    columns are written as numbers, so a negative number stays a number. ``index=True``
+    writes the index as the first column(s).
+    """
+    frame = frame.reset_index() if index else frame
+    safe = frame.copy()
+    text = [c for c in safe.columns
+            if not (pd.api.types.is_numeric_dtype(safe[c]) or pd.api.types.is_bool_dtype(safe[c]))]
+    for column in text:
+        safe[column] = safe[column].map(neutralise)
+    # With "\n" line ends the csv writer leaves a bare "\r" unquoted, and other readers take it for a line end.
+    carriage = any(safe[c].map(lambda v: isinstance(v, str) and "\r" in v).any() for c in text)
+    quoting = csv.QUOTE_ALL if carriage else csv.QUOTE_MINIMAL
+    safe.columns = [neutralise(str(c)) for c in safe.columns]
+    return safe.to_csv(index=False, float_format=float_format, lineterminator="\n", quoting=quoting)
+
+
+def read_csv(source, **kwargs) -> pd.DataFrame:
+    """Read a CSV written by :func:`csv_text` (``pandas.read_csv`` with ``kwargs``), text cells as written."""
+    frame = pd.read_csv(source, **kwargs)
+    for column in frame.columns:
+        if pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(unquote)
+    return frame
+
+
+def write_csv(path: Path, frame: pd.DataFrame, *, index: bool = False, float_format: str | None = None) -> None:
+    """Write ``frame`` with :func:`csv_text` (UTF-8)."""
+    Path(path).write_text(csv_text(frame, index=index, float_format=float_format), encoding="utf-8")
+
+
+def kind(temperature) -> str:
+    """``"calibrated"`` when a temperature is applied, else ``"raw"``: a predictions file's ``calibration``."""
+    return CALIBRATED if temperature is not None else RAW
+
+
+def with_calibration(table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> pd.DataFrame:
+    """``table`` with the ``calibration``, ``temperature`` and ``temperature_n`` columns filled on every row."""
     if probabilities not in (RAW, CALIBRATED):
         raise ValueError(f"probabilities must be {RAW!r} or {CALIBRATED!r}, got {probabilities!r}")
-    detail = f", temperature {float(temperature):.4f}" if probabilities == CALIBRATED and temperature else ""
-    return f"{HEADER}{probabilities}{detail}\n"
+    if probabilities == CALIBRATED and not temperature:
+        raise ValueError("calibrated probabilities need the temperature that calibrated them")
+    calibrated = probabilities == CALIBRATED
+    out = table.drop(columns=[c for c in PROVENANCE if c in table.columns])
+    out[CALIBRATION] = probabilities
+    out[TEMPERATURE] = float(temperature) if calibrated else np.nan
+    out[TEMPERATURE_N] = pd.array([int(n) if calibrated and n else pd.NA] * len(out), dtype="Int64")
+    return out
 
 
-def to_csv(table: pd.DataFrame, probabilities: str, temperature=None) -> str:
-    """The file's text: the header line, then the table with probabilities to 6 decimals."""
-    body = table.to_csv(index=False, float_format=f"%.{DECIMALS}f", lineterminator="\n")
-    return header(probabilities, temperature) + body
+def to_csv(table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> str:
+    """A predictions file's text: the table, its calibration columns, probabilities to 6 decimals."""
+    return csv_text(with_calibration(table, probabilities, temperature, n), float_format=f"%.{DECIMALS}f")
 
 
-def write(path: Path, table: pd.DataFrame, probabilities: str, temperature=None) -> None:
+def write(path: Path, table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> None:
     """Write a predictions file (see :func:`to_csv`); ``probabilities`` is ``"raw"`` or ``"calibrated"``."""
-    Path(path).write_text(to_csv(table, probabilities, temperature), encoding="utf-8")
+    Path(path).write_text(to_csv(table, probabilities, temperature, n), encoding="utf-8")
+
+
+def _legacy_line(path: Path) -> str:
+    """The ``# probabilities: ...`` first line of an older file, or an empty string."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().strip()
+    return first if first.startswith(LEGACY_HEADER.strip()) else ""
+
+
+def info(frame: pd.DataFrame, legacy_line: str = "") -> dict:
+    """Which probabilities a predictions table holds.
+
+    Returns:
+        ``{"probabilities": "raw" | "calibrated" | "unknown", "temperature": T or None, "n": n or None}``,
+        from the calibration columns, else from an older file's first line.
+    """
+    if CALIBRATION in frame.columns and len(frame):
+        kinds = set(frame[CALIBRATION].astype(str))
+        kind = kinds.pop() if len(kinds) == 1 else "unknown"
+        t = pd.to_numeric(frame.get(TEMPERATURE, pd.Series(dtype=float)), errors="coerce").dropna()
+        n = pd.to_numeric(frame.get(TEMPERATURE_N, pd.Series(dtype=float)), errors="coerce").dropna()
+        return {"probabilities": kind, "temperature": float(t.iloc[0]) if len(t) else None,
+                "n": int(n.iloc[0]) if len(n) else None}
+    if legacy_line:
+        kind, _, detail = legacy_line[len(LEGACY_HEADER) :].partition(",")
+        t = detail.replace("temperature", "").strip()
+        return {"probabilities": kind.strip(), "temperature": float(t) if t else None, "n": None}
+    return {"probabilities": "unknown", "temperature": None, "n": None}
 
 
 def read_info(path: Path) -> dict:
-    """What the first line says: ``{"probabilities": "raw" | "calibrated" | "unknown", "line": ...}``."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().strip()
-    if not first.startswith(HEADER.strip()):
-        return {"probabilities": "unknown", "line": ""}
-    kind = first[len(HEADER) :].split(",")[0].strip()
-    return {"probabilities": kind, "line": first}
+    """:func:`info` of a predictions file."""
+    return info(read_frame(path), _legacy_line(path))
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """The raw table of a predictions file, its first line skipped when it is the header."""
+    """The raw table of a predictions file (an older file's comment line skipped), ids as written."""
     path = Path(path)
     if not path.is_file():
         raise PredictionsError(f"{path}: predictions file not found")
-    skip = 1 if read_info(path)["line"] else 0
+    skip = 1 if _legacy_line(path) else 0
+    text_columns = (IMAGE_ID, TRUTH, PREDICTED, CALIBRATION)
     try:
-        text = path.read_text(encoding="utf-8")
-        return pd.read_csv(io.StringIO(text), skiprows=skip, dtype={IMAGE_ID: str, TRUTH: str, PREDICTED: str})
+        with open(path, encoding="utf-8", newline="") as handle:  # a "\r" inside a quoted cell stays one
+            text = handle.read()
+        return read_csv(io.StringIO(text), skiprows=skip, dtype={c: str for c in text_columns})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise PredictionsError(f"{path}: not a readable CSV ({err})") from err
 

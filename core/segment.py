@@ -266,7 +266,9 @@ def main(argv=None) -> int:
     skipped = SkipReport()
 
     table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
-    table.to_csv(args.out / MEASUREMENTS_FILE, index=False, float_format="%.6f")
+    from core.predictions import write_csv
+
+    write_csv(args.out / MEASUREMENTS_FILE, table, float_format="%.6f")
     print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
     return 0 if len(table) else 1
 

@@ -33,6 +33,7 @@ from core import paths  # noqa: E402
 from core import segment  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
+from core.predictions import write_csv  # noqa: E402
 from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
 from core import runfolder as rf  # noqa: E402
 from core.runfolder import RunFolder, write_json_atomic  # noqa: E402
@@ -265,10 +266,10 @@ class SegmentTrainer:
         threshold = max(by_threshold, key=by_threshold.get)
         log.info("val Dice by threshold %s: chose %.2f", by_threshold, threshold)
         self.write_model_metadata(threshold, val_dice_by_threshold=by_threshold)
-        score_split(val_frame, val_probs, threshold).to_csv(scores_path(self.folder.dir, "val"), index=False)
+        write_csv(scores_path(self.folder.dir, "val"), score_split(val_frame, val_probs, threshold))
         if len(self.idx["test"]):
             test = score_split(self.frame.iloc[self.idx["test"]], self.predict(self.idx["test"], best), threshold)
-            test.to_csv(scores_path(self.folder.dir, "test"), index=False)
+            write_csv(scores_path(self.folder.dir, "test"), test)
             log.info("test (n=%d): dice %.4f", len(test), test["dice"].mean())
 
 

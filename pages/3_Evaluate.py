@@ -30,6 +30,7 @@ try:
 except (PredictionsError, ModelFolderError, OSError) as err:
     st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
     st.stop()
+common.probabilities_note(source)
 overlap.overlap_panel(source)
 
 tabs = st.tabs(["Summary", "Confusion", "Per class", "ROC & PR", "Operating point", "Calibration",

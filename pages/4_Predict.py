@@ -20,7 +20,7 @@ view.check_model(model_dir)
 # (the warm start is usually loading it in the background meanwhile).
 single, batch = st.tabs(["One image", "Batch"])
 with single:
-    image = view.pick_input()
+    image = view.pick_input(model_dir)
     if image is not None:
         predictor = view.load_predictor(model_dir)
         tta = st.toggle("Test-time augmentation (average over the flips that keep the frame)", key=view.KEY_TTA)

@@ -134,6 +134,23 @@ def start_page(page, timeout: float = 60):
 
 
 @pytest.fixture
+def media(monkeypatch) -> dict:
+    """Every file the page hands to the browser (images, downloads), by file name or mimetype."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    files = {}
+
+    class Recording(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            files[filename or mimetype] = path_or_data
+            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return files
+
+
+@pytest.fixture
 def predict_env(monkeypatch, tmp_path, page_model, clear_streamlit_caches) -> Path:
     """The Predict page with ``page_model`` (a fixture of the test module) as the default model,
     no run folders and no dataset; Streamlit caches cleared around the test."""

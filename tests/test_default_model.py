@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import modelio
+from core import calibration, modelio, predictions
 from core.labels import CLASSES
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -26,13 +26,13 @@ def test_the_folder_has_everything_serving_and_evaluation_need():
     assert meta["classes"] == list(CLASSES) and meta["temperature"] > 0
     assert meta["ood"]["method"] == "feature_statistics" and (DEFAULT / "ood.npz").is_file()
     assert meta["temperature_n"] >= 1000 and modelio.input_size(meta) == (144, 192)
-    from core import predictions, splits
+    from core import splits
 
     assert splits.split_hash(DEFAULT / splits.SPLIT_FILE) == meta["split_sha256"]
     for split in ("val", "test"):
         path = DEFAULT / predictions.FILES[split]
         preds = predictions.read_frame(path)
-        required = [c for c in preds.columns if c != predictions.PREDICTED]  # dx_pred: optional, as the trainer writes it
+        required = [c for c in preds.columns if c not in predictions.OPTIONAL]
         assert required == ["image_id", "dx", *CLASSES] and len(preds) > 1000
         assert predictions.read_info(path)["probabilities"] == predictions.RAW
     assert (DEFAULT / "MODEL_CARD.md").is_file()
@@ -51,9 +51,13 @@ def test_cli_predicts_with_no_dataset_present(tmp_path):
     cmd = [sys.executable, "-m", "core.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
-    table = pd.read_csv(out, skiprows=1)  # the first line says the probabilities are calibrated
-    assert out.read_text().startswith("# probabilities: calibrated")
-    assert list(table.columns) == ["image_id", "dx_pred", "ood_flag", "ood_score", *CLASSES]
+    table = pd.read_csv(out)  # a plain CSV: pandas' defaults read it
+    assert list(table.columns) == ["image_id", "dx_pred", "ood_flag", "ood_score", *CLASSES, *predictions.PROVENANCE]
+    meta = json.loads((DEFAULT / "model.json").read_text())
+    assert table.loc[0, "calibration"] == "calibrated" and table.loc[0, "temperature_n"] == meta["temperature_n"]
+    assert table.loc[0, "temperature"] == pytest.approx(meta["temperature"], abs=1e-6)
+    status = calibration.temperature_status(meta, DEFAULT)
+    assert status["text"] in done.stdout  # the same words, and T printed as the pages print it
     assert table.loc[0, "image_id"] == "lesion_like" and table.loc[0, "dx_pred"] in CLASSES
     assert np.isclose(table[list(CLASSES)].sum(axis=1), 1, atol=1e-4).all()
 

@@ -246,8 +246,9 @@ def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, mo
     assert tidy.groupby("split")["n"].first().to_dict() == {"external": 14, "external_clean": 10}
     source = json.loads((tmp_path / "out" / evaluate.SOURCE_FILE).read_text())
     assert source["overlap"]["by_split"] == {"train": 3, "val": 1, "test": 1} and source["overlap"]["clean"] == 10
-    preds = pd.read_csv(written["predictions"], skiprows=1)
+    preds = pd.read_csv(written["predictions"])  # a plain CSV: pandas' defaults read it
     assert list(preds.columns[:5]) == ["image_id", "dx", "dx_pred", "ood_flag", "ood_score"]
+    assert set(preds["calibration"]) == {"raw"}  # metrics are computed on the model's own softmax
     assert "4 of 14 images were used to train or tune the model" in evaluate.overlap_sentence(written["overlap"])
 
 

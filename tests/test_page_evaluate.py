@@ -1,5 +1,6 @@
 """The Evaluate page driven by AppTest on fixture model folders with generated predictions."""
 
+import io
 import json
 import os
 import time
@@ -224,3 +225,29 @@ def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_
     table = [df.value for df in at.dataframe if "images" in df.value.columns][0]
     assert table["images"].tolist() == ["all images", "clean images only"]
     assert table["n"].tolist() == [len(preds), len(preds) - 3]
+
+
+def test_an_image_shows_what_predict_gives_and_the_download_says_so(models, media):
+    from core import predictions
+    from core.calibration import calibrate
+
+    meta = json.loads((models["default"] / "model.json").read_text())
+    (models["default"] / "model.json").write_text(json.dumps({**meta, "temperature": 1.7, "temperature_n": 500}))
+    saved = predictions.read(models["default"] / "predictions_test.csv", CLASSES)
+    served = calibrate(saved[list(CLASSES)].to_numpy(), 1.7)
+    at = run_page()
+    phrase = "Calibrated with temperature scaling, T = 1.700, fitted on n = 500 validation images."
+    assert phrase in markdown_text(at)
+    row = saved.iloc[3]
+    at.text_input(key="evaluate_find_image").set_value(row["image_id"]).run()
+    assert not at.exception, at.exception
+    order = np.argsort(-served[3], kind="stable")
+    expected = ", ".join(f"{CLASSES[k]} {predictions.percent(served[3, k])}" for k in order)
+    assert [t.value for t in at.text] == [f"{row['image_id']} · true {row['dx']} · {expected}"]
+    at.text_input(key="evaluate_find_image").set_value("=1+2").run()
+    assert "No image =1+2 in the test split" in at.text[0].value
+    data = media["predictions_default_test.csv"]
+    plain = pd.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data))  # pandas' defaults
+    assert list(plain.columns) == ["image_id", "dx", *CLASSES, "calibration", "temperature", "temperature_n"]
+    assert set(plain["calibration"]) == {"calibrated"} and set(plain["temperature_n"]) == {500}
+    np.testing.assert_allclose(plain[list(CLASSES)].to_numpy(), served, atol=1e-6)

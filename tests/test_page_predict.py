@@ -94,18 +94,20 @@ def test_example_images_work_without_a_dataset(predict_env):
     at.radio(key="predict_source").set_value("Example images").run()
     assert not at.exception, at.exception
     examples = at.selectbox(key="predict_example")
-    assert [o.split(" · ")[0] for o in examples.options] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-    examples.set_value("ISIC_0024481").run()  # the melanoma
+    # this model folder carries no saved test predictions: no image is marked as a miss
+    assert [o.split(" · ")[0] for o in examples.options] == ["akiec", "bcc", "bkl", "df", "mel", "mel", "nv", "vasc"]
+    assert not any("wrong" in o for o in examples.options)
+    examples.set_value("ISIC_0024481").run()  # a melanoma
     assert not at.exception, at.exception
     assert "CC BY-NC 4.0" in texts(at) and "Tschandl" in texts(at)
     assert at.metric[0].label == "Malignant (mel + bcc + akiec)" or any("dermatoscopic" in e.value for e in at.error)
 
 
-def test_example_images_are_test_split_images_one_per_class():
-    from ui.predict import example_images
+def test_example_images_are_test_split_images_one_right_per_class_and_one_labelled_miss():
+    from ui.predict import example_images, example_label, example_verdicts
 
     examples = example_images()
-    assert sorted(dx for dx, _ in examples.values()) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert sorted(dx for dx, _ in examples.values()) == ["akiec", "bcc", "bkl", "df", "mel", "mel", "nv", "vasc"]
     for image_id, (dx, path) in examples.items():
         rgb = np.asarray(Image.open(path))
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and path.stat().st_size < 20_000
@@ -115,23 +117,13 @@ def test_example_images_are_test_split_images_one_per_class():
 
     test_split = predictions.read_frame(default_model_dir() / predictions.FILES["test"]).set_index("image_id")["dx"]
     assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
-
-
-@pytest.fixture
-def media(monkeypatch) -> dict:
-    """Every file the page hands to the browser (images, downloads), by file name or mimetype."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-    from streamlit.testing.v1 import app_test
-
-    files = {}
-
-    class Recording(MemoryMediaFileStorage):
-        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
-            files[filename or mimetype] = path_or_data
-            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
-    return files
+    verdicts = example_verdicts(default_model_dir())
+    right = sorted(dx for i, (dx, _) in examples.items() if verdicts[i] == dx)
+    missed = [i for i, (dx, _) in examples.items() if verdicts[i] != dx]
+    assert right == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"] and missed == ["ISIC_0024481"]
+    assert example_label("mel", "ISIC_0024481", verdicts["ISIC_0024481"]) == (
+        "mel · Melanoma · ISIC_0024481 · the model gets this one wrong (it says bkl)")
+    assert "wrong" not in example_label("mel", "ISIC_0024701", verdicts["ISIC_0024701"])
 
 
 def test_page_and_cli_give_the_same_map(predict_env, media, page_model):
@@ -173,7 +165,7 @@ def test_dataset_sample_shows_true_label_and_mask_scores(monkeypatch, predict_en
     assert "lesion border" in str(at.get("image")[0].captions)
 
 
-def test_batch_mode_table_and_skipped_files(predict_env):
+def test_batch_mode_table_and_skipped_files(predict_env, media):
     at = run_page()
     batch = at.file_uploader(key="predict_batch_files")
     batch.set_value([("a.png", png(2), "image/png"), ("b.png", png(3), "image/png"),
@@ -186,6 +178,12 @@ def test_batch_mode_table_and_skipped_files(predict_env):
                                    "akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert any("Skipped **junk.png**" in e.value for e in at.error)
     assert "0 flagged as not looking dermatoscopic" in texts(at)
+    assert "Calibrated with temperature scaling, T = 1.500" in texts(at)  # Predict's own words
+    data = media["predictions.csv"]
+    download = pd.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data))  # pandas' defaults
+    assert list(download.columns) == [*table.columns, "calibration", "temperature", "temperature_n"]
+    assert set(download["calibration"]) == {"calibrated"} and set(download["temperature"]) == {1.5}
+    np.testing.assert_allclose(download[list(table.columns[4:])].to_numpy(), table.iloc[:, 4:].to_numpy(), atol=1e-6)
 
 
 def test_flagged_image_is_gated_before_any_verdict(monkeypatch, predict_env, flagging_model_dir):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core import predictions
 from core import runfolder as rf
 from core import train
 from core.labels import CLASSES
@@ -49,12 +50,12 @@ def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     assert meta["last_conv_layer"] == "last_conv" and meta["split_sha256"] == config["split_sha256"]
     assert meta["temperature"] > 0 and "temperature" in (run_dir / "train.log").read_text()
     assert meta["ood"]["method"] == "feature_statistics" and (run_dir / "ood.npz").is_file()
-    assert meta["temperature_n"] == len(pd.read_csv(run_dir / "predictions_val.csv", skiprows=1))
+    assert meta["temperature_n"] == len(pd.read_csv(run_dir / "predictions_val.csv"))
     splits = pd.read_csv(run_dir / "splits.csv")
     for split in ("val", "test"):
-        assert (run_dir / f"predictions_{split}.csv").read_text().startswith("# probabilities: raw")
-        preds = pd.read_csv(run_dir / f"predictions_{split}.csv", skiprows=1)
-        assert list(preds.columns) == ["image_id", "dx", "dx_pred", *CLASSES]
+        preds = pd.read_csv(run_dir / f"predictions_{split}.csv")  # a plain CSV: pandas' defaults read it
+        assert list(preds.columns) == ["image_id", "dx", "dx_pred", *CLASSES, *predictions.PROVENANCE]
+        assert set(preds["calibration"]) == {"raw"} and preds["temperature"].isna().all()
         assert set(preds["image_id"]) == set(splits.loc[splits["split"] == split, "image_id"])
         assert np.allclose(preds[list(CLASSES)].sum(axis=1), 1, atol=1e-4)
     assert "run finished" in (run_dir / "train.log").read_text()

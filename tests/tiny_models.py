@@ -124,7 +124,7 @@ def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = Tru
     size = tuple(int(n) for n in model.inputs[0].shape[1:3])
     x = np.stack([read_model_pixels(p, size) for p in val["path"]]).astype(np.float32)
     table = predictions.make_table(val["image_id"], model(x, training=False).numpy(), list(CLASSES), truth=val["dx"])
-    predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # with its first line, as runs write it
+    predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # as runs write it
     return folder
 
 

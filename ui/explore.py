@@ -16,6 +16,7 @@ import streamlit as st
 from PIL import Image
 
 from core import download, explore
+from core.predictions import csv_text
 from core.labels import CLASS_NAMES, CLASSES, DX_TYPES
 from core.paths import dataset_dir, read_only
 
@@ -230,7 +231,7 @@ def gallery(selected: pd.DataFrame, lesion_sizes: pd.Series, outline: bool) -> N
 def table_csv(selected: pd.DataFrame) -> bytes:
     """The filtered rows as the metadata CSV (the publisher's columns, no local paths)."""
     columns = [c for c in ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization") if c in selected]
-    return selected[columns].to_csv(index=False).encode("utf-8")
+    return csv_text(selected[columns]).encode("utf-8")
 
 
 def lesion_view(frame: pd.DataFrame, outline: bool) -> None:

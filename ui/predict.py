@@ -139,13 +139,14 @@ def _dataset():
         return None
 
 
-def pick_input() -> InputImage | None:
-    """Upload, camera or dataset sample (offered only when the dataset exists)."""
+def pick_input(model_dir: Path | None = None) -> InputImage | None:
+    """Upload, camera, shipped example (labelled with ``model_dir``'s saved test verdicts) or dataset sample
+    (offered only when the dataset exists)."""
     frame = _dataset()
     sources = [*SOURCES[:2], EXAMPLE_SOURCE] + ([SOURCES[2]] if frame is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key=KEY_SOURCE)
     if source == EXAMPLE_SOURCE:
-        return _pick_example()
+        return _pick_example(model_dir)
     if source == "Upload":
         upload = st.file_uploader("Dermatoscopic image", type=list(UPLOAD_TYPES), key=KEY_UPLOAD)
         return decode_upload(upload.getvalue(), upload.name) if upload else None
@@ -187,14 +188,44 @@ def example_images() -> dict:
     return found
 
 
-def _pick_example() -> InputImage | None:
-    """One of the shipped example images (one per class, test split), with its true label."""
+@st.cache_data(max_entries=4, show_spinner=False)
+def _saved_verdicts(path: str, mtime: int) -> dict:
+    """``image_id -> predicted class`` from a model folder's saved test predictions; ``mtime`` is only a key."""
+    try:
+        frame = contract.read_frame(Path(path))
+    except (contract.PredictionsError, OSError):
+        return {}
+    if contract.PREDICTED not in frame.columns:
+        return {}
+    return dict(zip(frame[contract.IMAGE_ID].astype(str), frame[contract.PREDICTED].astype(str)))
+
+
+def example_verdicts(model_dir: Path | None) -> dict:
+    """What ``model_dir`` predicted for each test image, read from its ``predictions_test.csv`` (empty without)."""
+    path = Path(model_dir) / contract.FILES["test"] if model_dir else None
+    if path is None or not path.is_file():
+        return {}
+    return _saved_verdicts(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def example_label(dx: str, image_id: str, predicted: str | None) -> str:
+    """The picker's label: the true diagnosis, and for a miss that the model gets it wrong."""
+    label = f"{_class_label(dx)} · {image_id}"
+    if predicted and predicted != dx:
+        label += f" · the model gets this one wrong (it says {predicted})"
+    return label
+
+
+def _pick_example(model_dir: Path | None) -> InputImage | None:
+    """One of the shipped example images (test split), with its true label; misses of the model come last."""
     examples = example_images()
     if not examples:
         st.info("No example images in this installation (ui/assets/examples).")
         return None
-    image_id = st.selectbox("Example image", list(examples), key=KEY_EXAMPLE,
-                            format_func=lambda i: f"{_class_label(examples[i][0])} · {i}")
+    verdicts = example_verdicts(model_dir)
+    labels = {i: example_label(dx, i, verdicts.get(i)) for i, (dx, _) in examples.items()}
+    order = sorted(examples, key=lambda i: (verdicts.get(i, examples[i][0]) != examples[i][0], examples[i][0], i))
+    image_id = st.selectbox("Example image (true diagnosis)", order, key=KEY_EXAMPLE, format_func=labels.get)
     dx, path = examples[image_id]
     image = decode_upload(path.read_bytes(), image_id)
     if image is not None:
@@ -214,7 +245,7 @@ def probability_figure(prediction) -> go.Figure:
     colours = ["#d62728" if c == prediction.predicted else "#1f77b4" for c in codes]
     fig = go.Figure(
         go.Bar(x=prediction.probabilities, y=[_class_label(c) for c in codes], orientation="h",
-               marker_color=colours, text=[f"{p:.1%}" for p in prediction.probabilities], textposition="auto")
+               marker_color=colours, text=[contract.percent(p) for p in prediction.probabilities], textposition="auto")
     )
     fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
                       yaxis={"autorange": "reversed"}, height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10})
@@ -242,7 +273,7 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
                   help="Sum of the probabilities of the malignant classes; benign = the rest.")
         st.caption(f"Benign: {1 - prediction.malignant:.1%}")
         st.table(pd.DataFrame(prediction.top_k(3), columns=["class", "probability"]).assign(
-            probability=lambda t: t["probability"].map("{:.1%}".format)))
+            probability=lambda t: t["probability"].map(contract.percent)))
     with right:
         st.plotly_chart(probability_figure(prediction), width="stretch", key="predict_probs")
         st.caption(_calibration_text(predictor, tta))
@@ -352,12 +383,12 @@ def batch_mode(model_dir: Path) -> None:
         st.warning("No readable image among the uploaded files.")
         return
     flagged = int(table[contract.OOD_FLAG].sum())
-    st.caption(f"{len(table)} image(s) classified; {predictor.probabilities_kind} probabilities. "
+    st.caption(f"{len(table)} image(s) classified. {predictor.calibration['text']} "
                f"{flagged} flagged as not looking dermatoscopic ({contract.OOD_FLAG} = 1): "
                "their predicted class means nothing.")
     shown = table.astype({contract.OOD_FLAG: bool})
     st.dataframe(shown, hide_index=True, column_config=_batch_columns(predictor.classes))
-    csv = contract.to_csv(table, predictor.probabilities_kind, predictor.temperature)
+    csv = contract.to_csv(table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
     st.download_button("Download predictions (CSV)", csv, file_name="predictions.csv", mime="text/csv",
                        on_click="ignore")
 

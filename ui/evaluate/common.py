@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, metrics, modelio, paths
+from core import calibration, evaluate, metrics, modelio, paths, predictions
 from core.data import DatasetError
 from ui.frame import dataset_table
 
@@ -98,6 +98,26 @@ def load_source(source: Source) -> pd.DataFrame:
     return _read_predictions(str(source.csv), mtime(source.csv), tuple(classes_of(source)))
 
 
+def calibration_of(source: Source) -> dict:
+    """What Predict applies to this model's probabilities (``core.calibration.temperature_status``)."""
+    return calibration.temperature_status(model_metadata(source.model.path), source.model.path)
+
+
+def served_table(source: Source, preds: pd.DataFrame) -> pd.DataFrame:
+    """The predictions as Predict, batch and ``core.predict`` give them: calibrated with the same temperature."""
+    return calibration.calibrate_table(preds, classes_of(source), calibration_of(source)["applied"])
+
+
+def probabilities_note(source: Source) -> None:
+    """Say once which probabilities the page shows, in the words Predict uses."""
+    status = calibration_of(source)
+    where = ("" if status["applied"] is None else
+             " Images and downloads on this page show these probabilities, as Predict does; metrics, curves and "
+             "thresholds are computed from the saved predictions file (the model's raw softmax, the same arg-max "
+             "class), and the Calibration tab compares both.")
+    st.caption(status["text"] + where)
+
+
 @st.cache_data(max_entries=32, show_spinner="Bootstrapping confidence intervals…")
 def _headline(csv: str, mtime: int, classes: tuple, positive: str, threshold: float) -> pd.DataFrame:
     preds = _read_predictions(csv, mtime, classes)
@@ -125,7 +145,7 @@ def class_metrics(source: Source) -> tuple:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _read_truth_table(csv: str, mtime: int) -> pd.DataFrame:
-    return pd.read_csv(csv, dtype={"image_id": str})
+    return predictions.read_csv(csv, dtype={"image_id": str})
 
 
 def image_table(source: Source) -> pd.DataFrame | None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, metrics
+from core import evaluate, metrics, predictions
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     KEY_COMPARE,
@@ -13,6 +13,7 @@ from ui.evaluate.common import (
     SEED,
     SPLIT_LABELS,
     Source,
+    calibration_of,
     classes_of,
     figure_download,
     fmt_ci,
@@ -22,6 +23,7 @@ from ui.evaluate.common import (
     mtime,
     png_export_available,
     positive_class,
+    served_table,
     split_caption,
     threshold,
 )
@@ -91,7 +93,14 @@ def _warn_different_n(sources: list) -> None:
 def _metrics_csv(csv: str, mtime: int, classes: tuple, split: str, positive: str, t: float) -> bytes:
     preds = evaluate.read_predictions(Path(csv), classes)
     tidy = evaluate.metrics_frame(preds, classes, split, positive=positive, threshold=t, n_boot=N_BOOT, seed=SEED)
-    return tidy.to_csv(index=False).encode("utf-8")
+    return predictions.csv_text(tidy).encode("utf-8")
+
+
+def _predictions_csv(source: Source, preds: pd.DataFrame) -> str:
+    """The predictions file of what Predict shows: calibrated as the model folder says, with its columns saying so."""
+    status = calibration_of(source)
+    applied = status["applied"]
+    return predictions.to_csv(served_table(source, preds), predictions.kind(applied), applied, status["n"])
 
 
 def export_panel(source: Source, preds: pd.DataFrame) -> None:
@@ -104,7 +113,7 @@ def export_panel(source: Source, preds: pd.DataFrame) -> None:
     st.download_button("Metrics CSV (headline with 95 % CI, per class, macro)", metrics_csv,
                        file_name=f"metrics_{stem}.csv", mime="text/csv", key="evaluate_dl_metrics")
     try:
-        submission = evaluate.submission_frame(preds, classes).to_csv(index=False, float_format="%.6f")
+        submission = predictions.csv_text(evaluate.submission_frame(preds, classes), float_format="%.6f")
     except evaluate.PredictionsError as err:
         st.info(f"No ISIC submission: {err}")
     else:
@@ -113,9 +122,9 @@ def export_panel(source: Source, preds: pd.DataFrame) -> None:
     y_true, probs = evaluate.arrays(preds, classes)
     counts = metrics.confusion_counts(y_true, metrics.predicted_labels(probs), len(classes))
     confusion = pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=classes)
-    st.download_button("Confusion matrix CSV (counts)", confusion.to_csv(), file_name=f"confusion_{stem}.csv",
-                       mime="text/csv", key="evaluate_dl_confusion_csv")
-    st.download_button("Predictions CSV", preds.to_csv(index=False), file_name=f"predictions_{stem}.csv",
-                       mime="text/csv", key="evaluate_dl_predictions")
+    st.download_button("Confusion matrix CSV (counts)", predictions.csv_text(confusion, index=True),
+                       file_name=f"confusion_{stem}.csv", mime="text/csv", key="evaluate_dl_confusion_csv")
+    st.download_button("Predictions CSV (the probabilities Predict gives)", _predictions_csv(source, preds),
+                       file_name=f"predictions_{stem}.csv", mime="text/csv", key="evaluate_dl_predictions")
     formats = "HTML or PNG" if png_export_available() else "HTML (PNG needs the optional kaleido package)"
     st.caption(f"Figures download as {formats} from the buttons under each chart.")

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import export, modelio
+from core.calibration import format_temperature
 from core.evaluate import Evaluable
 from ui.evaluate.common import SPLIT_LABELS, mtime
 
@@ -113,8 +114,10 @@ def _show(model: Evaluable, quantize: str, result: export.Export) -> None:
         st.caption(f"Calibrated on {calibration.get('n', '?')} images of the model's {split} "
                    f"split; {rounding}.")
     temperature = card.get("temperature")
-    calibrate = (f"calibrate its output with temperature T = {temperature:.3f}: p = softmax(log(output) / T)"
-                 if temperature else "its output is the model's own softmax (no temperature)")
+    calibrate = "its output is the model's own softmax (no temperature)"
+    if temperature:
+        calibrate = (f"calibrate its output with temperature T = {format_temperature(temperature)}: "
+                     "p = softmax(log(output) / T)")
     st.caption(f"How to feed it: {card['how_to_feed']} Then {calibrate}. The JSON card says all this for an app.")
     stem = f"{model.path.name}_{quantize}"
     left, right = st.columns(2)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, leakage
+from core import evaluate, leakage, predictions
 from ui.evaluate.common import Source, fmt_ci, mtime
 
 HEADLINE = ("balanced_accuracy", "macro_auc")
@@ -14,7 +14,7 @@ HEADLINE = ("balanced_accuracy", "macro_auc")
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _read_csv(path: str, mtime: int) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str).fillna("")
+    return predictions.read_csv(path, dtype=str).fillna("")
 
 
 def overlap_panel(source: Source) -> None:

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import evaluate, metrics, predictions
+from core.predictions import percent
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     KEY_CELL_EVENT,
@@ -29,6 +30,7 @@ from ui.evaluate.common import (
     image_table,
     load_source,
     positive_class,
+    served_table,
     split_caption,
     threshold,
 )
@@ -69,6 +71,7 @@ def confusion_panel(source: Source, preds: pd.DataFrame) -> None:
     true_class, pred_class = _cell_pickers(classes, counts, keys)
     mask = (preds["dx"] == true_class).to_numpy() & (metrics.predicted_labels(probs) == classes.index(pred_class))
     _cell_images(source, preds[mask], classes, true_class, pred_class)
+    _image_lookup(source, preds, classes)
 
 
 def _cell_keys(source: Source) -> tuple:
@@ -105,20 +108,41 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
         return
     table = image_table(source)
     found = dict(zip(table["image_id"].astype(str), table["path"].astype(str))) if table is not None else {}
+    cell = served_table(source, cell)
     shown = cell.assign(confidence=cell[pred_class]).sort_values("confidence", ascending=False).head(MAX_CELL_IMAGES)
     if not found:
         st.info("Images are not available (dataset not found), so only their probabilities are listed.")
     columns = st.columns(4)
     for i, (_, row) in enumerate(shown.iterrows()):
-        top = row[classes].astype(float).sort_values(ascending=False).head(3)
-        caption = f"{row['image_id']} · true {row['dx']} · " + ", ".join(f"{c} {p:.2f}" for c, p in top.items())
+        caption = _image_caption(row, classes)
         path = found.get(row["image_id"], "")
         with columns[i % 4]:
             if path and Path(path).is_file():
                 st.image(path, caption=caption, width="stretch")
             else:
                 st.caption(caption)
-    st.dataframe(shown[["image_id", "dx", *classes]], hide_index=True, width="stretch")
+    st.dataframe(shown[["image_id", "dx", *classes]].assign(**{c: shown[c].map(percent) for c in classes}),
+                 hide_index=True, width="stretch")
+
+
+def _image_caption(row: pd.Series, classes: list, k: int = 3) -> str:
+    """``ISIC_… · true mel · bkl 49.6%, nv 25.3%, …``: the ``k`` most probable classes, as Predict shows them."""
+    top = row[classes].astype(float).sort_values(ascending=False).head(k)
+    return f"{row['image_id']} · true {row['dx']} · " + ", ".join(f"{c} {percent(p)}" for c, p in top.items())
+
+
+def _image_lookup(source: Source, preds: pd.DataFrame, classes: list) -> None:
+    """One image's probabilities by its id: the figures Predict gives for the same image."""
+    image_id = st.text_input("Find an image of this split by its id", key="evaluate_find_image",
+                             placeholder="e.g. ISIC_0024481").strip()
+    if not image_id:
+        return
+    row = preds[preds[predictions.IMAGE_ID] == image_id]
+    if row.empty:
+        st.text(f"No image {image_id} in the {SPLIT_LABELS[source.split]} split of {source.model.name}.")
+        return
+    served = served_table(source, row).iloc[0]
+    st.text(_image_caption(served, classes, k=len(classes)))
 
 
 def class_table_panel(source: Source, preds: pd.DataFrame) -> None:

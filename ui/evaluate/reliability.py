@@ -10,17 +10,20 @@ from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     SEED,
     Source,
+    calibration_of,
     classes_of,
     figure_download,
     fmt,
     fmt_ci,
     image_table,
-    model_metadata,
     mtime,
     positive_class,
     split_caption,
     threshold,
 )
+
+
+REFIT_TOLERANCE = 0.01  # a refit within 1 % of the stored T is the same fit (files keep 6 decimals)
 
 
 @st.cache_data(max_entries=8, show_spinner="Fitting the temperature…")
@@ -33,24 +36,26 @@ def _fit_temperature(csv: str, mtime: int, classes: tuple) -> float:
 def calibration_panel(source: Source, preds: pd.DataFrame) -> None:
     """Reliability before and after temperature scaling fitted on validation; save the temperature."""
     classes = classes_of(source)
-    meta = model_metadata(source.model.path)
     val_csv = source.model.path / evaluate.SPLIT_FILES["val"]
     y_true, probs = evaluate.arrays(preds, classes)
     st.markdown(split_caption(source, len(preds)))
     fitted = _fit_temperature(str(val_csv), mtime(val_csv), tuple(classes)) if val_csv.is_file() else None
+    applied = calibration_of(source)["applied"]
+    shown = applied or fitted  # the temperature Predict applies, so the page prints the T Predict prints
     tables = {"uncalibrated": calibration.reliability(probs, y_true)}
-    if fitted:
-        tables[f"T = {fitted:.3f} (fitted on validation)"] = calibration.reliability(
-            calibration.apply_temperature(probs, fitted), y_true)
+    if shown:
+        where = "applied on Predict" if applied else "fitted on validation"
+        tables[f"T = {calibration.format_temperature(shown)} ({where})"] = calibration.reliability(
+            calibration.apply_temperature(probs, shown), y_true)
     fig = figs.reliability_figure(tables, f"Reliability (top label, 15 bins) — {source.label}, n = {len(preds)}")
     st.plotly_chart(fig, key="evaluate_reliability_chart")
     figure_download(fig, f"reliability_{source.split}", "evaluate_dl_reliability")
-    st.dataframe(calibration.calibration_summary(probs, y_true, fitted).style.format(precision=4), hide_index=True)
-    _temperature_controls(source, meta, fitted)
+    st.dataframe(calibration.calibration_summary(probs, y_true, shown).style.format(precision=4), hide_index=True)
+    _temperature_controls(source, fitted)
 
 
-def _temperature_controls(source: Source, meta: dict, fitted: float | None) -> None:
-    status = calibration.temperature_status(meta, source.model.path)
+def _temperature_controls(source: Source, fitted: float | None) -> None:
+    status = calibration_of(source)
     st.caption(
         "ECE: top-label, 15 equal-width confidence bins. Brier: multiclass (0 best, 2 worst). "
         "Calibrated probabilities are softmax(log(p) / T). On Predict: " + status["text"]
@@ -64,16 +69,19 @@ def _temperature_controls(source: Source, meta: dict, fitted: float | None) -> N
         return
     if source.split == "val":
         st.caption("This is the split the temperature was fitted on: judge it on test or external data.")
+    if status["applied"] and abs(fitted / status["applied"] - 1) < REFIT_TOLERANCE:
+        return  # the stored T is the fit of this validation file: nothing to save
+    t = calibration.format_temperature(fitted)
     if paths.read_only():
-        st.caption(f"Fitted T = {fitted:.3f}. This is a read-only demo: it cannot be saved into model.json here.")
+        st.caption(f"Fitted T = {t}. This is a read-only demo: it cannot be saved into model.json here.")
         return
-    if st.button(f"Save T = {fitted:.3f} into model.json", key="evaluate_save_temperature"):
+    if st.button(f"Save T = {t} into model.json", key="evaluate_save_temperature"):
         try:
             calibration.save_temperature(source.model.path, fitted, n=_val_rows(source))
         except (OSError, ValueError) as err:
             st.error(f"Could not save the temperature: {err}")
         else:
-            st.success(f"Saved temperature {fitted:.3f} into {source.model.name}'s {modelio.METADATA_FILE}.")
+            st.success(f"Saved temperature {t} into {source.model.name}'s {modelio.METADATA_FILE}.")
 
 
 def _val_rows(source: Source) -> int:
