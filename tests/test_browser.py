@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from live_server import CHROMIUM, IDLE, PROJECT, launch_chromium, streamlit_server
 
-from core import calibration, predictions
+from core import calibration, modelio, predictions
 
 PAGES = [  # (url path, the page's own title)
     ("", "HAM10000 Lesion Lab"),
@@ -325,8 +325,6 @@ def test_the_same_image_shows_the_same_probabilities_on_predict_and_evaluate(bro
 def test_a_downloaded_batch_csv_reads_with_pandas_defaults(browser_page, tmp_path):
     import numpy as np
     import pandas as pd
-
-    from core import modelio
 
     page, url = browser_page
     examples = PROJECT / "ui" / "assets" / "examples"
