@@ -12,10 +12,11 @@ when they exist, and as many as the model has outputs (checked on loading).
 Without any recorded order, a list out of ``CLASSES`` order (which no training
 here writes) is refused: a reordered list would put one class's name on
 another's probability. Input sizes are whole numbers in ``MIN_INPUT_SIDE`` ..
-``MAX_INPUT_SIDE`` and ``last_conv_layer`` a name, all checked before any
-tensor is built; on loading, the input size must be the model's own and
-``last_conv_layer`` one of its layers with a feature map. Messages name the
-folder by its name only.
+``MAX_INPUT_SIDE``, ``last_conv_layer`` a name and ``temperature`` null or a
+positive number, all checked before any tensor is built; on loading, the input
+size must be the model's own, ``last_conv_layer`` one of its layers with a
+feature map and the OOD check's layers its layers. Messages name the folder by
+its name only.
 """
 
 import csv
@@ -69,6 +70,11 @@ def read_metadata(model_dir: Path) -> dict:
     if not isinstance(meta["last_conv_layer"], str) or not meta["last_conv_layer"].strip():
         raise ModelFolderError(f"model {Path(model_dir).name}: {METADATA_FILE} 'last_conv_layer' must be a layer name")
     meta.setdefault("temperature", None)
+    temperature = meta["temperature"]
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 < temperature < float("inf")):
+        raise ModelFolderError(f"model {Path(model_dir).name}: {METADATA_FILE} 'temperature' is {temperature!r}: "
+                               "it must be a positive number, or null for none")
     return meta
 
 
@@ -203,12 +209,19 @@ def check_against_model(model, meta: dict, where: str) -> None:
         raise ModelFolderError(f"{where} gives the input as {height}x{width} (height x width) but the model "
                                f"takes {taken[0]}x{taken[1]}")
     name = meta["last_conv_layer"]
+    if len(_layer_shape(model, name, f"{where} 'last_conv_layer'")) != 4:
+        raise ModelFolderError(f"{where} 'last_conv_layer' {name!r} has no feature map")
+    ood = meta.get("ood")
+    for layer in (ood.get("layers") or []) if isinstance(ood, dict) else []:
+        _layer_shape(model, layer, f"{where} 'ood' layer")
+
+
+def _layer_shape(model, name, what: str) -> tuple:
+    """The output shape of the layer ``name``; a ModelFolderError starting with ``what`` when there is none."""
     try:
-        shape = model.get_layer(name=name).output.shape
-    except (ValueError, AttributeError) as err:
-        raise ModelFolderError(f"{where} 'last_conv_layer' {name!r} is not a layer of the model") from err
-    if len(shape) != 4:
-        raise ModelFolderError(f"{where} 'last_conv_layer' {name!r} has no feature map (its output is {tuple(shape)})")
+        return tuple(model.get_layer(name=name).output.shape)
+    except (ValueError, AttributeError, TypeError) as err:
+        raise ModelFolderError(f"{what} {name!r} is not a layer of the model") from err
 
 
 def compiled_forward(model):

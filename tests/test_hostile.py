@@ -677,6 +677,8 @@ LAYER_CASES = {
     "unknown layer": (dict(last_conv_layer="block_99"), "'last_conv_layer' 'block_99' is not a layer of the model"),
     "layer without a map": (dict(last_conv_layer="gap"), "'last_conv_layer' 'gap' has no feature map"),
     "not a name": (dict(last_conv_layer=5), "'last_conv_layer' must be a layer name"),
+    "unknown OOD layer": (dict(ood={"method": "feature_statistics", "layers": ["gap", "nope"]}),
+                          "'ood' layer 'nope' is not a layer of the model"),
 }
 
 
@@ -687,6 +689,15 @@ def test_model_json_must_agree_with_the_model(case, tiny_model_dir, tmp_path):
     with pytest.raises(modelio.ModelFolderError, match="^model model: model.json ") as err:
         modelio.ModelFolder(folder).model
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("temperature", ["abc", -1.0, 0, float("inf"), True])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(temperature, tiny_model_dir, tmp_path):
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), temperature=temperature)
+    with pytest.raises(modelio.ModelFolderError) as err:
+        modelio.read_metadata(folder)
+    assert str(err.value) == (f"model model: model.json 'temperature' is {temperature!r}: it must be a positive "
+                              "number, or null for none")
 
 
 def test_segmenter_metadata_is_bounded(tiny_segmenter_dir, tmp_path):
@@ -845,3 +856,26 @@ def test_the_order_is_read_from_a_predictions_file_with_its_header_line(tiny_mod
     tamper(folder, classes=list(reversed(CLASSES)))
     with pytest.raises(modelio.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
         modelio.read_metadata(folder)
+
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_page_answers_a_nul_byte_a_fifo_and_a_linked_file_with_messages(evaluate_env, tmp_path):
+    at = external_form("images\x00", "truth.csv")
+    assert not at.exception
+    assert at.error[0].value == "The image folder contains a NUL character, which no file name can hold."
+    os.mkfifo(evaluate_env / "images" / "ISIC_0000007.jpg")
+    labelled_csv(evaluate_env / "fifo.csv", [("ISIC_0000000", "akiec"), ("ISIC_0000007", "nv")])
+    at = external_form("images", "fifo.csv")
+    at.button(key="evaluate_external_run").click().run()
+    assert not at.exception
+    assert "ISIC_0000007.jpg is not a regular file (a pipe, device or socket)" in at.error[0].value
+    secret = write_images(tmp_path / "private", ["private_photo"]) / "private_photo.jpg"
+    (evaluate_env / "images" / "ISIC_0000008.jpg").symlink_to(secret)
+    labelled_csv(evaluate_env / "link.csv", [("ISIC_0000000", "akiec"), ("ISIC_0000008", "nv")])
+    at = external_form("images", "link.csv")
+    at.button(key="evaluate_external_run").click().run()
+    assert not at.exception
+    message = at.error[0].value
+    assert "ISIC_0000008.jpg links to a file outside the folders this server allows" in message
+    assert str(tmp_path) not in message and "private" not in message
