@@ -5,6 +5,12 @@ names the file by its name only (never its folder, which may be a server path)
 and says what is wrong and, where it helps, how to fix it. The command lines
 turn these errors into ``error: <message>`` on stderr and exit code 2.
 
+Files are read only when regular (:func:`read_regular`: a FIFO would block the
+reader forever). Output paths of the command lines are checked before any work
+(:func:`check_output_file`, :func:`check_output_folder`): a command never writes
+inside a model folder, nor over a file or into a folder it does not own, unless
+``--force`` is given; what each command owns is said in its own docstring.
+
 Ground-truth CSVs of external test sets come in two formats:
 
 * ISIC one-hot: ``image`` then one column per class, every class cell exactly
@@ -22,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.runfolder import METADATA_FILE, MODEL_FILE
+
 EXIT_BAD_INPUT = 2
 # A folder holding either of these is a model folder: no command writes into it unless forced.
-MODEL_FOLDER_FILES = ("model.json", "model.keras")
+MODEL_FOLDER_FILES = (METADATA_FILE, MODEL_FILE)
 FORCE_HINT = "choose another --out or pass --force"
 _ISIC_EXTRA_COLUMNS = ("image", "score_weight")
 
