@@ -146,8 +146,8 @@ def read_segmenter_metadata(model_dir: Path) -> dict:
     where = f"segmenter {Path(model_dir).name}: {METADATA_FILE}"
     check_input_size(meta, where)
     threshold = meta["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ModelFolderError(f"{where} 'threshold' is {threshold!r}: it must be a number from 0 to 1")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+        raise ModelFolderError(f"{where} 'threshold' is {threshold!r}: it must be a number (0 to 1; above 1 finds none)")
     return meta
 
 
