@@ -20,6 +20,10 @@ External outputs (``python -m core.evaluate --model DIR --images DIR --truth CSV
   the upper-case ISIC 2018 Task 3 codes in ISIC's order (MEL, NV, BCC, AKIEC, BKL,
   DF, VASC), which is what the ISIC challenge scorer expects.
 * ``source.json``: what was predicted, when, and the overlap counts.
+
+``--out`` must be new, empty or an earlier result (it holds ``source.json``), and not
+inside a model folder, unless ``--force`` is given; bad input exits with status 2 and
+one line on stderr.
 """
 
 import argparse
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, leakage, metrics, modelio, paths, predictions, validation
+from core import data, leakage, metrics, modelio, paths, predictions, uploads, validation
 from core.images import ImageError
 
 SPLIT_FILES = predictions.FILES
@@ -215,7 +219,7 @@ def _decode(path: Path, decode=None) -> np.ndarray:
     from core.images import decode_image
 
     try:
-        return (decode or decode_image)(path.read_bytes())
+        return (decode or decode_image)(validation.read_regular(path))
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from err
 
@@ -261,20 +265,25 @@ def overlap_check(model_dir, table: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def evaluate_external(
-    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None, decode=None
+    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None, decode=None,
+    roots=None,
 ) -> dict:
     """Predict an external test set and write predictions, truth, overlap, metrics and ISIC submission CSVs.
 
     Metrics are given on every image (split ``external``) and, when some images
     overlap the model's training or validation data, on the clean part too
     (split ``external_clean``). ``model_dir`` is a path or a ``modelio.ModelFolder``,
-    opened once for the whole evaluation; ``decode`` as in :func:`predict_files`.
+    opened once for the whole evaluation; ``decode`` as in :func:`predict_files`. With ``roots``
+    (the app's ``core.uploads.external_roots()``), every image file must resolve inside one of
+    them, links included, before any is read.
 
     Returns:
         ``{"predictions": path, "truth": path, "overlap": path | None, "metrics": path, "submission": path}``.
     """
     out_dir = Path(out_dir)
     table = read_truth(truth_csv, images_dir)
+    if roots is not None:
+        uploads.check_files_inside(table["path"], roots)
     folder = modelio.ModelFolder.open(model_dir)
     found = predict_table(folder, table, batch_size=batch_size, progress=progress, decode=decode)
     classes = list(folder.classes)
@@ -315,6 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--truth", required=True, type=Path, help="ground-truth CSV (ISIC one-hot or image_id,dx)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--force", action="store_true", help=f"write into --out even when it holds other files "
+                        f"than an earlier result (no {SOURCE_FILE}) or lies inside a model folder")
     args = parser.parse_args(argv)
 
     def report(done, total):
@@ -322,6 +333,7 @@ def main(argv=None) -> int:
 
     try:
         batch_size = validation.positive_int(args.batch_size, "--batch-size")
+        validation.check_output_folder(args.out, SOURCE_FILE, force=args.force)
         written = evaluate_external(args.model, args.images, args.truth, args.out, batch_size, report)
     except (ValueError, OSError) as err:  # every input error of the chain is a ValueError subclass
         print(f"\nerror: {validation.one_line(err)}", file=sys.stderr)

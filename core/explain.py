@@ -20,6 +20,11 @@ uncalibrated probability of the explained class). The explained class is the
 predicted one unless ``--target`` names a class. Unreadable files are reported
 on stderr and skipped. (The page reduces uploads to 1024 px on their longer
 side; for larger images its map is this map at that reduced size.)
+
+Bad input (a model folder it cannot use, no readable image, an ``--out`` it must
+not write into) gives one line on stderr and exit status 2. ``--out`` must be a
+new or empty folder, or one this command wrote (it holds ``explain.csv``), and
+never inside a model folder, unless ``--force`` is given.
 """
 
 import argparse
@@ -30,10 +35,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import SkipReport, iter_sources, to_model_input, write_per_image
-from core.predictions import write_csv
+from core.images import SkipReport, iter_sources, to_model_input, write_per_image, write_table
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
+from core.validation import check_output_folder, report
 
 
 def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, target: str | None = None) -> tuple:
@@ -59,8 +64,11 @@ def run(predictor, sources, method: str, out: Path, target=None, style: str = "c
     return pd.DataFrame(rows, columns=["image_id", "method", "target", "probability"])
 
 
+TABLE_FILE = "explain.csv"
+
+
 def main(argv=None) -> int:
-    """Command-line entry point; returns the exit status (1 when no image was readable)."""
+    """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
     from core.predict import Predictor
 
     parser = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.split("\n")[0])
@@ -71,17 +79,23 @@ def main(argv=None) -> int:
     parser.add_argument("--style", default="contours", choices=STYLES, help="how the PNG draws the map")
     parser.add_argument("--cmap", default=DEFAULT_CMAP, choices=CMAPS, help="colour map of the PNG")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the maps into")
+    parser.add_argument("--force", action="store_true", help="write into --out even when it holds other files "
+                        "or lies inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    predictor = Predictor(args.model)
-    if args.target is not None and args.target not in predictor.classes:
-        parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
-    skipped = SkipReport()
-
-    table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap, skipped)
-    write_csv(args.out / "explain.csv", table, float_format="%.6f")
+    try:
+        check_output_folder(args.out, TABLE_FILE, force=args.force)
+        predictor = Predictor(args.model)
+        if args.target is not None and args.target not in predictor.classes:
+            parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
+        skipped = SkipReport()
+        table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap,
+                    skipped)
+        write_table(table, args.out / TABLE_FILE, skipped)
+    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
+        return report(err)
     print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped.names)}")
-    return 0 if len(table) else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ Command line::
                           [--representative N] [--parity N] [--rounding gptq|nearest]
 
 A request that cannot be served (unknown format, quantisation or rounding, a folder
-that is not a model, int8 without the dataset) exits with status 2 and one line on
-stderr. int8 reports its rounding's progress on stderr (it takes minutes).
+that is not a model, int8 without the dataset, an ``--out`` it must not write) exits
+with status 2 and one line on stderr. int8 reports its rounding's progress on stderr
+(it takes minutes).
+
+``--out`` never lies inside a model folder (``FILE.json`` could be its ``model.json``)
+and replaces only an earlier export: ``FILE.tflite`` and ``FILE.json`` may exist when
+``FILE.json`` is an export card; ``--force`` lifts both refusals.
 """
 
 import argparse
@@ -45,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import data, modelio, paths, predictions, runfolder, splits
+from core import data, modelio, paths, predictions, runfolder, splits, validation
 from core.images import ImageError, read_model_pixels
 
 FORMATS = ("tflite",)
@@ -383,14 +388,19 @@ def card_path(out: Path) -> Path:
 
 def write(export: Export, out: Path) -> tuple:
     """Write the file and its card; returns both paths."""
-    out = Path(out)
-    if out.suffix.lower() == ".json":
-        raise ExportError(f"{out}: the output file needs another suffix than .json (its card goes there)")
+    out = _not_json(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(export.content)
     card = card_path(out)
     card.write_text(export.card_json + "\n", encoding="utf-8")
     return out, card
+
+
+def _not_json(out: Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        raise ExportError(f"{out}: the output file needs another suffix than .json (its card goes there)")
+    return out
 
 
 def saved_path(model_dir: Path, quantize: str) -> Path:
@@ -417,6 +427,29 @@ def model_sha256(model_dir: Path) -> str:
     return hashlib.sha256((Path(model_dir) / modelio.MODEL_FILE).read_bytes()).hexdigest()
 
 
+def is_card(path: Path) -> bool:
+    """True when ``path`` is an export card (a JSON object naming an export format and the file's hash)."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(card, dict) and card.get("format") in FORMATS and isinstance(card.get("sha256"), str)
+
+
+def check_out(out: Path, force: bool = False) -> None:
+    """Refuse an ``--out`` the command must not write (module docstring), before any conversion.
+
+    Raises:
+        ExportError: one line naming the file and what to do.
+    """
+    out = _not_json(out)
+    try:
+        validation.check_output_file(out, force=force, owned=lambda p: is_card(card_path(p)))
+        validation.check_output_file(card_path(out), force=force, owned=is_card)
+    except validation.InputError as err:
+        raise ExportError(str(err)) from err
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.export", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
@@ -429,6 +462,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="validation images to measure parity on (0: skip)")
     parser.add_argument("--rounding", default="gptq",
                         help="int8 kernels: " + "; ".join(f"{k}: {v}" for k, v in ROUNDINGS.items()))
+    parser.add_argument("--force", action="store_true", help="write --out even inside a model folder or over "
+                        "files that are not an earlier export")
     return parser
 
 
@@ -444,11 +479,15 @@ def main(argv=None) -> int:
     try:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
+        check_out(args.out, args.force)
         export = build(args.model, args.quantize, args.representative, args.parity, rounding=args.rounding,
                        progress=_print_progress)
         out, card = write(export, args.out)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {args.out.name} cannot be written ({err.strerror or err})", file=sys.stderr)
         return 2
     figures = export.card.get("parity", {})
     summary = (f"val n={figures['n']}: top-1 agreement {figures['top1_agreement']:.1%}, "

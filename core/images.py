@@ -6,7 +6,9 @@ Decoding is defensive because uploads come from anywhere:
 * EXIF orientation is applied, so a phone photo is shown and classified upright.
 * Grayscale, palette, CMYK, 16-bit and float images become 8-bit RGB. 16-bit
   values are scaled by 1/257 (0..65535 maps onto 0..255); float images whose
-  values lie in 0..1 are scaled by 255.
+  values lie in 0..1 are scaled by 255. Non-finite float pixels never set the
+  scale: NaN becomes the lowest finite value, +inf the highest, -inf the
+  lowest, so one bad pixel cannot turn the image black.
 * Transparent pixels are composited on white (``background``), which is how a
   browser shows a transparent PNG on a light page, so the model sees what the
   user saw.
@@ -38,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from core.validation import InputError, read_regular
 
 MAX_PIXELS = 40_000_000
 # The app decodes at most one image above this size at a time, whatever the number of
@@ -184,8 +188,8 @@ def _to_rgb(image: Image.Image, background) -> np.ndarray:
 
 
 def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
-    """Scale a 16-bit, 32-bit integer or float grayscale image to 8-bit RGB."""
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    """Scale a 16-bit, 32-bit integer or float grayscale image to 8-bit RGB (non-finite pixels: module docstring)."""
+    values = _finite(np.asarray(image, dtype=np.float64))
     top = float(values.max()) if values.size else 0.0
     if image.mode == "F" and float(values.min(initial=0.0)) >= 0.0 and 0.0 < top <= 1.0:
         values = values * 255.0  # float images in 0..1, the usual convention
@@ -196,6 +200,15 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
         values = values / top * 255.0
     gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """``values`` with NaN and -inf set to the lowest finite value and +inf to the highest (0 when none is finite)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    return np.nan_to_num(values, nan=low, posinf=high, neginf=low)
 
 
 def as_hw(size) -> tuple[int, int]:
@@ -230,7 +243,11 @@ def model_pixels(rgb: np.ndarray, size) -> np.ndarray:
 
 def read_model_pixels(path, size) -> np.ndarray:
     """Decode an image file exactly as an upload is decoded, then resize it to the model's input (uint8)."""
-    return model_pixels(decode_image(Path(path).read_bytes()), size)
+    try:
+        data = read_regular(path)
+    except InputError as err:  # a FIFO or device: refused unopened, an ImageError as for any unusable file
+        raise ImageError(f"{err}.") from err
+    return model_pixels(decode_image(data), size)
 
 
 def resize_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:
@@ -269,8 +286,9 @@ def is_image_name(name: str) -> bool:
 def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
     """Yield ``(name, bytes)`` for each image inside a zip held in memory.
 
-    Members that are too large once decompressed, or whose first bytes are not
-    those of an image, are yielded with an :class:`ImageError` instead of bytes
+    Members that are too large once decompressed, whose first bytes are not
+    those of an image, or that are zips themselves (never opened: one level of
+    archive only), are yielded with an :class:`ImageError` instead of bytes
     (and never extracted), so a caller can report and skip them.
 
     Raises:
@@ -284,19 +302,26 @@ def zip_members(data: bytes) -> Iterator[tuple[str, bytes | ImageError]]:
         for info in archive.infolist():
             if _is_image_member(info):
                 yield info.filename, _read_member(archive, info)
+            elif _is_nested_zip(info):
+                yield info.filename, ImageError(f"{info.filename}: a zip inside the zip is not opened; "
+                                                "unzip it and add its images instead.")
 
 
 def count_zip_members(data: bytes) -> int:
     """How many entries :func:`zip_members` would yield (0 for an unreadable zip); reads no member."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return sum(_is_image_member(info) for info in archive.infolist())
+            return sum(_is_image_member(info) or _is_nested_zip(info) for info in archive.infolist())
     except (zipfile.BadZipFile, OSError):
         return 0
 
 
 def _is_image_member(info: zipfile.ZipInfo) -> bool:
     return not info.is_dir() and is_image_name(info.filename) and "__MACOSX" not in info.filename
+
+
+def _is_nested_zip(info: zipfile.ZipInfo) -> bool:
+    return not info.is_dir() and info.filename.lower().endswith(".zip") and "__MACOSX" not in info.filename
 
 
 # First bytes of every accepted format: a zip member that starts otherwise is never extracted.
@@ -344,25 +369,32 @@ def zip_sources(name: str, data: bytes) -> Iterator[tuple[str, bytes | ImageErro
 def iter_sources(paths) -> Iterator[tuple[str, bytes | ImageError]]:
     """Yield ``(name, bytes)`` for image files, folders (recursively) and zips, one file at a time.
 
-    Unreadable entries, and files of other types (``.gif``, ``.svg``, ``.txt``, ...;
-    hidden files excepted), are yielded with an :class:`ImageError` in place of bytes.
+    Unreadable entries, files of other types (``.gif``, ``.svg``, ``.txt``, ...;
+    hidden files excepted) and entries that are not regular files (a FIFO would block
+    the reader forever; it is refused from its ``stat``, never opened) are yielded with
+    an :class:`ImageError` in place of bytes.
     """
     for path in map(Path, paths):
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            for child in sorted(p for p in path.rglob("*") if not p.is_dir() and not p.name.startswith(".")):
                 yield from iter_sources([child])
         elif path.is_file() and not (is_image_name(path.name) or path.suffix.lower() == ".zip"):
             yield str(path), _unsupported(path)
         elif path.suffix.lower() == ".zip":
-            try:
-                yield from zip_sources(str(path), path.read_bytes())
-            except OSError as err:
-                yield str(path), ImageError(f"{path}: {err}")
+            data = read_file(path)
+            yield from zip_sources(str(path), data) if isinstance(data, bytes) else [(str(path), data)]
         else:
-            try:
-                yield str(path), path.read_bytes()
-            except OSError as err:
-                yield str(path), ImageError(f"{path}: cannot be read ({err.strerror or err}).")
+            yield str(path), read_file(path)
+
+
+def read_file(path: Path) -> bytes | ImageError:
+    """A file's bytes, or an :class:`ImageError` naming why it cannot be read (``core.validation.read_regular``)."""
+    try:
+        return read_regular(path)
+    except InputError as err:
+        return ImageError(f"{err}.")
+    except OSError as err:
+        return ImageError(f"{path}: cannot be read ({err.strerror or err}).")
 
 
 def decode_sources(sources, on_skip=None, decode=decode_image) -> Iterator[tuple[str, np.ndarray]]:
@@ -499,6 +531,17 @@ def write_per_image(sources, out_dir, write, on_skip=None) -> list:
                 os.replace(staging / f"{k}{suffix}", target)
         shutil.rmtree(staging, ignore_errors=True)
     return [{"image_id": image_id, **row} for image_id, row in zip(ids, rows)]
+
+
+def write_table(table, path: Path, skipped: SkipReport) -> None:
+    """Write a command line's per-image table as CSV (6 decimals), refusing an empty one.
+
+    Raises:
+        InputError: no row, so no image was readable (the message counts the skipped ones).
+    """
+    if table.empty:
+        raise InputError(f"no readable image among the paths given (skipped {len(skipped.names)})")
+    write_csv(path, table, float_format="%.6f")
 
 
 def _remove_orphaned_staging(out_dir: Path) -> None:

@@ -21,6 +21,8 @@ file stem; the path from the first folder that differs when two files share a
 stem), ``dx_pred`` (the predicted class), ``ood_flag``, ``ood_score``, then one
 calibrated probability per class code, then ``calibration``, ``temperature`` and
 ``temperature_n`` saying so. Unreadable files are reported on stderr and skipped.
+``--out`` may replace only a predictions file written by this command and never a file
+inside a model folder, unless ``--force`` is given (``core.validation.check_output_file``).
 """
 
 import argparse
@@ -40,7 +42,7 @@ from core.images import (
 from core.labels import MALIGNANT
 from core.modelio import MODEL_FILE, ModelFolder, compiled_forward, is_model_dir
 from core.paths import default_model_dir, runs_dir
-from core.validation import EXIT_BAD_INPUT, one_line, positive_int
+from core.validation import EXIT_BAD_INPUT, check_output_file, one_line, positive_int
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,11 @@ def prediction_table(names, found: list, classes) -> pd.DataFrame:
                                ood_scores=[p.ood.score for p in found], ood_flags=[p.ood.flagged for p in found])
 
 
+def _is_predictions_file(path: Path) -> bool:
+    """True when ``path`` is a predictions file (it says how its probabilities were made): a file this command or a trainer wrote."""
+    return contract.read_info(path)["probabilities"] != "unknown"
+
+
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
     parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__.split("\n")[0])
@@ -258,11 +265,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--force", action="store_true", help="write --out even over a file this did not write "
+                        "or inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
     skipped = SkipReport()
 
     try:
+        check_output_file(args.out, force=args.force, owned=_is_predictions_file)
         batch_size = positive_int(args.batch_size, "--batch-size")
         predictor = Predictor(args.model)
         table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=skipped)
@@ -272,8 +282,12 @@ def main(argv=None) -> int:
     if table.empty:
         print(f"error: no readable image among the paths given (skipped {len(skipped.names)})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
+    except OSError as err:
+        print(f"error: {args.out.name} cannot be written ({err.strerror or err})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     flagged = int(table[contract.OOD_FLAG].sum())
     print(f"wrote {len(table)} rows to {args.out}; {flagged} flagged as unlike dermatoscopic images; "
           f"skipped {len(skipped.names)}. {predictor.calibration['text']}")

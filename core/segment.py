@@ -4,7 +4,9 @@
 ``<image_id>.png`` mask (0/255, the input image's own size) per image and a
 ``measurements.csv`` of lesion measurements (``core.lesion_measures``). Image ids
 are named as for ``core.explain``: the file stem, or ``a/x`` (written as ``a/x.png``)
-when two files share a stem.
+when two files share a stem. As there, bad input gives one line on stderr and exit
+status 2, and ``--out`` must be new, empty or this command's (it holds
+``measurements.csv``), never inside a model folder, unless ``--force`` is given.
 
 The model is a flat functional graph: the MobileNetV2 encoder of
 ``core.models.build_model`` (with its offline ImageNet weights and its
@@ -134,13 +136,18 @@ def write_segmenter_metadata(model_dir: Path, meta: dict) -> None:
 
 def read_segmenter_metadata(model_dir: Path) -> dict:
     """Read a segmenter's ``model.json``, checked for the keys segmenting needs."""
-    from core.modelio import METADATA_FILE, ModelFolderError, read_metadata_file
+    from core.modelio import METADATA_FILE, ModelFolderError, check_input_size, read_metadata_file
 
     path = Path(model_dir) / METADATA_FILE
     meta = read_metadata_file(path, "segmenter metadata")
     missing = [k for k in ("image_height", "image_width", "threshold") if k not in meta]
     if missing or meta.get("task") != "segmentation":
         raise ModelFolderError(f"{path}: not a segmenter's metadata (task={meta.get('task')!r}, missing {missing})")
+    where = f"segmenter {Path(model_dir).name}: {METADATA_FILE}"
+    check_input_size(meta, where)
+    threshold = meta["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+        raise ModelFolderError(f"{where} 'threshold' is {threshold!r}: it must be a number (0 to 1; above 1 finds none)")
     return meta
 
 
@@ -204,6 +211,12 @@ class Segmenter:
         self.input_size = (int(self.meta["image_height"]), int(self.meta["image_width"]))
         self.threshold = float(self.meta["threshold"])
         self.model = model if model is not None else load_segmenter_model(self.model_dir)
+        taken = tuple(self.model.inputs[0].shape[1:3])
+        if None not in taken and tuple(int(n) for n in taken) != self.input_size:
+            from core.modelio import METADATA_FILE, ModelFolderError
+
+            raise ModelFolderError(f"segmenter {self.model_dir.name}: {METADATA_FILE} gives the input as "
+                                   f"{self.input_size[0]}x{self.input_size[1]} but the model takes {taken[0]}x{taken[1]}")
         self._forward = compiled_forward(self.model)
 
     def warmup(self) -> None:
@@ -253,24 +266,28 @@ MEASUREMENTS_FILE = "measurements.csv"
 
 
 def main(argv=None) -> int:
-    """Command-line entry point; returns the exit status (1 when no image was readable)."""
-    from core.images import SkipReport, iter_sources
+    """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
+    from core.images import SkipReport, iter_sources, write_table
+    from core.validation import check_output_folder, report
 
     parser = argparse.ArgumentParser(prog="python -m core.segment", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
     parser.add_argument("--out", required=True, type=Path,
                         help=f"folder for <image_id>.png masks (0/255, the image's own size) and {MEASUREMENTS_FILE}")
+    parser.add_argument("--force", action="store_true", help="write into --out even when it holds other files "
+                        "or lies inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    segmenter = Segmenter(args.model)
     skipped = SkipReport()
-
-    table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
-    from core.predictions import write_csv
-
-    write_csv(args.out / MEASUREMENTS_FILE, table, float_format="%.6f")
+    try:
+        check_output_folder(args.out, MEASUREMENTS_FILE, force=args.force)
+        segmenter = Segmenter(args.model)
+        table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
+        write_table(table, args.out / MEASUREMENTS_FILE, skipped)
+    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
+        return report(err)
     print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
-    return 0 if len(table) else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,13 +56,35 @@ def resolve_external(typed: str, what: str = "path") -> Path:
     text = str(typed).strip()
     if not text:
         raise OutsideRootsError(f"No {what} given.")
+    if "\0" in text:
+        raise OutsideRootsError(f"The {what} contains a NUL character, which no file name can hold.")
     path = Path(text).expanduser()
     real = (path if path.is_absolute() else roots[0] / path).resolve()
-    if not any(real == root or root in real.parents for root in roots):
+    if not _inside(real, roots):
         raise OutsideRootsError(
             f"The {what} is not inside a folder this server allows (HAM_EXTERNAL_ROOTS); upload the files instead."
         )
     return real
+
+
+def _inside(real: Path, roots: list) -> bool:
+    return any(real == root or root in real.parents for root in roots)
+
+
+def check_files_inside(files, roots: list) -> None:
+    """Refuse the first file whose real path (symbolic links resolved) is outside every root.
+
+    A folder inside a root may hold a link to a file anywhere; resolving the folder
+    alone would follow it, so each file is resolved and checked on its own.
+
+    Raises:
+        OutsideRootsError: naming the file by its name only.
+    """
+    roots = [Path(r).resolve() for r in roots]
+    for file in map(Path, files):
+        if not _inside(file.resolve(), roots):
+            raise OutsideRootsError(f"{file.name} links to a file outside the folders this server allows "
+                                    "(HAM_EXTERNAL_ROOTS); refused.")
 
 
 def redact_paths(text: str, known: dict | None = None) -> str:

@@ -5,6 +5,12 @@ names the file by its name only (never its folder, which may be a server path)
 and says what is wrong and, where it helps, how to fix it. The command lines
 turn these errors into ``error: <message>`` on stderr and exit code 2.
 
+Files are read only when regular (:func:`read_regular`: a FIFO would block the
+reader forever). Output paths of the command lines are checked before any work
+(:func:`check_output_file`, :func:`check_output_folder`): a command never writes
+inside a model folder, nor over a file or into a folder it does not own, unless
+``--force`` is given; what each command owns is said in its own docstring.
+
 Ground-truth CSVs of external test sets come in two formats:
 
 * ISIC one-hot: ``image`` then one column per class, every class cell exactly
@@ -14,12 +20,20 @@ Ground-truth CSVs of external test sets come in two formats:
 """
 
 import io
+import os
+import stat
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.runfolder import METADATA_FILE, MODEL_FILE
+
 EXIT_BAD_INPUT = 2
+# A folder holding either of these is a model folder: no command writes into it unless forced.
+MODEL_FOLDER_FILES = (METADATA_FILE, MODEL_FILE)
+FORCE_HINT = "choose another --out or pass --force"
 _ISIC_EXTRA_COLUMNS = ("image", "score_weight")
 
 
@@ -42,7 +56,7 @@ def read_csv_text(path: Path, what: str = "CSV") -> pd.DataFrame:
     """
     name = Path(path).name
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular(path)
     except OSError as err:
         raise InputError(f"{what} {name}: cannot be read ({err.strerror or err})") from err
     if not raw.strip():
@@ -149,7 +163,101 @@ def positive_int(value: int, option: str) -> int:
     return int(value)
 
 
+def report(err: BaseException) -> int:
+    """Say ``error: <first line>`` on stderr for a command line; returns :data:`EXIT_BAD_INPUT`."""
+    print(f"error: {one_line(err)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def one_line(err: BaseException) -> str:
     """The first line of an error's message (its type name when the message is empty)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file; a FIFO, device or socket is refused from its ``stat``, never opened.
+
+    Opening a FIFO for reading blocks until a writer comes, so one in an image folder
+    would hang the caller forever.
+
+    Raises:
+        InputError: not a regular file (names it by its name).
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise InputError(f"{path.name} is not a regular file (a pipe, device or socket); refused without reading it")
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def model_folder_of(path: Path) -> Path | None:
+    """The model folder ``path`` lies in or is (the nearest folder above holding ``model.json`` or
+    ``model.keras``, symbolic links resolved), or None."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if any((folder / name).exists() for name in MODEL_FOLDER_FILES):
+            return folder
+    return None
+
+
+def check_output_file(path: Path, option: str = "--out", *, force: bool = False, owned=None) -> Path:
+    """Refuse an output file a command must not write, before any work is done.
+
+    Refused: a folder, a path under a file, a path inside a model folder, and an existing
+    file the command does not own (``owned(path)`` false; no ``owned``: none is owned).
+    ``force`` lifts the last two refusals only.
+
+    Raises:
+        InputError: one line naming the file and what to do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path.name} is a folder: give the file to write")
+    _check_parent(path, option)
+    if force:
+        return path
+    _refuse_model_folder(path, option)
+    if os.path.lexists(path) and not (owned is not None and path.is_file() and owned(path)):
+        raise InputError(f"{option} {path.name} exists and was not written by this command: {FORCE_HINT}")
+    return path
+
+
+def check_output_folder(path: Path, marker: str, option: str = "--out", *, force: bool = False) -> Path:
+    """Refuse an output folder a command must not write into, before any work is done.
+
+    A folder is this command's when it is absent, empty, or holds ``marker`` (the table the
+    command writes last). Refused: a file, a folder inside a model folder, a folder with other
+    content; ``force`` lifts the last two refusals only.
+
+    Raises:
+        InputError: one line naming the folder and what to do.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError(f"{option} {path.name} is a file, not a folder")
+    _check_parent(path, option)
+    if force:
+        return path
+    _refuse_model_folder(path, option)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise InputError(f"{option} {path.name} holds files this command did not write (no {marker}): {FORCE_HINT}")
+    return path
+
+
+def _refuse_model_folder(path: Path, option: str) -> None:
+    folder = model_folder_of(path)
+    if folder is not None:
+        raise InputError(f"{option} {path.name} is inside the model folder {folder.name}, whose files it could "
+                         f"replace: {FORCE_HINT}")
+
+
+def _check_parent(path: Path, option: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder the process can write to."""
+    above = Path(os.path.abspath(path)).parent
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"{option} {path.name}: {above.name} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path.name}: the folder {above.name} is not writable")

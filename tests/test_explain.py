@@ -62,7 +62,7 @@ def test_target_and_method_options(tmp_path, model_dir):
 
 def test_nothing_readable_fails(tmp_path, model_dir):
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 broken")
-    assert cli.main(["--model", str(model_dir), "--out", str(tmp_path / "o"), str(tmp_path / "junk.jpg")]) == 1
+    assert cli.main(["--model", str(model_dir), "--out", str(tmp_path / "o"), str(tmp_path / "junk.jpg")]) == 2
 
 
 def test_same_stem_in_two_folders_keeps_both_maps(tmp_path, model_dir):

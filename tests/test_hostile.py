@@ -352,7 +352,8 @@ def test_tampered_model_json_is_a_one_line_error_in_the_predict_cli(case, tiny_m
     changes, expected = MODEL_CASES[case]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
     if "recorded" not in expected:  # without recorded orders, the model's own outputs decide
-        (folder / "predictions_val.csv").unlink()
+        for split in ("val", "test"):
+            (folder / f"predictions_{split}.csv").unlink()
     write_images(tmp_path / "in", ["ISIC_0000000"])
     assert predict.main(["--model", str(folder), "--out", str(tmp_path / "p.csv"), str(tmp_path / "in")]) == 2
     line = stderr_line(capsys)
@@ -518,3 +519,363 @@ def test_validation_helpers_read_utf8_with_bom(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("\ufeffimage_id,dx\nISIC_1,mel\n".encode("utf-8"))
     assert list(validation.read_truth_csv(path).columns) == ["image_id", "dx"]
+
+
+
+# === hardening round two: command lines and core input (issue 28, findings 5, 6, 7 and the core side of 8) ======
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from tiny_segmenter import save_tiny_segmenter  # noqa: E402
+
+from core import explain as explain_cli  # noqa: E402
+from core import export, predictions, segment  # noqa: E402
+
+CLI_TIMEOUT = 900  # generous: a loaded machine has taken minutes to import TensorFlow
+
+
+def run_cli(module: str, *args) -> subprocess.CompletedProcess:
+    """``python -m core.<module> ARGS`` in a real process, from the project root."""
+    return subprocess.run([sys.executable, "-m", f"core.{module}", *map(str, args)], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The process's single ``error:`` line; exit 2, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter_dir(tmp_path_factory) -> Path:
+    return save_tiny_segmenter(tmp_path_factory.mktemp("hostile_seg") / "segmenter")
+
+
+# --- 5. no command overwrites what it did not create -----------------------------------------------------------
+
+def test_export_refuses_an_out_inside_a_model_folder_and_the_folder_still_loads(tiny_model_dir, tmp_path, capsys):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    before = (folder / "model.json").read_bytes()
+    assert export.main(["--model", str(folder), "--out", str(folder / "model.tflite"), "--parity", "0"]) == 2
+    line = stderr_line(capsys)
+    assert line == ("error: --out model.tflite is inside the model folder model, whose files it could replace: "
+                    "choose another --out or pass --force")
+    assert (folder / "model.json").read_bytes() == before and not (folder / "model.tflite").exists()
+    assert modelio.ModelFolder(folder).classes == tuple(CLASSES)
+    for inside in (folder / "export" / "m.tflite", folder / "sub" / "deeper" / "m.tflite"):
+        with pytest.raises(export.ExportError, match="is inside the model folder model"):
+            export.check_out(inside)
+
+
+def test_export_replaces_only_an_earlier_export_unless_forced(tiny_model_dir, tmp_path):
+    mine = tmp_path / "mine.tflite"
+    mine.write_bytes(b"not a model")
+    with pytest.raises(export.ExportError, match="--out mine.tflite exists and was not written by this command"):
+        export.check_out(mine)
+    export.card_path(mine).write_text(json.dumps({"format": "tflite", "sha256": "0" * 64}))
+    export.check_out(mine)  # an earlier export, recognised by its card
+    notes = tmp_path / "notes.tflite"
+    export.card_path(notes).write_text(json.dumps({"my": "notes"}))
+    with pytest.raises(export.ExportError, match="--out notes.json exists and was not written by this command"):
+        export.check_out(notes)
+    export.check_out(notes, force=True)
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    forced = folder / "export" / "forced.tflite"
+    assert export.main(["--model", str(folder), "--out", str(forced), "--parity", "0", "--force"]) == 0
+    assert export.is_card(export.card_path(forced)) and json.loads((folder / "model.json").read_text())["classes"]
+
+
+def test_predict_never_writes_into_a_model_folder_or_over_a_foreign_file(tiny_model_dir, tmp_path, capsys):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    target = folder / "predictions_val.csv"
+    before = target.read_bytes()
+    assert predict.main(["--model", str(folder), "--out", str(target), str(tmp_path / "in")]) == 2
+    assert "--out predictions_val.csv is inside the model folder model" in stderr_line(capsys)
+    assert target.read_bytes() == before
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\n1,2\n")
+    assert predict.main(["--model", str(folder), "--out", str(notes), str(tmp_path / "in")]) == 2
+    assert stderr_line(capsys) == ("error: --out notes.csv exists and was not written by this command: "
+                                   "choose another --out or pass --force")
+    assert notes.read_text() == "my,own\n1,2\n"
+    out = tmp_path / "p.csv"
+    for _ in range(2):  # the second run replaces the file the first one wrote
+        assert predict.main(["--model", str(folder), "--out", str(out), str(tmp_path / "in")]) == 0
+    assert predictions.read_info(out)["probabilities"] in (predictions.RAW, predictions.CALIBRATED)
+    assert predict.main(["--model", str(folder), "--out", str(notes), "--force", str(tmp_path / "in")]) == 0
+
+
+@pytest.mark.parametrize("command", ["explain", "segment", "evaluate"])
+def test_output_folders_with_foreign_files_or_in_a_model_folder_are_refused(command, tmp_path, capsys):
+    marker = {"explain": explain_cli.TABLE_FILE, "segment": segment.MEASUREMENTS_FILE,
+              "evaluate": evaluate.SOURCE_FILE}[command]
+    photos = write_images(tmp_path / "photos", ["ISIC_0000000"])  # --out = the input folder: its images at risk
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text("{}")
+    main = {"explain": explain_cli.main, "segment": segment.main, "evaluate": evaluate.main}[command]
+
+    def call(out, *extra):
+        if command == "evaluate":
+            return main(["--model", "m", "--images", str(photos), "--truth", "t.csv", "--out", str(out), *extra])
+        return main(["--model", "m", "--out", str(out), *extra, str(photos)])
+
+    assert call(photos) == 2
+    assert stderr_line(capsys) == (f"error: --out photos holds files this command did not write (no {marker}): "
+                                   "choose another --out or pass --force")
+    assert call(model / "maps") == 2
+    assert "--out maps is inside the model folder model" in stderr_line(capsys)
+    assert call(photos / "ISIC_0000000.jpg") == 2
+    assert stderr_line(capsys) == "error: --out ISIC_0000000.jpg is a file, not a folder"
+    assert sorted(p.name for p in photos.iterdir()) == ["ISIC_0000000.jpg"] and not (model / "maps").exists()
+    (photos / marker).write_text("")  # a folder this command wrote before: accepted, the next check fails
+    assert call(photos) == 2
+    assert "holds files" not in stderr_line(capsys)
+
+
+# --- 6. model metadata is bounded before any tensor is built ---------------------------------------------------
+
+SIZE_CASES = {
+    "huge height": (dict(image_height=100000, image_width=100000), "'image_height' is 100000"),
+    "zero": (dict(image_size=0), "'image_size' is 0"),
+    "negative width": (dict(image_height=32, image_width=-5), "'image_width' is -5"),
+    "fraction": (dict(image_size=32.5), "'image_size' is 32.5"),
+    "text": (dict(image_size="32"), "'image_size' is '32'"),
+    "boolean": (dict(image_size=True), "'image_size' is True"),
+    "infinite": (dict(image_size=float("inf")), "'image_size' is inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZE_CASES))
+def test_input_sizes_out_of_bounds_are_refused_from_model_json(case, tiny_model_dir, tmp_path, capsys):
+    changes, expected = SIZE_CASES[case]
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
+    with pytest.raises(modelio.ModelFolderError) as err:
+        modelio.ModelFolder(folder)  # what the Predict page opens a run folder with
+    assert str(err.value) == (f"model model: model.json {expected}: a model input side must be a whole number "
+                              f"of pixels from {modelio.MIN_INPUT_SIDE} to {modelio.MAX_INPUT_SIDE}")
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    assert predict.main(["--model", str(folder), "--out", str(tmp_path / "p.csv"), str(tmp_path / "in")]) == 2
+    assert stderr_line(capsys) == f"error: {err.value}"
+
+
+def test_a_100000_pixel_model_json_stops_predict_at_once_in_a_real_process(tiny_model_dir, tmp_path):
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), image_height=100000, image_width=100000)
+    write_images(tmp_path / "in", ["ISIC_0000000"], size=(600, 450))
+    line = one_error_line(run_cli("predict", "--model", folder, "--out", tmp_path / "p.csv", tmp_path / "in"))
+    assert "'image_height' is 100000: a model input side must be a whole number of pixels from 8 to 1024" in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+LAYER_CASES = {
+    "size not the model's": (dict(image_size=64), "gives the input as 64x64 (height x width) but the model takes 32x32"),
+    "unknown layer": (dict(last_conv_layer="block_99"), "'last_conv_layer' 'block_99' is not a layer of the model"),
+    "layer without a map": (dict(last_conv_layer="gap"), "'last_conv_layer' 'gap' has no feature map"),
+    "not a name": (dict(last_conv_layer=5), "'last_conv_layer' must be a layer name"),
+    "unknown OOD layer": (dict(ood={"method": "feature_statistics", "layers": ["gap", "nope"]}),
+                          "'ood' layer 'nope' is not a layer of the model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_model_json_must_agree_with_the_model(case, tiny_model_dir, tmp_path):
+    changes, expected = LAYER_CASES[case]
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
+    with pytest.raises(modelio.ModelFolderError, match="^model model: model.json ") as err:
+        modelio.ModelFolder(folder).model
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("temperature", ["abc", -1.0, 0, float("inf"), True])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(temperature, tiny_model_dir, tmp_path):
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), temperature=temperature)
+    with pytest.raises(modelio.ModelFolderError) as err:
+        modelio.read_metadata(folder)
+    assert str(err.value) == (f"model model: model.json 'temperature' is {temperature!r}: it must be a positive "
+                              "number, or null for none")
+
+
+def test_segmenter_metadata_is_bounded(tiny_segmenter_dir, tmp_path):
+    for changes, expected in ((dict(image_height=100000), "'image_height' is 100000: a model input side"),
+                              (dict(threshold="half"), "'threshold' is 'half': it must be a number (0 to 1; above 1 finds none)")):
+        folder = tamper(copy_model(tiny_segmenter_dir, tmp_path / str(len(expected))), **changes)
+        with pytest.raises(modelio.ModelFolderError, match=f"^segmenter {folder.name}: model.json ") as err:
+            segment.Segmenter(folder)
+        assert expected in str(err.value)
+
+
+# --- 7. one line on stderr and exit 2, in real processes --------------------------------------------------------
+
+def test_explain_answers_a_tampered_model_json_and_a_bad_layer_with_one_line(tiny_model_dir, tmp_path):
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    duplicated = tamper(copy_model(tiny_model_dir, tmp_path / "dup"), classes=[*CLASSES[:-1], "mel"])
+    line = one_error_line(run_cli("explain", "--model", duplicated, "--out", tmp_path / "o1", tmp_path / "in"))
+    assert line == "error: model dup: model.json lists classes more than once: ['mel']"
+    bad_layer = tamper(copy_model(tiny_model_dir, tmp_path / "layer"), last_conv_layer="nope")
+    line = one_error_line(run_cli("explain", "--model", bad_layer, "--out", tmp_path / "o2", tmp_path / "in"))
+    assert line == "error: model layer: model.json 'last_conv_layer' 'nope' is not a layer of the model"
+
+
+def test_explain_and_segment_with_no_readable_image_say_so_in_one_line(tiny_model_dir, tiny_segmenter_dir, tmp_path):
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 broken")
+    for module, model in (("explain", tiny_model_dir), ("segment", tiny_segmenter_dir)):
+        proc = run_cli(module, "--model", model, "--out", tmp_path / module, tmp_path / "junk.jpg")
+        assert one_error_line(proc) == "error: no readable image among the paths given (skipped 1)"
+        assert "skipped " in proc.stderr and "junk.jpg" in proc.stderr
+
+
+def test_segment_answers_a_tampered_model_json_with_one_line(tiny_segmenter_dir, tmp_path):
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    folder = tamper(copy_model(tiny_segmenter_dir, tmp_path / "seg"), image_height=100000)
+    line = one_error_line(run_cli("segment", "--model", folder, "--out", tmp_path / "out", tmp_path / "in"))
+    assert line.startswith("error: segmenter seg: model.json 'image_height' is 100000: a model input side")
+
+
+def test_predict_answers_an_unwritable_out_with_one_line(tiny_model_dir, tmp_path):
+    write_images(tmp_path / "in", ["ISIC_0000000"])
+    (tmp_path / "a_file").write_text("x")
+    for out, expected in ((tmp_path / "in", "error: --out in is a folder: give the file to write"),
+                          (tmp_path / "a_file" / "p.csv", "error: --out p.csv: a_file is a file, not a folder")):
+        proc = run_cli("predict", "--model", tiny_model_dir, "--out", out, tmp_path / "in")
+        assert one_error_line(proc) == expected
+
+
+# --- 8. core input: NUL bytes, FIFOs, linked files, non-finite pixels, nested zips, reordered classes ------------
+
+def test_a_nul_byte_in_a_typed_path_is_refused_with_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv(uploads.ROOTS_ENV, str(tmp_path))
+    with pytest.raises(uploads.OutsideRootsError) as err:
+        uploads.resolve_external("images\x00/../x", "image folder")
+    assert str(err.value) == "The image folder contains a NUL character, which no file name can hold."
+
+
+@pytest.mark.timeout(CLI_TIMEOUT)
+def test_a_fifo_is_refused_unopened_by_predict_and_evaluate(tiny_model_dir, tmp_path, capsys):
+    folder = write_images(tmp_path / "in", ["ISIC_0000000"])
+    os.mkfifo(folder / "ISIC_0000001.jpg")  # nobody ever writes: opening it to read would block forever
+    found = dict(images.iter_sources([folder, folder / "ISIC_0000001.jpg"]))
+    assert isinstance(found[str(folder / "ISIC_0000000.jpg")], bytes)
+    fifo = found[str(folder / "ISIC_0000001.jpg")]
+    assert str(fifo) == "ISIC_0000001.jpg is not a regular file (a pipe, device or socket); refused without reading it."
+    out = tmp_path / "p.csv"
+    assert predict.main(["--model", str(tiny_model_dir), "--out", str(out), str(folder)]) == 0
+    assert f"skipped {folder / 'ISIC_0000001.jpg'}: ISIC_0000001.jpg is not a regular file" in capsys.readouterr().err
+    assert list(pd.read_csv(out, comment="#")["image_id"]) == ["ISIC_0000000"]
+    labelled_csv(tmp_path / "truth.csv", [("ISIC_0000000", "mel"), ("ISIC_0000001", "nv")])
+    assert evaluate.main(["--model", str(tiny_model_dir), "--images", str(folder), "--truth",
+                          str(tmp_path / "truth.csv"), "--out", str(tmp_path / "ev")]) == 2
+    assert "ISIC_0000001.jpg is not a regular file" in stderr_line(capsys)
+    with pytest.raises(images.ImageError, match="is not a regular file"):
+        images.read_model_pixels(folder / "ISIC_0000001.jpg", 32)
+
+
+def test_a_linked_image_pointing_outside_the_roots_is_refused_file_by_file(tiny_model_dir, tmp_path, monkeypatch):
+    root = tmp_path / "allowed"
+    folder = write_images(root / "images", ["ISIC_0000000"])
+    secret = write_images(tmp_path / "private", ["private_photo"]) / "private_photo.jpg"
+    (folder / "ISIC_0000001.jpg").symlink_to(secret)
+    (folder / "ISIC_0000002.jpg").symlink_to(folder / "ISIC_0000000.jpg")  # a link inside the roots is fine
+    truth = labelled_csv(root / "truth.csv", [(f"ISIC_000000{i}", "nv") for i in range(3)])
+    monkeypatch.setenv(uploads.ROOTS_ENV, str(root))
+    images_dir, truth_csv = uploads.resolve_external("images"), uploads.resolve_external("truth.csv")
+    with pytest.raises(uploads.OutsideRootsError) as err:
+        evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, tmp_path / "out",
+                                   roots=uploads.external_roots())
+    assert str(err.value) == ("ISIC_0000001.jpg links to a file outside the folders this server allows "
+                              "(HAM_EXTERNAL_ROOTS); refused.")
+    assert not (tmp_path / "out").exists()
+    (folder / "ISIC_0000001.jpg").unlink()
+    labelled_csv(truth, [("ISIC_0000000", "nv"), ("ISIC_0000002", "nv")])
+    written = evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, tmp_path / "out",
+                                         roots=uploads.external_roots())
+    assert len(predictions.read_frame(written["predictions"])) == 2
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), float("-inf")])
+def test_a_float_tiff_with_a_non_finite_pixel_keeps_its_picture(bad):
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    clean = io.BytesIO()
+    Image.fromarray(ramp, mode="F").save(clean, format="TIFF")
+    spoiled = ramp.copy()
+    spoiled[3, 3] = bad
+    buffer = io.BytesIO()
+    Image.fromarray(spoiled, mode="F").save(buffer, format="TIFF")
+    rgb, expected = images.decode_image(buffer.getvalue()), images.decode_image(clean.getvalue())
+    assert rgb[-1, -1, 0] == 255 and rgb[4, 0, 0] == round(32 / 63 * 255)  # not black: scaled as the clean ramp
+    keep = np.ones((8, 8), bool)
+    keep[3, 3] = False
+    assert np.array_equal(rgb[keep], expected[keep])
+    assert rgb[3, 3, 0] == (255 if bad == float("inf") else 0)
+
+
+def test_a_zip_inside_a_zip_is_named_as_skipped(tiny_model_dir, tmp_path, capsys):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("hidden.png", b"\x89PNG")
+    outer = tmp_path / "set.zip"
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 120, 100)).save(photo, format="PNG")
+    with zipfile.ZipFile(outer, "w") as archive:
+        archive.writestr("ISIC_0000000.png", photo.getvalue())
+        archive.writestr("more/inner.zip", inner.getvalue())
+    data = outer.read_bytes()
+    assert images.count_zip_members(data) == 2
+    found = dict(images.zip_members(data))
+    assert str(found["more/inner.zip"]) == ("more/inner.zip: a zip inside the zip is not opened; "
+                                            "unzip it and add its images instead.")
+    assert predict.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "p.csv"), str(outer)]) == 0
+    assert f"skipped {outer}!more/inner.zip: more/inner.zip: a zip inside the zip is not opened" in capsys.readouterr().err
+
+
+def test_reordered_classes_without_any_recorded_order_are_refused(tiny_model_dir, tmp_path):
+    swapped = ["akiec", "bcc", "bkl", "df", "nv", "mel", "vasc"]
+    folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), classes=swapped)
+    (folder / "predictions_val.csv").unlink()
+    with pytest.raises(modelio.ModelFolderError, match="but predictions_test.csv recorded"):
+        modelio.read_metadata(folder)
+    (folder / "predictions_test.csv").unlink()
+    with pytest.raises(modelio.ModelFolderError) as err:
+        modelio.read_metadata(folder)
+    assert str(err.value) == (f"model model: model.json lists classes {swapped}, not in the order training writes "
+                              f"({list(CLASSES)}), and no config.json or predictions file records the order: "
+                              "the labels cannot be trusted")
+    (folder / "config.json").write_text(json.dumps({"classes": swapped}))  # recorded by the run: trusted
+    assert modelio.read_metadata(folder)["classes"] == swapped
+
+
+def test_the_order_is_read_from_a_predictions_file_with_its_header_line(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    table = predictions.read_frame(folder / "predictions_val.csv")
+    predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # as runs write it: header first
+    (folder / "predictions_test.csv").unlink()
+    tamper(folder, classes=list(reversed(CLASSES)))
+    with pytest.raises(modelio.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
+        modelio.read_metadata(folder)
+
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_page_answers_a_nul_byte_a_fifo_and_a_linked_file_with_messages(evaluate_env, tmp_path):
+    at = external_form("images\x00", "truth.csv")
+    assert not at.exception
+    assert at.error[0].value == "The image folder contains a NUL character, which no file name can hold."
+    os.mkfifo(evaluate_env / "images" / "ISIC_0000007.jpg")
+    labelled_csv(evaluate_env / "fifo.csv", [("ISIC_0000000", "akiec"), ("ISIC_0000007", "nv")])
+    at = external_form("images", "fifo.csv")
+    at.button(key="evaluate_external_run").click().run()
+    assert not at.exception
+    assert "ISIC_0000007.jpg is not a regular file (a pipe, device or socket)" in at.error[0].value
+    secret = write_images(tmp_path / "private", ["private_photo"]) / "private_photo.jpg"
+    (evaluate_env / "images" / "ISIC_0000008.jpg").symlink_to(secret)
+    labelled_csv(evaluate_env / "link.csv", [("ISIC_0000000", "akiec"), ("ISIC_0000008", "nv")])
+    at = external_form("images", "link.csv")
+    at.button(key="evaluate_external_run").click().run()
+    assert not at.exception
+    message = at.error[0].value
+    assert "ISIC_0000008.jpg links to a file outside the folders this server allows" in message
+    assert str(tmp_path) not in message and "private" not in message

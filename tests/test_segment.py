@@ -118,7 +118,7 @@ def test_cli_writes_masks_at_each_image_size_and_a_measurements_csv(tmp_path, ti
 
 def test_cli_fails_when_no_image_is_readable(tmp_path, tiny_folder):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    assert segment.main(["--model", str(tiny_folder), "--out", str(tmp_path / "out"), str(tmp_path / "bad.png")]) == 1
+    assert segment.main(["--model", str(tiny_folder), "--out", str(tmp_path / "out"), str(tmp_path / "bad.png")]) == 2
 
 
 def test_a_full_threshold_segments_everything_and_the_mask_matches_the_png(tmp_path):

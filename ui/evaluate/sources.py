@@ -130,8 +130,10 @@ def _run_external(model_dir: Path, first, second) -> Path | None:
         bar.progress(done / total, text=f"Predicted {done} of {total} images")
 
     try:
-        images, truth = (first, second) if isinstance(first, Path) else _save_uploads(out / "upload", first, second)
-        evaluate.evaluate_external(model_dir, images, truth, out, progress=progress, decode=decode_upload)
+        typed = isinstance(first, Path)
+        images, truth = (first, second) if typed else _save_uploads(out / "upload", first, second)
+        evaluate.evaluate_external(model_dir, images, truth, out, progress=progress, decode=decode_upload,
+                                   roots=uploads.external_roots() if typed else None)
     except (OSError, ValueError) as err:
         bar.empty()
         log.warning("external test set refused: %s", err)
