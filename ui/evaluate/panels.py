@@ -32,6 +32,7 @@ from ui.evaluate.common import (
     split_caption,
     threshold,
 )
+from ui.text import plain
 
 
 def summary_panel(source: Source, preds: pd.DataFrame) -> None:
@@ -111,7 +112,7 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
     columns = st.columns(4)
     for i, (_, row) in enumerate(shown.iterrows()):
         top = row[classes].astype(float).sort_values(ascending=False).head(3)
-        caption = f"{row['image_id']} · true {row['dx']} · " + ", ".join(f"{c} {p:.2f}" for c, p in top.items())
+        caption = f"{plain(row['image_id'])} · true {row['dx']} · " + ", ".join(f"{c} {p:.2f}" for c, p in top.items())
         path = found.get(row["image_id"], "")
         with columns[i % 4]:
             if path and Path(path).is_file():
