@@ -718,3 +718,23 @@ def test_missing_dataset_and_model_name_the_variable_not_the_path_in_read_only_m
         assert not at.exception, at.exception
         text = page_text(at)
         assert needed in text and "secret-location" not in text, (page, text)
+
+
+def test_the_warm_start_lets_a_running_page_go_first(monkeypatch):
+    """Cold path (issue 24): TensorFlow's import waits for a page run in progress, never longer than its bound."""
+    import threading
+
+    from ui import warm
+
+    monkeypatch.setattr(warm, "_page_runs", set())
+    warm.keep_kernels_between_runs()  # what every page calls first
+    assert warm._page_runs == {threading.get_ident()}
+    clock = iter(range(10**6))
+    monkeypatch.setattr(warm.time, "monotonic", lambda: float(next(clock)))  # one second per look
+    monkeypatch.setattr(warm.time, "sleep", lambda s: None)
+    warm._let_pages_run_first()  # a page that never ends: the warm start goes on at the bound
+    assert next(clock) == warm.PAGES_FIRST_S + 1
+    warm._clean_problem_modules()  # what Streamlit calls at the end of every run
+    assert warm._page_runs == set()
+    warm._let_pages_run_first()
+    assert next(clock) == warm.PAGES_FIRST_S + 3  # no page running: the deadline read, no wait
