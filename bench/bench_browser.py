@@ -16,6 +16,9 @@ Each round starts a fresh server as the README does (``python -m ui.serve``) on 
     are drawn on request, not timed; on a fresh server this still waits for the warm start to finish). Then a second, different image,
     and a third in a new browser session once the server is warm: what a class sees when the app was
     opened a minute before.
+  * **Fresh server, first prediction**: a visitor opens /Predict ``--fresh-delay`` seconds (10) after the
+    server was launched and uploads an example at once: seconds to a usable page, then from the upload to
+    the verdict (probabilities) and to the full result with its maps.
   * **Explore filter change**: click a diagnosis pill; milliseconds from the click until the new numbers,
     charts and thumbnails are drawn (script idle, nothing stale, every image loaded, two frames painted).
 
@@ -101,6 +104,11 @@ def predict_cold(browser, url: str) -> float:
 
 def prediction_with_map(page, image: Path) -> float:
     """Seconds from choosing a file to its probabilities, outline and saliency images all drawn."""
+    return prediction_times(page, image)[1]
+
+
+def prediction_times(page, image: Path) -> tuple:
+    """Seconds from choosing a file to its verdict (the probabilities), and to the full result with its maps."""
     delete = page.locator('[data-testid="stFileUploaderDeleteBtn"] button')
     if delete.count():  # clear the previous image first, so its result cannot pass for the new one
         delete.first.click()
@@ -118,6 +126,9 @@ def prediction_with_map(page, image: Path) -> float:
     start = time.perf_counter()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(image))
     page.get_by_text(image.name).first.wait_for(timeout=WAIT_MS)
+    page.wait_for_function("""() => window.__ran && (document.body.innerText.includes('Malignant (mel + bcc + akiec)')
+        || document.body.innerText.includes('does not look like'))""", timeout=WAIT_MS)
+    verdict = time.perf_counter() - start
     page.wait_for_function(
         """() => {
             if (!window.__ran) return false;
@@ -131,7 +142,25 @@ def prediction_with_map(page, image: Path) -> float:
         }""",
         timeout=WAIT_MS,
     )
-    return time.perf_counter() - start
+    return verdict, time.perf_counter() - start
+
+
+def fresh_server_prediction(browser, delay: float) -> tuple:
+    """A visitor who opens /Predict ``delay`` s after the server was launched and uploads an example at once.
+
+    Returns seconds from opening to a usable page, then from the upload to the verdict and to the full result.
+    """
+    launched = time.monotonic()
+    with streamlit_server(_env()) as url:
+        time.sleep(max(0.0, launched + delay - time.monotonic()))  # the visitor arrives at launch + delay
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        start = time.perf_counter()
+        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        _predict_ready(page)
+        ready = time.perf_counter() - start
+        verdict, full = prediction_times(page, EXAMPLES[4])
+        page.close()
+    return ready, verdict, full
 
 
 def prediction_in_new_session(browser, url: str, image: Path) -> float:
@@ -162,6 +191,17 @@ def explore_changes(browser, url: str, changes: int) -> list:
     return timings
 
 
+def warm_server_rounds(browser, url: str, results: dict, changes: int) -> None:
+    """Predict after Home, two predictions, a new session's first one, Explore's filter changes: one server."""
+    elapsed, page = predict_after_home(browser, url)
+    _record(results, "after_home", elapsed)
+    _record(results, "first", prediction_with_map(page, EXAMPLES[4]))
+    _record(results, "second", prediction_with_map(page, EXAMPLES[1]))
+    page.close()
+    _record(results, "new_session", prediction_in_new_session(browser, url, EXAMPLES[2]))
+    _record(results, "explore", *explore_changes(browser, url, changes))
+
+
 def _record(results: dict, name: str, *values: float) -> None:
     """Keep a measurement and show it at once (a long run on a busy machine shows its progress)."""
     results[name] += values
@@ -180,24 +220,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", type=int, default=3, help="fresh servers per measurement (default 3)")
     parser.add_argument("--changes", type=int, default=8, help="timed filter changes per server (default 8)")
+    parser.add_argument("--fresh-delay", type=float, default=10.0,
+                        help="seconds between a fresh server's launch and the visitor's first prediction (default 10)")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold deep link and the fresh server's first prediction")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    results = {"after_home": [], "cold": [], "first": [], "second": [], "new_session": [], "explore": []}
+    results = {"after_home": [], "cold": [], "first": [], "second": [], "new_session": [], "explore": [],
+               "fresh_ready": [], "fresh_verdict": [], "fresh_full": []}
     print(f"load average before: {os.getloadavg()}", flush=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
         for _ in range(args.servers):
-            with streamlit_server(_env()) as url:
-                elapsed, page = predict_after_home(browser, url)
-                _record(results, "after_home", elapsed)
-                _record(results, "first", prediction_with_map(page, EXAMPLES[4]))
-                _record(results, "second", prediction_with_map(page, EXAMPLES[1]))
-                page.close()
-                _record(results, "new_session", prediction_in_new_session(browser, url, EXAMPLES[2]))
-                _record(results, "explore", *explore_changes(browser, url, args.changes))
+            if not args.cold_only:
+                with streamlit_server(_env()) as url:
+                    warm_server_rounds(browser, url, results, args.changes)
             with streamlit_server(_env()) as url:
                 _record(results, "cold", predict_cold(browser, url))
+            ready, verdict, full = fresh_server_prediction(browser, args.fresh_delay)
+            _record(results, "fresh_ready", ready)
+            _record(results, "fresh_verdict", verdict)
+            _record(results, "fresh_full", full)
         browser.close()
     print(_line("Predict time to interactive, clicked right after Home", results["after_home"], "s"))
     print(_line("Predict time to interactive, cold deep link to /Predict", results["cold"], "s"))
@@ -205,6 +249,10 @@ def main(argv=None) -> int:
     print(_line("second prediction with its map", results["second"], "s"))
     print(_line("first prediction of a new session on a warm server", results["new_session"], "s"))
     print(_line("Explore filter change, full dataset", results["explore"], "ms"))
+    fresh = f"server launched {args.fresh_delay:.0f} s before"
+    print(_line(f"Predict time to interactive, {fresh}", results["fresh_ready"], "s"))
+    print(_line(f"first verdict (probabilities) after the upload, {fresh}", results["fresh_verdict"], "s"))
+    print(_line(f"first full result with its maps after the upload, {fresh}", results["fresh_full"], "s"))
     print(f"load average after: {os.getloadavg()}")
     return 0
 

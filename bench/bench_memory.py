@@ -1,4 +1,18 @@
-"""Peak memory of a real server (``python -m ui.serve``) under the hostile uploads, several sessions at once.
+"""Memory of a real server (``python -m ui.serve``) under load: hostile uploads, or ordinary ones for minutes.
+
+Two loads (``--load``):
+
+``originals`` (issue 28): ``--sessions`` browser sessions (6 by default) upload the
+600 x 450 originals one after the other for ``--seconds`` (120), each waiting for
+its verdict and then for the full result (outline, measurements, both maps). It
+prints the warm baseline (every session on Predict, the models loaded), the peak,
+the RSS after every session has closed (once right after closing, and after
+Streamlit's ``server.disconnectedSessionTTL`` when ``--after-ttl`` is given), a
+second round's peak and after-close when ``--rounds 2``, the verdict and
+full-result latencies (p50/p95) and the machine's load. Targets: peak < 1,200 MiB,
+after close within 150 MiB of the warm baseline.
+
+``hostile`` (the default of the earlier rounds):
 
 Each session (its own browser context in headless Chromium) opens Predict and
 uploads, one after the other:
@@ -29,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -149,11 +164,141 @@ async def replay(port: int, files: dict, sessions: int, on_baseline, rss) -> lis
     return logs, exceptions
 
 
+ORIGINALS = Path(os.environ.get("HAM10000_ORIGINALS", "/work/shared/data/ham10000_originals"))
+VERDICT_OR_GATE = "() => /Malignant \\(mel \\+ bcc \\+ akiec\\)|does not look like/.test(document.body.innerText)"
+# The script has run since the upload, is idle now, and nothing on the page is stale: the full result is drawn.
+SETTLED = """() => window.__ran && !document.querySelector('[data-stale="true"]') &&
+    document.querySelector('[data-testid="stApp"]').getAttribute('data-test-script-state') === 'notRunning'"""
+WATCH_RUNS = """() => {
+    clearInterval(window.__watch);
+    window.__ran = false;
+    const app = document.querySelector('[data-testid="stApp"]');
+    window.__watch = setInterval(() => {
+        if (app.getAttribute('data-test-script-state') === 'running') window.__ran = true;
+    }, 5);
+}"""
+
+
+async def predict_original(page, path: Path) -> tuple:
+    """Upload one image on Predict; seconds to its verdict and to the full result (outline, maps)."""
+    delete = page.locator('[data-testid="stFileUploaderDeleteBtn"] button')
+    if await delete.count():  # clear the previous image, so its result cannot pass for the new one
+        await delete.first.click()
+        await page.wait_for_function("() => !/Malignant \\(mel/.test(document.body.innerText)")
+    await page.evaluate(WATCH_RUNS)
+    start = time.perf_counter()
+    await page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(path))
+    await page.wait_for_function(f"() => window.__ran && ({VERDICT_OR_GATE})()")
+    verdict = time.perf_counter() - start
+    await page.wait_for_function(SETTLED)
+    return verdict, time.perf_counter() - start
+
+
+async def visitor(page, images: list, offset: int, seconds: float, times: dict) -> None:
+    """Upload the originals one after the other (starting at ``offset``) until ``seconds`` have passed."""
+    deadline, k = time.monotonic() + seconds, offset
+    while time.monotonic() < deadline:
+        verdict, full = await predict_original(page, images[k % len(images)])
+        times["verdict"].append(verdict)
+        times["full"].append(full)
+        k += 1
+
+
+async def originals_round(browser, port: int, args, images: list, rss) -> dict:
+    """One round: open Predict in every session, note the RSS, upload for ``args.seconds``, close every session."""
+    contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(args.sessions)]
+    pages = [await c.new_page() for c in contexts]
+    for page in pages:
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        await open_predict(page, port)
+    found = {"open": rss(), "verdict": [], "full": [], "load": [os.getloadavg()[0]]}
+    await asyncio.gather(*(visitor(page, images, 7 * k, args.seconds, found) for k, page in enumerate(pages)))
+    found["load"].append(os.getloadavg()[0])
+    found["exceptions"] = sum([await p.locator('[data-testid="stException"]').count() for p in pages])
+    for context in contexts:
+        await context.close()
+    await asyncio.sleep(args.settle)  # the server notices the closed sockets and ends the sessions' runs
+    found["closed"] = rss()
+    return found
+
+
+def percentile(values: list, q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def originals_load(port: int, args, rss, sampler) -> tuple:
+    """Every round of the ``originals`` load on one server; returns the warm baseline and each round's figures."""
+    from playwright.async_api import async_playwright
+
+    images = sorted(ORIGINALS.glob("*/*.jpg")) or sorted(ORIGINALS.glob("*.jpg"))
+    if not images:
+        raise SystemExit(f"no originals (*.jpg) under {ORIGINALS}: set HAM10000_ORIGINALS")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        warm = await browser.new_page()
+        warm.set_default_timeout(STEP_TIMEOUT_MS)
+        await open_predict(warm, port)
+        await predict_original(warm, images[0])  # every model traced once: the warm server a visitor meets
+        await warm.context.close()
+        await asyncio.sleep(args.settle)
+        baseline, rounds = rss(), []
+        for _ in range(args.rounds):
+            sampler.peak = 0.0
+            found = await originals_round(browser, port, args, images, rss)
+            found["peak"] = sampler.peak
+            rounds.append(found)
+        await browser.close()
+    return baseline, rounds
+
+
+def print_originals(args, baseline: float, rounds: list) -> None:
+    print(f"project: {args.project}\nload: {args.sessions} sessions uploading 600x450 originals for "
+          f"{args.seconds:.0f} s, {args.rounds} round(s) on one server")
+    print(f"warm baseline (models loaded and traced, no session open): {baseline:.0f} MiB")
+    for k, r in enumerate(rounds, start=1):
+        print(f"round {k}: {len(r['verdict'])} uploads, exception boxes {r['exceptions']}, "
+              f"machine load {r['load'][0]:.1f} -> {r['load'][1]:.1f} (1-min average)")
+        print(f"  RSS with Predict open in every session {r['open']:.0f} MiB; peak {r['peak']:.0f} MiB "
+              f"(target < 1200: {'met' if r['peak'] < 1200 else 'missed'}); after every session closed "
+              f"({args.settle:.0f} s) {r['closed']:.0f} MiB, {r['closed'] - baseline:+.0f} MiB from the warm baseline "
+              f"(target within 150: {'met' if r['closed'] - baseline <= 150 else 'missed'})")
+        for name in ("verdict", "full"):
+            print(f"  {name} latency: p50 {percentile(r[name], 50):.2f} s, p95 {percentile(r[name], 95):.2f} s "
+                  f"(n = {len(r[name])})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", type=int, default=3, help="browser sessions uploading at once")
+    parser.add_argument("--load", choices=("hostile", "originals"), default="hostile", help="which load to run")
+    parser.add_argument("--sessions", type=int, default=None, help="browser sessions at once (3 hostile, 6 originals)")
+    parser.add_argument("--seconds", type=float, default=120, help="originals: seconds of uploads per round")
+    parser.add_argument("--rounds", type=int, default=2, help="originals: rounds on the same server")
+    parser.add_argument("--settle", type=float, default=15, help="originals: seconds between closing and measuring")
     parser.add_argument("--project", type=Path, default=PROJECT, help="checkout whose app.py is served")
     args = parser.parse_args(argv)
+    args.sessions = args.sessions or (6 if args.load == "originals" else 3)
+    if args.load == "originals":
+        return run_originals(args)
+    run_hostile(args)
+
+
+def run_originals(args) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        env = {**os.environ, "PYTHONPATH": str(args.project), "HAM_RUNS_DIR": str(Path(tmp) / "runs"),
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        server = start_server(args.project, port, env)
+        sampler = Sampler(server.pid)
+        sampler.start()
+        try:
+            baseline, rounds = asyncio.run(originals_load(port, args, lambda: rss_mb(server.pid), sampler))
+        finally:
+            sampler.stop()
+            stop(server)
+    print_originals(args, baseline, rounds)
+
+
+def run_hostile(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         files = hostile_files(Path(tmp))
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.2f} MB" for p in files.values())

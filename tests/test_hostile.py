@@ -879,3 +879,221 @@ def test_evaluate_page_answers_a_nul_byte_a_fifo_and_a_linked_file_with_messages
     message = at.error[0].value
     assert "ISIC_0000008.jpg links to a file outside the folders this server allows" in message
     assert str(tmp_path) not in message and "private" not in message
+# === Round two, server side (issue 28: 1-3, the page half of 6; issue 24: cold paths) ==========================
+# Memory and latency figures are in bench/bench_memory.py and bench/bench_browser.py, not here.
+
+import sys  # noqa: E402
+
+from ui import guard as page_guard  # noqa: E402
+from ui.evaluate import sources as external  # noqa: E402
+from ui.text import plain  # noqa: E402
+
+HOSTILE_MARKDOWN = "![x](http://host/x.png)"
+
+
+def test_plain_shows_markdown_links_images_html_and_directives_literally():
+    assert plain(HOSTILE_MARKDOWN) == r"\!\[x\](http\://host/x.png)"
+    assert plain("[click](javascript:alert(1))") == r"\[click\](javascript\:alert(1))"
+    assert plain("<img src=x onerror=alert(1)>") == r"\<img src=x onerror=alert(1)\>"
+    assert plain(":red[big] $x^2$ **b** _i_ `c`") == r"\:red\[big\] \$x^2\$ \*\*b\*\* \_i\_ \`c\`"
+    assert plain(":material/home:") == "\\:\u2060material/home:"  # no icon: the word joiner breaks the code
+    assert plain("# title") == r"\# title" and plain("- item") == r"\- item" and plain("1. x") == r"1\. x"
+    assert plain("www.host.org or me@host.org") == r"www\.host.org or me\@host.org"
+    assert plain("a\x00b\nc\x1b[31m") == "a b c [31m".replace("[", "\\[")
+    assert plain("bad.csv: 2 row(s) of 3.") == "bad.csv: 2 row(s) of 3."  # prose stays readable
+    assert len(plain("x" * 1000)) == 200
+
+
+@pytest.mark.timeout(600)
+def test_a_shared_explore_link_with_markdown_shows_it_as_text(tiny_dataset_env):
+    at = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT)
+    at.query_params["image"] = HOSTILE_MARKDOWN
+    at.run()
+    assert not at.exception, at.exception
+    shown = [w.value for w in at.warning if "in the dataset" in w.value]
+    assert shown == [r"No image \!\[x\](http\://host/x.png) in the dataset."]
+
+
+def test_upload_and_member_names_are_shown_as_text_on_predict():
+    def script():
+        from ui.predict import decode_upload
+
+        decode_upload(b"not an image", "![x](http://host/x.png)")
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.error[0].value.startswith(r"Cannot use **\!\[x\](http\://host/x.png)**: ")
+
+
+@pytest.mark.timeout(600)
+def test_a_zip_member_name_with_markdown_is_shown_as_text_in_batch(predict_env):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("[a](http://host/).png", b"nope")
+    at = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader(key="predict_batch_files").set_value([("set.zip", archive.getvalue(), "application/zip")]).run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    skipped = [e.value for e in at.error if e.value.startswith("Skipped")]
+    assert len(skipped) == 1 and r"\[a\](http\://host/).png" in skipped[0] and "[a](http" not in skipped[0]
+
+
+@pytest.fixture
+def page_model(tiny_model_dir):
+    """The Predict page's model for ``predict_env`` (conftest)."""
+    return tiny_model_dir
+
+
+@pytest.mark.timeout(600)
+def test_a_nul_byte_in_a_typed_path_is_a_message(evaluate_env):
+    at = external_form("images\x00/../x", "truth.csv")
+    assert not at.exception, at.exception
+    assert "contains a NUL character" in at.error[0].value
+    assert not any(b.key == "evaluate_external_run" for b in at.button)
+
+
+def test_truth_csv_size_is_refused_from_bytes_and_lines_before_parsing():
+    big = external.truth_size_problem(42 * 2**20, lambda: pytest.fail("read a file refused by its size"))
+    assert big == ("the ground-truth CSV has 42.0 MB, more than the 2 MB this page reads; use "
+                   "`python -m core.evaluate` for large sets.")
+    rows = b"image_id,dx\n" + b"I,nv\n" * 1_000_000
+    assert "1,000,000 rows in the ground-truth CSV, more than the 2,000" in external.truth_size_problem(
+        external.MAX_TRUTH_BYTES, lambda: rows)
+    ok = b"image_id,dx\n" + b"I,nv\n" * (external.MAX_EXTERNAL_IMAGES - 1) + b"I,nv"  # no final newline
+    assert external.truth_size_problem(len(ok), lambda: ok) is None
+
+
+@pytest.mark.timeout(600)
+def test_a_large_server_truth_csv_is_refused_before_pandas_reads_it(evaluate_env, monkeypatch):
+    rows = [(f"ISIC_{i:07d}", "nv") for i in range(external.MAX_EXTERNAL_IMAGES + 1)]
+    labelled_csv(evaluate_env / "many.csv", rows)
+    parse = pd.read_csv
+
+    def read_csv(source, *args, **kwargs):
+        assert "many.csv" not in str(source), "pandas parsed a refused CSV"
+        return parse(source, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", read_csv)
+    at = external_form("images", "many.csv")
+    assert not at.exception, at.exception
+    assert "Refused: 2,001 rows in the ground-truth CSV, more than the 2,000" in at.error[0].value
+    assert not any(b.key == "evaluate_external_run" for b in at.button)
+
+
+@pytest.mark.timeout(600)
+def test_a_fifo_as_truth_csv_is_refused_without_reading_it(evaluate_env):
+    os.mkfifo(evaluate_env / "pipe.csv")
+    at = external_form("images", "pipe.csv")
+    assert not at.exception, at.exception
+    assert "Refused: the ground-truth CSV is not a regular file." in at.error[0].value
+
+
+@pytest.mark.timeout(600)
+def test_read_only_mode_offers_no_server_folder_and_no_conversion(evaluate_env, monkeypatch):
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert not any(b.key == "evaluate_export_convert" for b in at.button)
+    assert any("read-only demo converts no model" in i.value for i in at.info)
+    at.radio(key="evaluate_split").set_value("external").run()
+    assert at.radio(key="evaluate_external_mode").options == ["Upload files"]
+
+
+def test_one_heavy_job_per_session_and_a_bounded_number_on_the_server(monkeypatch):
+    def script():
+        from ui.guard import heavy_job
+
+        with heavy_job("The first job") as first:
+            with heavy_job("A second job") as second:
+                import streamlit as st
+
+                st.write(f"first {first}, second {second}")
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert "first True, second False" in at.markdown[0].value
+    assert at.warning[0].value == ("A second job did not start: this session is still running the first job; "
+                                   "wait for it or stop it first.")
+    assert not page_guard._running  # released once the job ends
+    monkeypatch.setattr(page_guard, "_running", {f"s{k}": "x" for k in range(page_guard.HEAVY_JOBS_AT_ONCE)})
+    with page_guard.heavy_job("A third job") as allowed:
+        assert allowed is False
+
+
+def test_run_logs_and_configurations_show_no_server_path_or_traceback(tmp_path, monkeypatch):
+    runs_root = tmp_path / "srv" / "runs"
+    monkeypatch.setenv("HAM_RUNS_DIR", str(runs_root))
+    log = "\n".join([
+        f"launch: {sys.executable} -m core.train --run-dir {runs_root}/r1 --data {tmp_path}/ham",
+        "Traceback (most recent call last):",
+        f'  File "{PROJECT}/core/train.py", line 3, in <module>',
+        "    main()",
+        "OSError: first",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        f'  File "{PROJECT}/core/data.py", line 9, in load',
+        f"ValueError: {tmp_path}/ham/meta.csv: no dx column",
+        "stopped",
+    ])
+    shown = page_guard.public_text(log)
+    assert shown == ("launch: python -m core.train --run-dir runs/r1 --data ham\n"
+                     "(traceback kept on the server) ValueError: meta.csv: no dx column\nstopped")
+    config = page_guard.public_config({"run_dir": f"{runs_root}/r1", "data": {"dir": str(tmp_path)}, "epochs": 3})
+    assert config == {"run_dir": "runs/r1", "data": {"dir": tmp_path.name}, "epochs": 3}
+
+
+@pytest.mark.timeout(600)
+def test_train_page_shows_a_failed_run_without_paths_or_traceback(tmp_path, monkeypatch, dead_pid):
+    runs_root = tmp_path / "srv" / "runs"
+    run = runs_root / "20250101-120000-mobilenet-v2"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "failed", "pid": dead_pid, "best": None,
+                                                 "message": f"OSError: {run}/model.keras: gone"}))
+    (run / "config.json").write_text(json.dumps({"arch": "mobilenet_v2", "run_dir": str(run)}))
+    (run / "train.log").write_text(f"{sys.executable} -m core.train --run-dir {run}\nTraceback (most recent call "
+                                   f'last):\n  File "{PROJECT}/core/train.py", line 1\nOSError: {run}/x: gone\n')
+    monkeypatch.setenv("HAM_RUNS_DIR", str(runs_root))
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    at = AppTest.from_file(str(PAGES / "2_Train.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.get("json")[0].proto.body == json.dumps({"arch": "mobilenet_v2", "run_dir": f"runs/{run.name}"})
+    log_shown = at.code[0].value
+    assert log_shown == (f"python -m core.train --run-dir runs/{run.name}\n"
+                         f"(traceback kept on the server) OSError: runs/{run.name}/x: gone")
+    assert any(e.value == f"OSError: runs/{run.name}/model.keras: gone" for e in at.error)
+
+
+@pytest.mark.timeout(600)
+def test_missing_dataset_and_model_name_the_variable_not_the_path_in_read_only_mode(tmp_path, monkeypatch):
+    secret = tmp_path / "secret-location"
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    monkeypatch.setenv("HAM10000_DIR", str(secret / "ham"))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(secret / "model"))
+    monkeypatch.setenv("HAM_RUNS_DIR", str(secret / "runs"))
+    for page, needed in (("1_Explore.py", "`HAM10000_DIR`"), ("4_Predict.py", "`HAM_DEFAULT_MODEL`"),
+                         ("3_Evaluate.py", "`HAM_RUNS_DIR`")):
+        at = AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT).run()
+        assert not at.exception, at.exception
+        text = page_text(at)
+        assert needed in text and "secret-location" not in text, (page, text)
+
+
+def test_the_warm_start_lets_a_running_page_go_first(monkeypatch):
+    """Cold path (issue 24): TensorFlow's import waits for a page run in progress, never longer than its bound."""
+    import threading
+
+    from ui import warm
+
+    monkeypatch.setattr(warm, "_page_runs", set())
+    warm.keep_kernels_between_runs()  # what every page calls first
+    assert warm._page_runs == {threading.get_ident()}
+    clock = iter(range(10**6))
+    monkeypatch.setattr(warm.time, "monotonic", lambda: float(next(clock)))  # one second per look
+    monkeypatch.setattr(warm.time, "sleep", lambda s: None)
+    warm._let_pages_run_first()  # a page that never ends: the warm start goes on at the bound
+    assert next(clock) == warm.PAGES_FIRST_S + 1
+    warm._clean_problem_modules()  # what Streamlit calls at the end of every run
+    assert warm._page_runs == set()
+    warm._let_pages_run_first()
+    assert next(clock) == warm.PAGES_FIRST_S + 3  # no page running: the deadline read, no wait

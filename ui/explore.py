@@ -19,6 +19,9 @@ from core import download, explore
 from core.predictions import csv_text
 from core.labels import CLASS_NAMES, CLASSES, DX_TYPES
 from core.paths import dataset_dir, read_only
+from core.uploads import redact_paths
+from ui.frame import folder_named
+from ui.text import plain
 
 KEY_CLASSES = "explore_classes"
 KEY_SEXES = "explore_sexes"
@@ -241,7 +244,8 @@ def lesion_view(frame: pd.DataFrame, outline: bool) -> None:
         return
     match = frame.loc[frame["image_id"] == image_id, ["lesion_id", "dx"]]
     if match.empty:
-        st.dialog(f"Image {image_id}", on_dismiss=_close_image)(st.warning)(f"No image {image_id} in the dataset.")
+        shown = plain(image_id, max_chars=60)  # from the address bar: anyone can write a link
+        st.dialog(f"Image {shown}", on_dismiss=_close_image)(st.warning)(f"No image {shown} in the dataset.")
         return
     lesion_id, dx = match.iloc[0]
     images = explore.lesion_images(frame, lesion_id)
@@ -262,10 +266,11 @@ def _lesion_body(images: pd.DataFrame, first: str, outline: bool) -> None:
 def no_dataset_panel(problem: str | None = None) -> None:
     """What to do without a usable dataset: download it, or point HAM10000_DIR at one."""
     root = dataset_dir()
+    where = folder_named(root, "HAM10000_DIR")
     if problem:
-        st.error(f"The dataset at `{root}` cannot be used: {problem}")
+        st.error(f"The dataset in {where} cannot be used: {redact_paths(problem) if read_only() else problem}")
     else:
-        st.warning(f"No HAM10000 dataset at `{root}`.")
+        st.warning(f"No HAM10000 dataset in {where}.")
     st.markdown(
         "Either **download** it from its publisher, Harvard Dataverse "
         "([doi:10.7910/DVN/DBW86T](https://doi.org/10.7910/DVN/DBW86T), about 3 GB, "

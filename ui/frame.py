@@ -88,6 +88,11 @@ def dataset_status() -> str:
     return f"Dataset: found at `{root}`"
 
 
+def folder_named(path, variable: str) -> str:
+    """How a message names a configured folder: its path, or in a read-only public app only the variable to set."""
+    return f"the folder set by `{variable}`" if read_only() else f"`{path}`"
+
+
 def dataset_table() -> pd.DataFrame | None:
     """The image table of the dataset folder, cached; None when there is no dataset.
 

@@ -27,8 +27,9 @@ from core.labels import CLASS_NAMES, DESCRIPTIONS
 from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
 from core.paths import default_model_dir
 from core.predict import Predictor, available_models, predict_sources, tta_count
-from ui.frame import NOT_A_DEVICE, dataset_table
-from ui.guard import guarded, public
+from ui.frame import NOT_A_DEVICE, dataset_table, folder_named
+from ui.guard import guarded, heavy_job, public
+from ui.text import plain
 
 # Session-state keys of this page, in one place.
 KEY_MODEL = "predict_model"
@@ -111,8 +112,8 @@ def pick_model() -> Path | None:
     models = available_models()
     if not models:
         st.info(
-            f"No model yet. The shipped model is expected in `{default_model_dir()}` "
-            "(or set HAM_DEFAULT_MODEL); finished runs of the Train page appear here too."
+            f"No model yet. The shipped model is expected in {folder_named(default_model_dir(), 'HAM_DEFAULT_MODEL')} "
+            "(set HAM_DEFAULT_MODEL to move it); finished runs of the Train page appear here too."
         )
         return None
     return st.selectbox("Model", models, format_func=_model_label, key=KEY_MODEL)
@@ -128,7 +129,7 @@ def decode_upload(data: bytes, name: str) -> InputImage | None:
     try:
         return InputImage(name=name, rgb=decode_upload_pixels(data))
     except ImageError as err:
-        st.error(f"Cannot use **{name}**: {err}")
+        st.error(f"Cannot use **{plain(name)}**: {plain(err)}")
         return None
 
 
@@ -372,13 +373,19 @@ def batch_mode(model_dir: Path) -> None:
     tta = st.toggle("Test-time augmentation", value=False, key="predict_batch_tta")
     if not files or not st.button(f"Classify {len(files)} file(s)", type="primary"):
         return
+    with heavy_job("The batch prediction") as allowed:
+        if allowed:
+            _classify_batch(model_dir, files, tta)
+
+
+def _classify_batch(model_dir: Path, files, tta: bool) -> None:
     predictor = load_predictor(model_dir)
     skipped, bar = [], st.progress(0.0, text="Classifying…")
     sources = _with_progress(upload_sources(files), count_sources(files), bar)
     table = predict_sources(predictor, sources, tta=tta, on_skip=lambda n, m: skipped.append((n, m)),
                             decode=decode_upload_pixels)
     for name, message in skipped:
-        st.error(f"Skipped **{name}**: {message}")
+        st.error(f"Skipped **{plain(name)}**: {plain(message)}")
     if table.empty:
         st.warning("No readable image among the uploaded files.")
         return

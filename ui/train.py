@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from core import data, paths, runs
 from core import options as opts
 from core import runfolder as rf
+from ui.guard import public_config, public_text
 
 SELECTED_RUN = "train_selected_run"
 CONFIRM_DELETE = "train_confirm_delete"
@@ -199,7 +200,7 @@ def _status_line(run_id: str, status: dict) -> None:
     # While training, the progress bar already says which epoch runs.
     if message and not (runs.is_active(status) and message.startswith("epoch ")):
         show = st.error if state in ("failed", "crashed") else st.caption
-        show(message)
+        show(public_text(message))
 
 
 def _live_progress(run_dir: Path, status: dict, metrics: runs.Metrics) -> None:
@@ -321,11 +322,11 @@ def _details(run_dir: Path) -> None:
     config = rf.read_json(run_dir / rf.CONFIG_FILE)
     with st.expander("Configuration"):
         if config:
-            st.json(config, expanded=True)
+            st.json(public_config(config), expanded=True)
         else:
             st.caption(f"No {rf.CONFIG_FILE} yet (the trainer writes it once the data is loaded).")
     with st.expander(f"Log (last {LOG_LINES} lines)"):
-        st.code(runs.log_tail(run_dir, LOG_LINES) or "(empty)", language=None)
+        st.code(public_text(runs.log_tail(run_dir, LOG_LINES)) or "(empty)", language=None)
 
 
 # ---------------------------------------------------------------- actions

@@ -61,12 +61,27 @@ def keep_kernels_between_runs() -> None:
 
     if getattr(script_runner, "_clean_problem_modules", None) is not _clean_problem_modules:
         script_runner._clean_problem_modules = _clean_problem_modules
+    _page_runs.add(threading.get_ident())  # every page calls this first: a page run has started
 
 
 def _clean_problem_modules() -> None:
+    _page_runs.discard(threading.get_ident())  # Streamlit calls this at the end of every run, on its thread
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
         pyplot.close("all")
+
+
+# Script threads running a page right now. The warm start imports TensorFlow only while none runs: that
+# import holds the interpreter for seconds, and a visitor's first page (a cold deep link to /Predict)
+# would otherwise be drawn at half speed, waiting its turn.
+_page_runs: set = set()
+PAGES_FIRST_S = 10.0  # the longest the warm start waits for running pages before it goes on anyway
+
+
+def _let_pages_run_first() -> None:
+    deadline = time.monotonic() + PAGES_FIRST_S
+    while _page_runs and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls a set for at most PAGES_FIRST_S; a page run lasts about a second
 
 
 def _real_server() -> bool:
@@ -112,9 +127,23 @@ def _warm_logged() -> None:
 
 def warm_caches(model_dir) -> None:
     """Load and trace everything the Predict page's first prediction of ``model_dir`` uses."""
-    from ui import predict, saliency_view, segment_view  # imports TensorFlow: the slow part
+    started = time.monotonic()
+    from ui import predict, saliency_view, segment_view  # pandas, plotly: what the pages import
 
-    predict.load_predictor(model_dir)
+    _warm_dataset_table()  # what Predict's first run reads besides the model
+    _let_pages_run_first()
+    predict.load_predictor(model_dir)  # imports TensorFlow: the slow part
+    log.info("warm start: classifier ready after %.1f s", time.monotonic() - started)
     saliency_view.warm(model_dir, predict.model_mtime(model_dir))
     if segment_view.segmenter_available():
         segment_view.load_segmenter()
+
+
+def _warm_dataset_table() -> None:
+    from core.data import DatasetError
+    from ui.frame import dataset_table
+
+    try:
+        dataset_table()
+    except DatasetError:
+        pass  # the pages say what is wrong with the folder

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import calibration, evaluate, metrics, modelio, paths, predictions
 from core.data import DatasetError
-from ui.frame import dataset_table
+from ui.frame import dataset_table, folder_named
 
 KEY_MODEL = "evaluate_model"
 
@@ -167,8 +167,9 @@ def no_models_message() -> None:
     """Explain that nothing can be evaluated yet, and how to change that."""
     st.warning(
         "No model with saved predictions was found. Evaluation reads `predictions_val.csv` / "
-        f"`predictions_test.csv` from the shipped model (`{paths.default_model_dir()}`) or from finished "
-        f"training runs under `{paths.runs_dir()}`. Train a model on the Train page, or set "
+        f"`predictions_test.csv` from the shipped model ({folder_named(paths.default_model_dir(), 'HAM_DEFAULT_MODEL')}) "
+        f"or from finished training runs under {folder_named(paths.runs_dir(), 'HAM_RUNS_DIR')}. Train a model on "
+        "the Train page, or set "
         "`HAM_DEFAULT_MODEL` / `HAM_RUNS_DIR`."
     )
 

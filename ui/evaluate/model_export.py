@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import export, modelio
+from core import export, modelio, paths
 from core.calibration import format_temperature
 from core.evaluate import Evaluable
 from ui.evaluate.common import SPLIT_LABELS, mtime
+from ui.guard import heavy_job
 
 KEY_QUANTIZE = "evaluate_export_quantize"
 KEY_BUILT = "evaluate_export_built"  # list of "path|quantisation" the user asked to convert
@@ -75,7 +76,12 @@ def tflite_panel(model: Evaluable) -> None:
 
 
 def _requested(model: Evaluable, quantize: str) -> export.Export | None:
-    """The converted file once the user asked for it (kept across reruns), else a button."""
+    """The converted file once the user asked for it (kept across reruns), else a button (none in read-only mode)."""
+    if paths.read_only():  # a conversion holds a core for minutes and hundreds of MB: not for any visitor
+        st.info("This read-only demo converts no model: only the ready-made exports shipped with a model are "
+                "offered here. Where the app is not read-only, or with `python -m core.export`, any quantisation "
+                "can be converted.")
+        return None
     token = f"{model.path}|{quantize}"
     if token not in st.session_state.setdefault(KEY_BUILT, []):
         st.button("Convert to TFLite", key="evaluate_export_convert", on_click=_request, args=(token,))
@@ -83,13 +89,17 @@ def _requested(model: Evaluable, quantize: str) -> export.Export | None:
                 "keep its output, which takes about a minute more.") if quantize == "int8" else ""
         st.caption(f"Conversion imports TensorFlow and takes about a minute on a 2-core CPU.{note}")
         return None
-    with st.spinner(f"Converting {model.name} ({CHOICES[quantize]}) and measuring parity…"):
-        try:
-            return _build(str(model.path), mtime(model.path / modelio.MODEL_FILE), quantize)
-        except export.ExportError as err:
+    with heavy_job("The conversion") as allowed:
+        if not allowed:
             st.session_state[KEY_BUILT].remove(token)  # offer the button again
-            st.error(f"Cannot export: {err}")
             return None
+        with st.spinner(f"Converting {model.name} ({CHOICES[quantize]}) and measuring parity…"):
+            try:
+                return _build(str(model.path), mtime(model.path / modelio.MODEL_FILE), quantize)
+            except export.ExportError as err:
+                st.session_state[KEY_BUILT].remove(token)  # offer the button again
+                st.error(f"Cannot export: {err}")
+                return None
 
 
 def _request(token: str) -> None:

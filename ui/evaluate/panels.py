@@ -34,6 +34,7 @@ from ui.evaluate.common import (
     split_caption,
     threshold,
 )
+from ui.text import plain
 
 
 def summary_panel(source: Source, preds: pd.DataFrame) -> None:
@@ -128,7 +129,7 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
 def _image_caption(row: pd.Series, classes: list, k: int = 3) -> str:
     """``ISIC_… · true mel · bkl 49.6%, nv 25.3%, …``: the ``k`` most probable classes, as Predict shows them."""
     top = row[classes].astype(float).sort_values(ascending=False).head(k)
-    return f"{row['image_id']} · true {row['dx']} · " + ", ".join(f"{c} {percent(p)}" for c, p in top.items())
+    return f"{plain(row['image_id'])} · true {row['dx']} · " + ", ".join(f"{c} {percent(p)}" for c, p in top.items())
 
 
 def _image_lookup(source: Source, preds: pd.DataFrame, classes: list) -> None:

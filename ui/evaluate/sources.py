@@ -1,24 +1,37 @@
 """Evaluate page: predicting an external test set and picking one of this session's results.
 
 External sets come from uploads, or from folders under the roots the operator
-allows (``HAM_EXTERNAL_ROOTS``, see ``core.uploads``). Uploads and results live
-in the session's private temporary folder, so one visitor never sees another's
-images, and the folder goes away with the session. Messages show no server path.
-Predicting writes nothing persistent, so it stays available in read-only mode.
+allows (``HAM_EXTERNAL_ROOTS``, see ``core.uploads``; not in read-only mode). Uploads
+and results live in the session's private temporary folder, so one visitor never
+sees another's images, and the folder goes away with the session. Messages show no
+server path. Predicting writes nothing persistent, so uploads stay available in
+read-only mode.
+
+Work per visitor is bounded before anything is parsed: a truth CSV above
+``MAX_TRUTH_BYTES`` or with more than ``MAX_EXTERNAL_IMAGES`` rows is refused from
+its size and its line count (larger sets belong to ``python -m core.evaluate``);
+one prediction runs per session, and changing any input or pressing Stop cancels it.
 """
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, modelio, uploads
+from core import evaluate, modelio, paths, uploads
 from core.images import decode_upload
 from ui.evaluate.common import KEY_EXTERNAL, Source, mtime
+from ui.guard import heavy_job
+from ui.text import plain
 
 KEY_WORKSPACE = "evaluate_workspace"  # the session's core.uploads.Workspace
 KEEP_RESULTS = 3  # results kept per session; older ones (and their uploads) are removed
+MAX_EXTERNAL_IMAGES = 2000  # rows of a truth CSV (each an image to predict) per request from the page
+MAX_TRUTH_BYTES = 2 * 1024 * 1024  # ~10x what 2,000 ISIC one-hot rows take
+SERVER_FOLDER = "Folder on the server"
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +44,8 @@ def external_source(model: evaluate.Evaluable) -> Source | None:
     with st.expander("Predict an external test set (image folder + ISIC ground-truth CSV)", expanded=not results):
         inputs = _external_inputs()
         if inputs and st.button("Predict", type="primary", key="evaluate_external_run"):
-            out = _run_external(model.path, *inputs)
+            with heavy_job("The prediction of an external test set") as allowed:
+                out = _run_external(model.path, *inputs) if allowed else None
             if out is not None:
                 st.session_state[KEY_EXTERNAL] = str(out)
                 results = external_results(model.path)
@@ -71,15 +85,54 @@ def _describe_result(folder: str) -> str:
 
 def _external_inputs() -> tuple | None:
     """(images, truth CSV) as typed folders under the allowed roots, or as uploads (saved on Predict)."""
-    mode = st.radio("Input", ["Upload files", "Folder on the server"], horizontal=True, key="evaluate_external_mode")
-    if mode == "Folder on the server":
+    modes = ["Upload files"] if paths.read_only() else ["Upload files", SERVER_FOLDER]
+    mode = st.radio("Input", modes, horizontal=True, key="evaluate_external_mode")
+    st.caption(f"Up to {MAX_EXTERNAL_IMAGES:,} images per set here (truth CSV up to {MAX_TRUTH_BYTES // 2**20} MB); "
+               "larger sets: `python -m core.evaluate`. Changing any input or pressing Stop cancels a prediction.")
+    if mode == SERVER_FOLDER:
         return _typed_inputs()
     truth_file = st.file_uploader("Ground-truth CSV", type=["csv"], key="evaluate_upload_truth")
     image_files = st.file_uploader("Images", type=["jpg", "jpeg", "png"], accept_multiple_files=True,
                                    key="evaluate_upload_images")
     if truth_file is None or not image_files:
         return None
+    problem = truth_size_problem(truth_file.size, lambda: truth_file.getvalue()) or _count_problem(len(image_files))
+    if problem:
+        st.error(f"Refused: {problem}")
+        return None
     return truth_file, image_files
+
+
+def truth_size_problem(size: int, read) -> str | None:
+    """Why a truth CSV is too large for the page (None when it is not), from its size, then its line count.
+
+    ``read`` returns the file's bytes; it is called only when the size is under ``MAX_TRUTH_BYTES``,
+    and the lines are counted without parsing anything.
+    """
+    if size > MAX_TRUTH_BYTES:
+        return (f"the ground-truth CSV has {size / 2**20:,.1f} MB, more than the {MAX_TRUTH_BYTES // 2**20} MB "
+                "this page reads; use `python -m core.evaluate` for large sets.")
+    content = read()
+    rows = content.count(b"\n") - 1 + (not content.endswith(b"\n"))  # lines minus the header
+    return _count_problem(rows, "rows in the ground-truth CSV")
+
+
+def _count_problem(count: int, what: str = "images") -> str | None:
+    if count <= MAX_EXTERNAL_IMAGES:
+        return None
+    return (f"{count:,} {what}, more than the {MAX_EXTERNAL_IMAGES:,} this page predicts per set; "
+            "use `python -m core.evaluate` for large sets.")
+
+
+def _server_truth_problem(path: Path) -> str | None:
+    """:func:`truth_size_problem` of a typed CSV, and a refusal of anything but a regular file (a FIFO would hang)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        return "the ground-truth CSV is not a regular file."
+    def read() -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_TRUTH_BYTES + 1)
+    return truth_size_problem(info.st_size, read)
 
 
 def _typed_inputs() -> tuple | None:
@@ -93,11 +146,22 @@ def _typed_inputs() -> tuple | None:
     truth = st.text_input("Ground-truth CSV (ISIC one-hot `image,MEL,NV,…` or `image_id,dx`)", key="evaluate_external_truth")
     if not (images and truth):
         return None
+    if "\x00" in images + truth:
+        st.error("A typed path contains a NUL character, which no file name can hold: type the path again.")
+        return None
     try:
-        return uploads.resolve_external(images, "image folder"), uploads.resolve_external(truth, "ground-truth CSV")
+        resolved = uploads.resolve_external(images, "image folder"), uploads.resolve_external(truth, "ground-truth CSV")
+        problem = _server_truth_problem(resolved[1]) if resolved[1].exists() else None
     except uploads.OutsideRootsError as err:
         st.error(str(err))
         return None
+    except (OSError, ValueError) as err:  # too long, not readable: named without its path
+        st.error(f"Cannot read that path: {plain(public_message(err))}")
+        return None
+    if problem:
+        st.error(f"Refused: {problem}")
+        return None
+    return resolved
 
 
 def _save_uploads(folder: Path, truth_file, image_files) -> tuple:
@@ -137,9 +201,12 @@ def _run_external(model_dir: Path, first, second) -> Path | None:
     except (OSError, ValueError) as err:
         bar.empty()
         log.warning("external test set refused: %s", err)
-        st.error(f"Could not predict the external test set: {public_message(err)}")
+        st.error(f"Could not predict the external test set: {plain(public_message(err), max_chars=400)}")
         workspace().remove(out.name)
         return None
+    except BaseException:  # cancelled (Stop, a changed input, a closed tab): no half-written result stays
+        workspace().remove(out.name)
+        raise
     bar.progress(1.0, text="Done")
     return out
 
