@@ -191,10 +191,7 @@ def test_nothing_is_cut_off_at_1024_px(browser_page, tmp_path):
     box holds more text than it shows, and the saliency maps are at least as wide as the image panel above."""
     page, url = browser_page
     page = _new_page(page.context.browser, width=1024)
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
-    page.get_by_text("Example images").first.wait_for(timeout=WAIT_MS)
-    _settle(page)
-    page.get_by_text("Example images").first.click()
+    _open_an_example(page, url)
     page.get_by_text("Where did the model look?").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_text("Download the picture (PNG)").nth(1).wait_for(timeout=WAIT_MS)  # both maps are drawn
@@ -246,14 +243,19 @@ def _steady_box(page, locator) -> dict:
     return box
 
 
-@pytest.mark.timeout(900)
-def test_predict_example_image_without_uploading(browser_page):
-    page, url = browser_page
+def _open_an_example(page, url: str) -> None:
+    """Predict with its first shipped example image chosen (no upload)."""
     page.goto(f"{url}/Predict", wait_until="domcontentloaded")
     page.get_by_text("Example images").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_text("Example images").first.click()
     page.get_by_text("CC BY-NC 4.0").first.wait_for(timeout=WAIT_MS)
+
+
+@pytest.mark.timeout(900)
+def test_predict_example_image_without_uploading(browser_page):
+    page, url = browser_page
+    _open_an_example(page, url)
     _settle(page)
     verdict = page.get_by_text("Malignant (mel + bcc + akiec)").or_(page.get_by_text("does not look like"))
     verdict.first.wait_for(timeout=WAIT_MS)
