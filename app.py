@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from ui.frame import NOT_A_DEVICE, dataset_status, installed_pages, page_setup
+from ui.frame import NOT_A_DEVICE, PROJECT_NAME, dataset_status, installed_pages, page_setup
 from ui.home import shipped_model_summary
 
-page_setup("HAM10000 Lesion Lab", "🔬")
-st.title("HAM10000 Lesion Lab")
+page_setup(PROJECT_NAME)
+st.title(PROJECT_NAME)
 st.write(
     "Explore, train, evaluate and explain classifiers of dermatoscopic images on HAM10000: "
     "10,015 images of 7,470 pigmented skin lesions in seven diagnostic classes."

@@ -9,8 +9,8 @@ by ``core.images.decode_image`` at full size. For each image it writes
 
 * ``<image_id>.npy`` — the map, float32, non-negative, maximum 1 (all zeros
   when nothing raises the class's score), at the input image's own height ×
-  width: the array the Predict page offers as "Download the left map";
-* ``<image_id>.png`` — the map drawn over the image (iso-contours by default).
+  width: the array the Predict page offers as "Download the map (.npy)";
+* ``<image_id>.png`` — the map drawn over the image (a heat-map blend by default).
 
 An ``image_id`` is the file stem; for stems that repeat, the path from the first
 folder that differs (``core.images.distinct_ids``), whose folders become
@@ -37,7 +37,7 @@ from PIL import Image
 
 from core.images import SkipReport, iter_sources, to_model_input, write_per_image, write_table
 from core.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
-from core.saliency.draw import CMAPS, DEFAULT_CMAP, STYLES, render
+from core.saliency.draw import CMAPS, DEFAULT_CMAP, DEFAULT_STYLE, STYLES, render
 from core.validation import check_output_folder, report
 
 
@@ -49,7 +49,7 @@ def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, 
     return resize_map(explain(explainer, x, method, index), rgb.shape[:2]), index, float(probs[index])
 
 
-def run(predictor, sources, method: str, out: Path, target=None, style: str = "contours", cmap: str = DEFAULT_CMAP,
+def run(predictor, sources, method: str, out: Path, target=None, style: str = DEFAULT_STYLE, cmap: str = DEFAULT_CMAP,
         on_skip=None) -> pd.DataFrame:
     """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
     explainer = Explainer.of(predictor.folder, predictor.model)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), metavar="NAME",
                         help=f"saliency method (default: {DEFAULT_METHOD!r}); one of: {', '.join(METHODS)}")
     parser.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")
-    parser.add_argument("--style", default="contours", choices=STYLES, help="how the PNG draws the map")
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=STYLES, help="how the PNG draws the map")
     parser.add_argument("--cmap", default=DEFAULT_CMAP, choices=CMAPS, help="colour map of the PNG")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the maps into")
     parser.add_argument("--force", action="store_true", help="write into --out even when it holds other files "

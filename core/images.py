@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.predictions import write_csv
 from core.validation import InputError, read_regular
 
 MAX_PIXELS = 40_000_000

@@ -41,3 +41,33 @@ DX_TYPES = {
     "consensus": "expert consensus",
     "confocal": "confocal microscopy",
 }
+
+# The metrics' code names (tables, CSV columns) in plain words, with what each one measures: pages show the
+# plain name and give the code name in the help. (plain name, what it measures)
+METRIC_NAMES = {
+    "support": ("Images", "how many images of the class the split holds"),
+    "sensitivity": ("Sensitivity", "share of the class's images the model calls that class (recall)"),
+    "specificity": ("Specificity", "share of the other classes' images the model does not call this class"),
+    "ppv": ("Positive predictive value", "share of the images called this class that truly are (precision)"),
+    "npv": ("Negative predictive value", "share of the images not called this class that truly are not"),
+    "f1": ("F1 score", "harmonic mean of sensitivity and positive predictive value"),
+    "auc": ("ROC AUC", "area under the ROC curve of the class probability: 1 = perfect, 0.5 = chance"),
+    "auc_sens_80": ("ROC AUC above 80 % sensitivity",
+                    "ISIC's partial area under the ROC curve where sensitivity ≥ 0.8: 1 = perfect, 0.18 = chance"),
+    "ap": ("Average precision", "area under the precision-recall curve: the class's share of images = chance"),
+    "ece": ("Calibration error (ECE)", "expected calibration error: mean gap between confidence and accuracy "
+            "over 15 confidence bins; 0 = perfectly calibrated"),
+    "brier": ("Brier score", "mean squared error of the probabilities: 0 best, 2 worst"),
+    "nll": ("Log loss", "negative log-likelihood of the true class: lower is better"),
+}
+
+
+def metric_name(code: str) -> str:
+    """The plain name of a metric's code name (the code itself when it has none)."""
+    return METRIC_NAMES.get(code, (code, ""))[0]
+
+
+def metric_help(code: str) -> str:
+    """What a metric measures, followed by its code name as tables and CSV files spell it."""
+    about = METRIC_NAMES.get(code, ("", ""))[1]
+    return f"{about[:1].upper()}{about[1:]}. Code name: `{code}`." if about else f"Code name: `{code}`."

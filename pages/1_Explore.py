@@ -5,10 +5,10 @@ import streamlit as st
 from core import explore
 from core.data import DatasetError
 from ui import explore as view
-from ui.frame import dataset_table, page_setup
+from ui.frame import dataset_table, icon_of, page_setup
 
-page_setup("Explore", "🔎")
-st.title("Explore HAM10000")
+page_setup("Explore")
+st.title(f"{icon_of('Explore')} Explore HAM10000")
 
 try:
     frame = dataset_table()

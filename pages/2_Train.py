@@ -4,11 +4,11 @@ import streamlit as st
 
 from core import paths, runs
 from ui import train as train_ui
-from ui.frame import page_setup
+from ui.frame import icon_of, page_setup
 from ui.train_compare import compare_section
 
-page_setup("Train", "🏋️")
-st.title("🏋️ Train a classifier")
+page_setup("Train")
+st.title(f"{icon_of('Train')} Train a classifier")
 st.caption("Training runs in a background process; this page only watches its run folder, "
            "so you can reload or close it at any time.")
 

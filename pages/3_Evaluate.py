@@ -1,8 +1,8 @@
 """Evaluate: metrics of saved predictions, by split, with intervals, calibration and subgroups."""
 
-from ui.frame import page_setup
+from ui.frame import icon_of, page_setup
 
-page_setup("Evaluate", "📊")
+page_setup("Evaluate")
 
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
@@ -11,7 +11,7 @@ from core.modelio import ModelFolderError  # noqa: E402
 from core.uploads import redact_paths  # noqa: E402
 from ui.evaluate import common, compare, model_export, overlap, panels, reliability, segmentation, sources  # noqa: E402
 
-st.title("📊 Evaluate")
+st.title(f"{icon_of('Evaluate')} Evaluate")
 models = common.evaluable_models()
 if not models:
     common.no_models_message()

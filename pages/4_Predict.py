@@ -1,15 +1,15 @@
 """Predict: classify one image and see where the model looked, or classify a batch."""
 
-from ui.frame import page_setup
+from ui.frame import icon_of, page_setup
 
-page_setup("Predict", "🩺")
+page_setup("Predict")
 
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from ui import predict as view  # noqa: E402
 from ui import segment_view  # noqa: E402
 
-st.title("🩺 Predict")
+st.title(f"{icon_of('Predict')} Predict")
 view.device_notice()
 model_dir = view.pick_model()
 if model_dir is None:

@@ -52,9 +52,9 @@ def browser_page(server_env):
         browser.close()
 
 
-def _new_page(browser):
+def _new_page(browser, width: int = 1400):
     """A tab whose waits default to ``WAIT_MS``: a busy server may take longer than Playwright's 30 s to answer."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": width, "height": 1000})
     page.set_default_timeout(WAIT_MS)
     page.set_default_navigation_timeout(WAIT_MS)
     return page
@@ -137,6 +137,86 @@ def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browse
 
 
 @pytest.mark.timeout(900)
+def test_the_lesion_dialogs_close_button_closes_it(browser_page):
+    page, url = browser_page
+    page.goto(f"{url}/Explore", wait_until="domcontentloaded")
+    page.get_by_role("button", name=re.compile(r"^Lesion HAM_")).first.wait_for(timeout=WAIT_MS)
+    _settle(page)
+    page.get_by_role("button", name=re.compile(r"^Lesion HAM_")).first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text(re.compile(r"image\(s\) of the same lesion")).wait_for(timeout=WAIT_MS)
+    page.wait_for_url(re.compile(r"image=ISIC_"), timeout=WAIT_MS)
+    _settle(page)
+    dialog.locator("[data-testid^=stBaseButton]", has_text="Close").click()  # the page's button, not the corner ×
+    page.get_by_role("dialog").wait_for(state="detached", timeout=WAIT_MS)
+    page.wait_for_url(lambda u: "image=" not in u, timeout=WAIT_MS)
+    _settle(page)
+    assert page.get_by_role("dialog").count() == 0
+
+
+# Every element of the page that clips its text (an ellipsis, hidden or clipped overflow, a select box's
+# input) and holds more text than it shows, and every chart label drawn outside its chart.
+CUT_OFF = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const found = [];
+  for (const el of main.querySelectorAll('*')) {
+    if (el.clientWidth === 0) continue;
+    const style = getComputedStyle(el);
+    const clips = style.textOverflow === 'ellipsis' || ['hidden', 'clip'].includes(style.overflowX);
+    const text = (el.tagName === 'INPUT' ? el.value : el.innerText || '').trim();
+    if (clips && text && el.scrollWidth > el.clientWidth + 1)
+      found.push(`${text.slice(0, 60)} (${el.scrollWidth} px in ${el.clientWidth} px)`);
+  }
+  for (const chart of main.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg')) {
+    const box = chart.getBoundingClientRect();
+    for (const label of chart.querySelectorAll('text')) {
+      const r = label.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1)) found.push(`chart: ${label.textContent}`);
+    }
+  }
+  return found;
+}"""
+
+# (caption start, rendered width) of every image on the page.
+IMAGE_WIDTHS = """() => [...document.querySelectorAll('[data-testid="stImage"]')].map(
+  image => [image.innerText.trim(), image.querySelector('img').getBoundingClientRect().width])"""
+
+# The width the page's content may fill: the main block without its padding.
+CONTENT_WIDTH = """() => { const main = document.querySelector('[data-testid="stMainBlockContainer"]');
+  const style = getComputedStyle(main);
+  return main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight); }"""
+
+
+@pytest.mark.timeout(1200)
+def test_nothing_is_cut_off_at_1024_px(browser_page, tmp_path):
+    """Predict with an example image and every tab of Evaluate in a 1,024-px window: no label, value or select
+    box holds more text than it shows, and the saliency maps are at least as wide as the image panel above."""
+    page, url = browser_page
+    page = _new_page(page.context.browser, width=1024)
+    _open_an_example(page, url)
+    page.get_by_text("Where did the model look?").first.wait_for(timeout=WAIT_MS)
+    _settle(page)
+    page.get_by_text("Download the picture (PNG)").nth(1).wait_for(timeout=WAIT_MS)  # both maps are drawn
+    page.screenshot(path=str(tmp_path / "predict_1024.png"), full_page=True)
+    assert page.evaluate(CUT_OFF) == []
+    widths = page.evaluate(IMAGE_WIDTHS)
+    maps = [w for caption, w in widths if "explaining" in caption]
+    panels = [w for caption, w in widths if caption.startswith(("Lesion outline", "Original"))]
+    assert len(maps) == 2 and panels and min(maps) >= max(panels) - 1, widths
+    column = page.evaluate(CONTENT_WIDTH)
+    assert min(maps) >= 0.45 * column, (maps, column)  # two a row, where three a row left each 180 px
+
+    page.goto(f"{url}/Evaluate", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Summary").wait_for(timeout=WAIT_MS)
+    _settle(page)
+    for tab in ("Summary", "Confusion", "Per class", "Operating point", "Calibration", "Subgroups", "Export"):
+        page.get_by_role("tab", name=tab).click()
+        _settle(page)
+        assert page.evaluate(CUT_OFF) == [], tab
+    assert page.get_by_text("Positive predictive value").count() >= 1
+
+
+@pytest.mark.timeout(900)
 def test_one_click_on_a_confusion_cell_selects_it(browser_page):
     page, url = browser_page
     page.goto(f"{url}/Evaluate", wait_until="domcontentloaded")
@@ -165,14 +245,19 @@ def _steady_box(page, locator) -> dict:
     return box
 
 
-@pytest.mark.timeout(900)
-def test_predict_example_image_without_uploading(browser_page):
-    page, url = browser_page
+def _open_an_example(page, url: str) -> None:
+    """Predict with its first shipped example image chosen (no upload)."""
     page.goto(f"{url}/Predict", wait_until="domcontentloaded")
     page.get_by_text("Example images").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_text("Example images").first.click()
     page.get_by_text("CC BY-NC 4.0").first.wait_for(timeout=WAIT_MS)
+
+
+@pytest.mark.timeout(900)
+def test_predict_example_image_without_uploading(browser_page):
+    page, url = browser_page
+    _open_an_example(page, url)
     _settle(page)
     verdict = page.get_by_text("Malignant (mel + bcc + akiec)").or_(page.get_by_text("does not look like"))
     verdict.first.wait_for(timeout=WAIT_MS)

@@ -171,8 +171,11 @@ def test_confusion_cell_lists_its_images(models):
 def test_subgroups_and_temperature_saving(models):
     at = run_page()
     assert "**By sex**" in markdown_text(at)
-    button = [b for b in at.button if b.key == "evaluate_save_temperature"][0]
-    button.click().run()
+    assert at.button(key="evaluate_save_temperature").disabled  # nothing is written without the tick
+    assert json.loads((models["default"] / "model.json").read_text())["temperature"] is None
+    at.checkbox(key="evaluate_confirm_temperature").check().run()
+    assert not at.button(key="evaluate_save_temperature").disabled
+    at.button(key="evaluate_save_temperature").click().run()
     assert not at.exception
     saved = json.loads((models["default"] / "model.json").read_text())["temperature"]
     assert saved is not None and saved > 0
@@ -180,6 +183,27 @@ def test_subgroups_and_temperature_saving(models):
     n_val = len(pd.read_csv(models["default"] / "predictions_val.csv"))
     assert json.loads((models["default"] / "model.json").read_text())["temperature_n"] == n_val
     assert any(f"only {n_val} images" in w.value and "will not apply it" in w.value for w in at.warning)
+
+
+def test_read_only_never_offers_to_write_the_temperature(models, monkeypatch):
+    monkeypatch.setenv("HAM_READ_ONLY", "1")
+    at = run_page()
+    assert not [b for b in at.button if b.key == "evaluate_save_temperature"]
+    assert not [c for c in at.checkbox if c.key == "evaluate_confirm_temperature"]
+    assert any("read-only demo" in c.value for c in at.caption)
+    assert json.loads((models["default"] / "model.json").read_text())["temperature"] is None
+
+
+def test_metrics_carry_plain_names_and_their_code_names_in_the_help(models):
+    at = run_page()
+    labels = {m.label for m in at.metric}
+    assert {"Positive predictive value", "Negative predictive value"} <= labels and not {"PPV", "NPV"} & labels
+    helps = {m.value: m.help for m in at.markdown if m.help}  # each name is shown above its value, with a help
+    assert "`ppv`" in helps["Positive predictive value"] and "`npv`" in helps["Negative predictive value"]
+    configs = " ".join(frame.proto.columns for frame in at.dataframe)  # column_config, as JSON
+    assert "ROC AUC above 80 % sensitivity" in configs and "`auc_sens_80`" in configs
+    groups = {g for frame in at.dataframe if "group" in frame.value for g in frame.value["group"]}
+    assert "histopathology" in groups and not {"histo", "follow_up"} & groups  # spelled out, as on Explore
 
 
 def test_broken_predictions_show_an_error(models):

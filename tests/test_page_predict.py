@@ -13,6 +13,7 @@ from tiny_models import build_tiny_model, save_model_folder
 
 from core import explain as explain_cli
 from core.saliency import DEFAULT_METHOD
+from ui import saliency_view
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")
 TIMEOUT = 180
@@ -79,12 +80,15 @@ def test_upload_shows_probabilities_saliency_and_curves(predict_env):
     assert len(at.get("plotly_chart")) == 2  # the toggle keeps its state for the next image
     assert at.selectbox(key="predict_method").value == DEFAULT_METHOD
     assert at.selectbox(key="predict_method_b").value != DEFAULT_METHOD
-    assert at.radio(key="predict_style").value == "contours" and at.radio(key="predict_cmap").value == "viridis"
-    assert "Colour scale" in page
+    assert at.radio(key="predict_style").value == "blend" and at.radio(key="predict_cmap").value == "viridis"
+    assert "Colour scale" in page and "Each pixel is tinted" in page
+    assert at.selectbox(key="predict_method").format_func(DEFAULT_METHOD) == "Where the model looked (recommended)"
+    assert DEFAULT_METHOD in at.selectbox(key="predict_method").help  # the technical name, in the help
     at.selectbox(key="predict_method").set_value("Grad-CAM++ (tf-keras-vis)").run()
-    at.radio(key="predict_style").set_value("blend").run()
+    at.radio(key="predict_style").set_value("contours").run()
     assert not at.exception, at.exception
-    assert "Grad-CAM++" in str(at.get("image")[1].captions)
+    assert "second-order weighting" in " ".join(str(image.captions) for image in at.get("image"))
+    assert "Lines at 0.2, 0.4, 0.6, 0.8 of the map's maximum" in texts(at)
     at.toggle(key="predict_tta").set_value(True).run()  # the tiny model's input is square: 8 views
     assert "Averaged over 8 flips/rotations (TTA)." in texts(at)
 
@@ -130,7 +134,9 @@ def test_page_and_cli_give_the_same_map(predict_env, media, page_model):
     at = run_page()
     at.file_uploader[0].set_value(("lesion.png", png(5), "image/png")).run()
     assert not at.exception, at.exception
-    page_map = np.load(io.BytesIO(media["lesion.npy"]))
+    page_map = np.load(io.BytesIO(media[f"lesion_{saliency_view.method_slug(DEFAULT_METHOD)}.npy"]))
+    second = f"lesion_{saliency_view.method_slug(saliency_view.COMPARE_METHOD)}"
+    assert {f"{second}.npy", f"{second}.png"} <= set(media)  # both maps download, as array and as picture
     source = predict_env / "in" / "lesion.png"
     source.parent.mkdir()
     source.write_bytes(png(5))

@@ -83,3 +83,31 @@ def test_legend_is_a_labelled_colour_bar():
     bar = legend("inferno", width=300, height=16)
     assert bar.shape == (32, 300, 3) and bar.dtype == np.uint8
     assert tuple(bar[8, 12]) == tuple(lut("inferno")[0]) and (bar[28] < 128).any()  # tick labels under the bar
+
+
+def test_the_stepped_legend_shows_the_colours_the_contour_lines_are_drawn_in():
+    bar = legend("viridis", width=424, height=20, discrete=True)  # 400 px of bar between 12-px margins
+    for level, upper in zip(CONTOUR_LEVELS, (*CONTOUR_LEVELS[1:], 1.0)):
+        middle = 12 + int(400 * (level + upper) / 2)  # halfway between a level and the next
+        assert tuple(bar[5, middle]) == tuple(lut("viridis")[int(round(level * 255))]), level
+    assert tuple(bar[5, 12 + 40]) == (225, 225, 225)  # below the lowest level no line is drawn: grey
+    smooth = legend("viridis", width=424, height=20)
+    assert len({tuple(c) for c in smooth[5, 12:412]}) > 100  # the heat map's bar is continuous
+
+
+def test_contour_lines_carry_an_edge_of_the_opposite_lightness():
+    ys, xs = np.mgrid[0:60, 0:80]
+    bump = np.exp(-(((ys - 30) / 12.0) ** 2 + ((xs - 40) / 16.0) ** 2)).astype(np.float32)
+    dark = np.full((60, 80, 3), 40, np.uint8)  # pigment
+    out = contours(dark, bump, levels=(0.2,), width=1)
+    line = (out == lut("viridis")[51]).all(axis=-1)  # 0.2 is a dark purple
+    assert line.sum() > 10
+    assert (out == 255).all(axis=-1).sum() >= line.sum()  # a white edge along it, visible over the pigment
+    light = contours(np.full((60, 80, 3), 220, np.uint8), bump, levels=(0.8,), width=1)
+    assert (light == 0).all(axis=-1).sum() > 10  # a light line (0.8) gets a black edge
+
+
+def test_the_blend_is_the_default_picture():
+    rgb = np.full((30, 40, 3), 100, np.uint8)
+    saliency = np.random.default_rng(1).random((6, 8)).astype(np.float32)
+    assert (render(rgb, saliency) == render(rgb, saliency, "blend")).all()

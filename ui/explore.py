@@ -260,7 +260,11 @@ def _lesion_body(images: pd.DataFrame, first: str, outline: bool) -> None:
     for k, row in enumerate(images.itertuples(index=False)):
         columns[k % len(columns)].image(_thumbnail(row.path, row.mask_path if outline else "", 600),
                                         caption=_caption(row), width="stretch")
-    st.button("Close", key="explore_close_lesion", on_click=_close_image)
+    # A button in a dialog reruns only the dialog, which would draw it again: clear the address, then rerun the
+    # whole page, which then opens no dialog.
+    if st.button("Close", key="explore_close_lesion", icon=":material/close:"):
+        _close_image()
+        st.rerun()
 
 
 def no_dataset_panel(problem: str | None = None) -> None:

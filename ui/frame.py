@@ -41,15 +41,15 @@ PAGES = (
 )
 
 
-def page_setup(title: str, icon: str) -> None:
-    """Configure the page (wide layout) and draw the shared sidebar frame.
+def page_setup(title: str) -> None:
+    """Configure the page (wide layout, its icon from :data:`PAGES`) and draw the shared sidebar frame.
 
     Args:
-        title: the page's name; the tab reads "<title> · HAM10000 Lesion Lab".
-        icon: an emoji shown in the tab.
+        title: the page's label in :data:`PAGES` (or the project's name for Home);
+            the tab reads "<title> · HAM10000 Lesion Lab".
     """
     tab_title = title if title == PROJECT_NAME else f"{title} · {PROJECT_NAME}"
-    st.set_page_config(page_title=tab_title, page_icon=icon, layout="wide")
+    st.set_page_config(page_title=tab_title, page_icon=icon_of(title), layout="wide")
     with st.sidebar:
         st.markdown(f"**{PROJECT_NAME}**")
         navigation()
@@ -57,6 +57,15 @@ def page_setup(title: str, icon: str) -> None:
         st.caption(NOT_A_DEVICE)
     keep_kernels_between_runs()
     warm_start()
+
+
+def icon_of(title: str) -> str:
+    """The Material icon of a page label in :data:`PAGES` (Home's for the project's name).
+
+    Material icons are drawn from Streamlit's own font, so they render in every browser; emoji need a font.
+    """
+    label = "Home" if title == PROJECT_NAME else title
+    return next(icon for _, name, icon, _ in PAGES if name == label)
 
 
 def installed_pages() -> list:

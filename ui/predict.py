@@ -10,6 +10,7 @@ retrained model is picked up and at most two models stay in memory.
 """
 
 import hashlib
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def pick_model() -> Path | None:
 
 def device_notice() -> None:
     """The visible "not a medical device" notice."""
-    st.warning(NOT_A_DEVICE, icon="⚠️")
+    st.warning(NOT_A_DEVICE, icon=":material/warning:")
 
 
 def decode_upload(data: bytes, name: str) -> InputImage | None:
@@ -160,7 +161,7 @@ def pick_input(model_dir: Path | None = None) -> InputImage | None:
 def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
     """A dataset image chosen by class and id, with its true label and lesion mask."""
     usable = frame[frame["path"] != ""]
-    left, right = st.columns(2)
+    left, right = st.columns([2, 1])  # class names run to 50 characters; image ids to 12
     dx = left.selectbox("True class", sorted(usable["dx"].unique()), format_func=_class_label, key=KEY_SAMPLE_CLASS)
     rows = usable[usable["dx"] == dx].sample(frac=1.0, random_state=0).head(SAMPLES_PER_CLASS)
     image_id = right.selectbox("Image", rows["image_id"].tolist(), key=KEY_SAMPLE_ID)
@@ -245,12 +246,18 @@ def probability_figure(prediction) -> go.Figure:
     codes = list(prediction.classes)
     colours = ["#d62728" if c == prediction.predicted else "#1f77b4" for c in codes]
     fig = go.Figure(
-        go.Bar(x=prediction.probabilities, y=[_class_label(c) for c in codes], orientation="h",
+        go.Bar(x=prediction.probabilities, y=[_wrapped_label(c) for c in codes], orientation="h",
                marker_color=colours, text=[contract.percent(p) for p in prediction.probabilities], textposition="auto")
     )
     fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
-                      yaxis={"autorange": "reversed"}, height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10})
+                      yaxis={"autorange": "reversed", "automargin": True}, height=340,
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10})
     return fig
+
+
+def _wrapped_label(code: str) -> str:
+    """A class's axis label on at most two short lines: one long line is cut off in a narrow column."""
+    return "<br>".join(textwrap.wrap(_class_label(code), width=28))
 
 
 @guarded("The prediction")
@@ -300,11 +307,11 @@ def ood_gate(prediction, image: InputImage) -> bool:
     """The gate before the verdict: True when the image passed, or the user asked to see the verdict anyway."""
     if not prediction.ood.flagged:
         return True
-    st.error(NOT_DERMOSCOPIC, icon="🛑")
+    st.error(NOT_DERMOSCOPIC, icon=":material/block:")
     st.caption(prediction.ood.text)
     if st.toggle("Show the prediction anyway", key=f"{KEY_SHOW_ANYWAY}_{image.digest}"):
         st.warning("Shown on request for an image flagged as unlike the training images: read it as the output "
-                   "of a model outside its domain, not as a verdict.", icon="⚠️")
+                   "of a model outside its domain, not as a verdict.", icon=":material/warning:")
         return True
     return False
 
@@ -317,7 +324,8 @@ def _model_split(path: str, mtime: int) -> pd.DataFrame | None:
 
 def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
     """The dataset label against the prediction, with the image's split and a warning when the model saw it."""
-    verdict = "✅ matches" if image.true_dx == prediction.predicted else "❌ differs from"
+    verdict = (":green[:material/check_circle:] matches" if image.true_dx == prediction.predicted
+               else ":red[:material/cancel:] differs from")
     split = leakage.split_of(image.name, _model_split(str(predictor.model_dir.resolve()), model_mtime(predictor.model_dir)))
     where = f" (an image of the model's **{SPLIT_NAMES.get(split, split)}** split)" if split else ""
     st.write(f"True label (dataset): **{_class_label(image.true_dx)}** — the prediction {verdict} it{where}.")

@@ -1,10 +1,13 @@
-"""The "Where did the model look?" section of the Predict page: two methods side by side.
+"""The "Where did the model look?" section of the Predict page: the original beside two methods' maps.
 
 Maps are computed by :mod:`core.saliency` (cached per model, image content,
 method and class) and drawn by :mod:`core.saliency.draw` at the image's own
-aspect: iso-contours over the image by default, or a heat-map blend, with the
-lesion outline (the dataset's mask, else the segmenter's) on top and a colour-scale legend. The map
-offered for download is the one ``python -m core.explain`` writes.
+aspect: a heat-map blend over the image by default, or iso-contours, with the
+lesion outline (the dataset's mask, else the segmenter's) on top and a colour-scale
+legend that matches what is drawn. Two images per row, so a map is half the page wide
+(about 330 px in a 1,024-px window). Methods are named in plain words, their
+technical names in the help. Each map downloads as the array ``python -m core.explain``
+writes and as the picture shown.
 """
 
 import io
@@ -32,7 +35,23 @@ KEY_CURVES = "predict_curves_on"
 COMPARE_METHOD = "Grad-CAM, stride 32"
 CURVE_STEPS = 20
 DISPLAY_WIDTH = 480  # images are drawn at least this wide, so contour lines stay thin
-STYLE_LABELS = {"contours": "Iso-contours", "blend": "Heat-map blend"}
+STYLE_LABELS = {"contours": "Contour lines", "blend": "Heat map"}
+# What each method shows, in the words of a reader who does not know the methods (keys: core.saliency.METHODS).
+PLAIN_NAMES = {
+    saliency.DEFAULT_METHOD: "Where the model looked (recommended)",
+    "LayerCAM, stride 8": "Fine detail, from early layers",
+    "LayerCAM, stride 16": "Medium detail, from middle layers",
+    "LayerCAM, stride 32": "Coarse regions, from the last layers",
+    "LayerCAM, fused strides 8+16+32": "Fine, medium and coarse combined",
+    saliency.AGREEMENT: "Where fine and medium detail agree",
+    "Grad-CAM, stride 8": "Fine detail, classic weighting",
+    "Grad-CAM, stride 16": "Medium detail, classic weighting",
+    COMPARE_METHOD: "Coarse regions, the classic map",
+    "Integrated gradients": "Single pixels, from a blurred copy",
+    "Grad-CAM++ (tf-keras-vis)": "Coarse regions, second-order weighting",
+    f"Score-CAM (tf-keras-vis, N={saliency.cam.SCORECAM_MAX_N})": "Coarse regions, by masking the image (slow)",
+    "SmoothGrad (tf-keras-vis)": "Single pixels, averaged over noisy copies",
+}
 
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing saliency maps…")
@@ -72,28 +91,37 @@ def _class_label(code: str) -> str:
     return f"{code} · {CLASS_NAMES.get(code, code)}"
 
 
+def plain_name(method: str) -> str:
+    """A method's name for the page (its technical name when it has none)."""
+    return PLAIN_NAMES.get(method, method)
+
+
 def controls(predictor, prediction) -> dict:
-    """Two methods, the class to explain, display style, colour map, opacity."""
+    """Two methods, the class to explain, display style, colour map, opacity.
+
+    The three choices take a row each: method and class names run to 50 characters, which half a
+    1,024-px page cuts off.
+    """
     names = list(saliency.METHODS)
-    top = st.columns([3, 3, 3])
-    method_a = top[0].selectbox("Left map", names, index=names.index(saliency.DEFAULT_METHOD), key=KEY_METHOD,
-                                help=_method_help())
-    method_b = top[1].selectbox("Right map", names, index=names.index(COMPARE_METHOD), key=KEY_METHOD_B,
-                                help="A second method to compare with.")
+    method_a = st.selectbox("Map", names, index=names.index(saliency.DEFAULT_METHOD), key=KEY_METHOD,
+                            format_func=plain_name, help=_method_help())
+    method_b = st.selectbox("Compare with", names, index=names.index(COMPARE_METHOD), key=KEY_METHOD_B,
+                            format_func=plain_name, help="A second method, drawn below the first.  \n" + _method_help())
     classes = list(predictor.classes)
-    target = top[2].selectbox("Explain class", classes, index=classes.index(prediction.predicted),
-                              format_func=_class_label, key=f"{KEY_TARGET}_{prediction.predicted}")
-    low = st.columns([3, 3, 3])
-    style = low[0].radio("Display", draw.STYLES, format_func=STYLE_LABELS.get, horizontal=True, key=KEY_STYLE)
+    target = st.selectbox("Explain class", classes, index=classes.index(prediction.predicted),
+                          format_func=_class_label, key=f"{KEY_TARGET}_{prediction.predicted}")
+    low = st.columns(3)
+    style = low[0].radio("Display", draw.STYLES, index=draw.STYLES.index(draw.DEFAULT_STYLE),
+                         format_func=STYLE_LABELS.get, horizontal=True, key=KEY_STYLE)
     cmap = low[1].radio("Colours", draw.CMAPS, horizontal=True, key=KEY_CMAP,
                         help="viridis and inferno are perceptually uniform; jet exaggerates some steps.")
-    opacity = low[2].slider("Blend opacity", 0.0, 1.0, 0.45, 0.05, key=KEY_OPACITY, disabled=style != "blend")
+    opacity = low[2].slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=KEY_OPACITY, disabled=style != "blend")
     return {"methods": (method_a, method_b), "target": classes.index(target), "style": style, "cmap": cmap,
             "opacity": opacity}
 
 
 def _method_help() -> str:
-    return "  \n".join(f"**{m.name}**: {m.about}" for m in saliency.METHODS.values())
+    return "  \n".join(f"**{plain_name(m.name)}** ({m.name}): {m.about}" for m in saliency.METHODS.values())
 
 
 def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_mask=None) -> None:
@@ -106,21 +134,22 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_ma
     base = (str(Path(model_dir).resolve()), mtime, image.digest)
     maps = [_model_map(*base, method, options["target"], _x=x) for method in options["methods"]]
     border, outlined = lesion_border(image, predicted_mask)
-    cols = st.columns(3)
+    top, bottom = st.columns(2), st.columns(2)
     original = draw.upscale(image.rgb, DISPLAY_WIDTH)
     if border is not None:
         original = draw.draw_outline(original, border, width=draw.line_width(original))
-    cols[0].image(original, caption="Original" + outlined, width="stretch")
+    top[0].image(original, caption="Original" + outlined, width="stretch")
+    with bottom[0]:
+        _legend(options)
     target_code = predictor.classes[options["target"]]
-    for col, method, model_map in zip(cols[1:], options["methods"], maps):
+    for k, (col, method, model_map) in enumerate(zip((top[1], bottom[1]), options["methods"], maps)):
         picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"],
                               border, min_width=DISPLAY_WIDTH)
-        col.image(picture, caption=f"{method} · {target_code}", width="stretch")
-        _scores(col, model_map, image.mask)
+        col.image(picture, caption=f"{plain_name(method)} · explaining {target_code}", width="stretch")
         with col:
-            segment_view.saliency_energy_caption(model_map, predicted_mask, method)
-    _legend(options)
-    _downloads(image, options, maps[0], border)
+            _scores(model_map, image.mask)
+            segment_view.saliency_energy_caption(model_map, predicted_mask, plain_name(method))
+            _downloads(image, method, model_map, picture, key=f"predict_map_{k}")
     faithfulness_section(base, options, x, maps[0])
 
 
@@ -138,38 +167,46 @@ def lesion_border(image, predicted_mask=None) -> tuple:
     return None, ""
 
 
-def _scores(col, model_map: np.ndarray, mask) -> None:
+def _scores(model_map: np.ndarray, mask) -> None:
     if model_map.max() == 0:
-        col.info("The map is empty: nothing in this layer raises the class's score.")
+        st.info("The map is empty: nothing in this layer raises the class's score.")
     if mask is None:
         return
     hit = saliency.pointing_game(model_map, mask)
     share = saliency.energy_inside(model_map, mask)
-    col.caption(f"Against the lesion mask: peak {'inside' if hit else 'outside'} the lesion; "
-                f"{share:.0%} of the map's mass inside it.")
+    st.caption(f"Against the lesion mask: peak {'inside' if hit else 'outside'} the lesion; "
+               f"{share:.0%} of the map's mass inside it.")
 
 
 def _legend(options: dict) -> None:
-    left, right = st.columns([2, 3])
-    left.image(draw.legend(options["cmap"]), width="stretch")
-    what = ("Each line encloses the pixels whose value is at least that share of the map's maximum; "
-            "the innermost lines mark what raised the class's score most."
-            if options["style"] == "contours" else "Colour shows each pixel's share of the map's maximum.")
-    right.caption(f"Colour scale: 0 = nothing, 1 = the map's maximum. {what}")
+    """The colour bar of what is drawn: steps for contour lines, a continuous scale for the heat map."""
+    lines = options["style"] == "contours"
+    st.image(draw.legend(options["cmap"], width=640, height=28, discrete=lines), width="stretch")
+    if lines:
+        levels = ", ".join(f"{level:g}" for level in draw.CONTOUR_LEVELS)
+        what = (f"Lines at {levels} of the map's maximum, each in its colour on the bar; each line encloses the "
+                "pixels at least that strong, so the innermost lines mark what raised the class's score most. "
+                "Nothing is drawn below the lowest level (grey).")
+    else:
+        what = "Each pixel is tinted by its share of the map's maximum: 0 = nothing, 1 = the strongest evidence."
+    st.caption(f"**Colour scale.** {what} Methods: the help (?) of **Map** gives each one's technical name.")
 
 
-def _downloads(image, options: dict, model_map: np.ndarray, border=None) -> None:
-    """The left map as float32 ``.npy`` at the image's own size (as ``core.explain`` writes it) and as PNG."""
-    stem = Path(image.name).stem
-    full = draw.resize_map(model_map, image.rgb.shape[:2])
+def _downloads(image, method: str, model_map: np.ndarray, picture: np.ndarray, key: str) -> None:
+    """A map as float32 ``.npy`` at the image's own size (as ``core.explain`` writes it), and its picture as PNG."""
+    stem = f"{Path(image.name).stem}_{method_slug(method)}"
     buffer = io.BytesIO()
-    np.save(buffer, full)
-    picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"], border)
-    left, right = st.columns(2)
-    left.download_button("Download the left map (.npy, float32)", buffer.getvalue(), file_name=f"{stem}.npy",
-                         mime="application/octet-stream", on_click="ignore")
-    right.download_button("Download the left picture (PNG)", _png(picture), file_name=f"{stem}_saliency.png",
-                          mime="image/png", on_click="ignore")
+    np.save(buffer, draw.resize_map(model_map, image.rgb.shape[:2]))
+    st.download_button("Download the map (.npy, float32)", buffer.getvalue(), file_name=f"{stem}.npy",
+                       mime="application/octet-stream", on_click="ignore", icon=":material/download:",
+                       key=f"{key}_npy")
+    st.download_button("Download the picture (PNG)", _png(picture), file_name=f"{stem}.png", mime="image/png",
+                       on_click="ignore", icon=":material/download:", key=f"{key}_png")
+
+
+def method_slug(method: str) -> str:
+    """A method's name as a file-name part: ``LayerCAM, stride 16`` → ``layercam-stride-16``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -197,7 +234,7 @@ def faithfulness_section(base: tuple, options: dict, x: np.ndarray, model_map: n
     drawn when asked; the toggle keeps its state for the session.
     """
     method = options["methods"][0]
-    st.markdown(f"**Is the left map ({method}) faithful?** Deletion blurs the most salient pixels first; insertion "
+    st.markdown(f"**Is the first map ({plain_name(method)}) faithful?** Deletion blurs the most salient pixels first; insertion "
                 "restores them on a blurred copy. A faithful map makes the probability drop fast / rise fast.")
     if st.toggle("Draw the deletion and insertion curves (42 more forward passes, about a second)", key=KEY_CURVES):
         deletion, insertion = _curves(*base, method, options["target"], _x=x, _map=model_map)

@@ -95,7 +95,7 @@ def options_form(enabled: bool = True) -> dict | None:
                 for option in opts.OPTIONS:
                     if option.in_form and option.group == group and option.name != "arch":
                         values[option.name] = _widget(option)
-        submitted = st.form_submit_button("🚀 Launch training", type="primary", disabled=not enabled)
+        submitted = st.form_submit_button("Launch training", icon=":material/rocket_launch:", type="primary", disabled=not enabled)
     if not submitted:
         return None
     errors = runs.validate_options(values)
@@ -189,8 +189,9 @@ def _run_panel(run_id: str, was_active: bool) -> None:
         _actions(run_dir, status)
 
 
-STATE_BADGES = {"queued": "🕓", "running": "🏃", "done": "✅", "stopped": "⏹️",
-                "failed": "❌", "crashed": "💥", "unknown": "❔"}
+STATE_BADGES = {"queued": ":material/schedule:", "running": ":material/directions_run:",
+                "done": ":green[:material/check_circle:]", "stopped": ":material/stop_circle:",
+                "failed": ":red[:material/cancel:]", "crashed": ":red[:material/error:]", "unknown": ":material/help:"}
 
 
 def _status_line(run_id: str, status: dict) -> None:
@@ -219,7 +220,7 @@ def _live_progress(run_dir: Path, status: dict, metrics: runs.Metrics) -> None:
         return
     if (run_dir / rf.STOP_FILE).exists():
         st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
-    elif st.button("⏹️ Stop after this batch", key=f"train_stop_{run_dir.name}",
+    elif st.button("Stop after this batch", icon=":material/stop_circle:", key=f"train_stop_{run_dir.name}",
                    help="Asks the trainer to stop cooperatively; a stopped run can be resumed."):
         rf.request_stop(run_dir)
         st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
@@ -346,7 +347,7 @@ def _resume_button(run_dir: Path, status: dict) -> None:
     if not (run_dir / rf.CONFIG_FILE).is_file():
         st.caption("Cannot resume: the run ended before writing its configuration. Launch a new run.")
         return
-    if st.button("▶️ Resume", key=f"train_resume_{run_dir.name}",
+    if st.button("Resume", icon=":material/play_arrow:", key=f"train_resume_{run_dir.name}",
                  help="Continue from the last completed epoch with the same options."):
         try:
             runs.resume(run_dir)
@@ -360,7 +361,7 @@ def _delete_controls(run_dir: Path) -> None:
     """A delete button that asks for confirmation before removing the folder."""
     name = run_dir.name
     if st.session_state.get(CONFIRM_DELETE) != name:
-        st.button("🗑️ Delete run…", key=f"train_delete_{name}", on_click=_set_confirm, args=(name,))
+        st.button("Delete run…", icon=":material/delete:", key=f"train_delete_{name}", on_click=_set_confirm, args=(name,))
         return
     st.warning(f"Delete run `{name}` and all its files (model, metrics, log)? This cannot be undone.")
     yes, no = st.columns(2)

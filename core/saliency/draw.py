@@ -19,7 +19,9 @@ from core.images import mask_outline, resize_mask
 CMAPS = ("viridis", "inferno", "jet")
 DEFAULT_CMAP = "viridis"
 CONTOUR_LEVELS = (0.2, 0.4, 0.6, 0.8)
-STYLES = ("contours", "blend")
+STYLES = ("blend", "contours")
+# The blend reads at a glance over dark pigment; thin iso-lines in a colour map's dark end do not.
+DEFAULT_STYLE = "blend"
 LESION_COLOUR = (255, 255, 255)
 
 # matplotlib's colours at 0, 1/8, ..., 1.
@@ -88,7 +90,9 @@ def contours(rgb: np.ndarray, saliency: np.ndarray, levels=CONTOUR_LEVELS, cmap:
     """Iso-contours of the map over the image: one line per level, in that level's colour.
 
     The image stays visible between the lines; the region above each level is
-    enclosed by its line, the highest level innermost.
+    enclosed by its line, the highest level innermost. Each line has a one-pixel
+    edge of the opposite lightness (white along a dark line, black along a light
+    one), so the dark low levels stay visible over dark pigment.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 image.
@@ -107,11 +111,25 @@ def contours(rgb: np.ndarray, saliency: np.ndarray, levels=CONTOUR_LEVELS, cmap:
     for level in sorted(levels):
         region = saliency >= level
         if region.any():
-            out[mask_outline(region, width)] = colours[int(round(level * 255))]
+            colour = colours[int(round(level * 255))]
+            out[_halo(region, width)] = (0, 0, 0) if _luma(colour) > 128 else (255, 255, 255)
+            out[mask_outline(region, width)] = colour
     return out
 
 
-def render(rgb: np.ndarray, saliency: np.ndarray, style: str = "contours", cmap: str = DEFAULT_CMAP,
+def _halo(region: np.ndarray, width: int) -> np.ndarray:
+    """A band one pixel wider than the line on each side of a region's border."""
+    from scipy import ndimage
+
+    return mask_outline(ndimage.binary_dilation(region), width + 2)
+
+
+def _luma(colour) -> float:
+    red, green, blue = (float(c) for c in colour)
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
+def render(rgb: np.ndarray, saliency: np.ndarray, style: str = DEFAULT_STYLE, cmap: str = DEFAULT_CMAP,
            opacity: float = 0.5, mask: np.ndarray | None = None, min_width: int = 0) -> np.ndarray:
     """The picture of a map over its image, as the page shows it and ``core.explain`` saves it.
 
@@ -150,18 +168,31 @@ def upscale(rgb: np.ndarray, min_width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize(size, Image.Resampling.BICUBIC))
 
 
-def legend(cmap: str = DEFAULT_CMAP, width: int = 320, height: int = 16, levels=CONTOUR_LEVELS) -> np.ndarray:
+def legend(cmap: str = DEFAULT_CMAP, width: int = 320, height: int = 16, levels=CONTOUR_LEVELS,
+           discrete: bool = False) -> np.ndarray:
     """A colour-scale bar with tick labels 0 … 1 (share of the map's maximum), ``levels`` marked.
 
+    Args:
+        discrete: draw the bar in steps, as :func:`contours` colours its lines: from each level up to the
+            next, that level's colour; below the lowest level, grey (no line is drawn there).
+
     Returns:
-        A ``(height + 16, width, 3)`` uint8 image on white.
+        A ``(2 * height, width, 3)`` uint8 image on white (at least ``height + 16`` tall): the bar, then its
+        tick labels in a font scaled to the bar, so a wide legend stays sharp instead of being enlarged.
     """
     pad = 12
-    bar = lut(cmap)[np.linspace(0, 255, width - 2 * pad).round().astype(int)]
-    canvas = Image.new("RGB", (width, height + 16), (255, 255, 255))
+    values = np.linspace(0.0, 1.0, width - 2 * pad)
+    if discrete and levels:
+        steps = np.asarray(sorted(levels), dtype=np.float64)
+        floor = steps[np.clip(np.searchsorted(steps, values, side="right") - 1, 0, None)]
+        bar = lut(cmap)[np.rint(floor * 255).astype(int)]
+        bar[values < steps[0]] = (225, 225, 225)
+    else:
+        bar = lut(cmap)[np.rint(values * 255).astype(int)]
+    canvas = Image.new("RGB", (width, height + max(16, height)), (255, 255, 255))
     canvas.paste(Image.fromarray(np.repeat(bar[None], height, axis=0)), (pad, 0))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=max(10, height * 3 // 4))
     for value in (0.0, *levels, 1.0):
         x = pad + int(round(value * (width - 2 * pad - 1)))
         draw.line([(x, height - 4), (x, height + 2)], fill=(0, 0, 0), width=1)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import calibration, evaluate, metrics, modelio, paths, predictions
 from core.data import DatasetError
+from core.labels import metric_help, metric_name
 from ui.frame import dataset_table, folder_named
 
 KEY_MODEL = "evaluate_model"
@@ -239,6 +240,11 @@ def figure_download(fig, name: str, key: str) -> None:
 def png_export_available() -> bool:
     """True when plotly can write PNG through the optional kaleido package."""
     return importlib.util.find_spec("kaleido") is not None
+
+
+def metric_columns(codes) -> dict:
+    """``column_config`` naming a table's metric columns in plain words, the code name in each column's help."""
+    return {code: st.column_config.Column(metric_name(code), help=metric_help(code)) for code in codes}
 
 
 def fmt(value: float) -> str:

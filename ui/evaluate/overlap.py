@@ -30,7 +30,7 @@ def overlap_panel(source: Source) -> None:
     if found["clean"] == found["n"]:
         st.success(leakage.describe(found))
         return
-    st.warning(leakage.describe(found) + " Metrics on images the model has seen flatter it.", icon="⚠️")
+    st.warning(leakage.describe(found) + " Metrics on images the model has seen flatter it.", icon=":material/warning:")
     table = _clean_comparison(folder / evaluate.METRICS_FILE)
     if table is not None:
         st.dataframe(table, hide_index=True)

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import evaluate, metrics, predictions
+from core.labels import metric_help, metric_name
 from core.predictions import percent
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
@@ -29,6 +30,7 @@ from ui.evaluate.common import (
     headline_table,
     image_table,
     load_source,
+    metric_columns,
     positive_class,
     served_table,
     split_caption,
@@ -46,7 +48,8 @@ def summary_panel(source: Source, preds: pd.DataFrame) -> None:
     columns = st.columns(3)
     for i, row in table.iterrows():
         with columns[i % 3]:
-            st.metric(row["label"], f"{row['value']:.3f}" if np.isfinite(row["value"]) else "n/a")
+            st.metric(row["label"], f"{row['value']:.3f}" if np.isfinite(row["value"]) else "n/a",
+                      help=f"Code name in the metrics CSV: `{row['metric']}`.")
             st.caption(f"95 % CI [{row['ci_low']:.3f}, {row['ci_high']:.3f}] · n = {row['n']:,}")
     st.caption(
         f"Intervals: percentile bootstrap over images, {N_BOOT} resamples, seed {SEED}. "
@@ -151,11 +154,13 @@ def class_table_panel(source: Source, preds: pd.DataFrame) -> None:
     table = class_metrics(source)[0].copy()
     table.loc["macro"] = metrics.macro_average(table)
     st.markdown(split_caption(source, len(preds)))
-    st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["support"]), width="stretch")
+    st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["support"]), width="stretch",
+                 column_config=metric_columns(table.columns))
     st.caption(
-        "Sensitivity, specificity, PPV, NPV and F1 are one-vs-rest counts of the arg-max prediction. "
-        "AUC and AP use the class probability; auc_sens_80 is ISIC's ROC AUC above 80 % sensitivity "
-        "(raw area where TPR ≥ 0.8; 1 = perfect, 0.18 = chance). Macro = unweighted mean over classes."
+        "Sensitivity, specificity, the predictive values and F1 are one-vs-rest counts of the arg-max prediction. "
+        "ROC AUC and average precision use the class probability; ROC AUC above 80 % sensitivity is ISIC's partial "
+        "area where sensitivity ≥ 0.8 (1 = perfect, 0.18 = chance). Macro = unweighted mean over classes. "
+        "Each column's help gives its code name in the metrics CSV."
     )
 
 
@@ -220,11 +225,12 @@ def _validation_point(source: Source, positive: str, target: float, y_bin, score
 
 
 def _point_metrics(container, point: dict, where: str) -> None:
-    a, b, c, d = container.columns(4)
-    a.metric("Sensitivity", fmt(point["sensitivity"]))
-    b.metric("Specificity", fmt(point["specificity"]))
-    c.metric("PPV", fmt(point["ppv"]))
-    d.metric("NPV", fmt(point["npv"]))
+    # Two by two, each name above its value as text that wraps: four metrics side by side in half a 1,024-px
+    # page cut their names and values off, and a metric's own label never wraps.
+    cells = [column for _ in range(2) for column in container.columns(2)]
+    for cell, code in zip(cells, ("sensitivity", "specificity", "ppv", "npv")):
+        cell.markdown(metric_name(code), help=metric_help(code))
+        cell.metric(metric_name(code), fmt(point[code]), label_visibility="collapsed")
     container.caption(f"{where}: TP {point['tp']}, FP {point['fp']}, FN {point['fn']}, TN {point['tn']}")
 
 

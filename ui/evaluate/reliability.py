@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import calibration, evaluate, metrics, modelio, paths
+from core.labels import DX_TYPES
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     SEED,
@@ -16,6 +17,7 @@ from ui.evaluate.common import (
     fmt,
     fmt_ci,
     image_table,
+    metric_columns,
     mtime,
     positive_class,
     split_caption,
@@ -50,7 +52,8 @@ def calibration_panel(source: Source, preds: pd.DataFrame) -> None:
     fig = figs.reliability_figure(tables, f"Reliability (top label, 15 bins) — {source.label}, n = {len(preds)}")
     st.plotly_chart(fig, key="evaluate_reliability_chart")
     figure_download(fig, f"reliability_{source.split}", "evaluate_dl_reliability")
-    st.dataframe(calibration.calibration_summary(probs, y_true, shown).style.format(precision=4), hide_index=True)
+    summary = calibration.calibration_summary(probs, y_true, shown)
+    st.dataframe(summary.style.format(precision=4), hide_index=True, column_config=metric_columns(summary.columns))
     _temperature_controls(source, fitted)
 
 
@@ -75,7 +78,17 @@ def _temperature_controls(source: Source, fitted: float | None) -> None:
     if paths.read_only():
         st.caption(f"Fitted T = {t}. This is a read-only demo: it cannot be saved into model.json here.")
         return
-    if st.button(f"Save T = {t} into model.json", key="evaluate_save_temperature"):
+    _save_temperature(source, fitted)
+
+
+def _save_temperature(source: Source, fitted: float) -> None:
+    """Write the fitted temperature into the model folder, once the user has ticked that they mean it."""
+    t = calibration.format_temperature(fitted)
+    sure = st.checkbox(f"Write T = {t} into {source.model.name}'s {modelio.METADATA_FILE}: Predict will "
+                       "then calibrate this model's probabilities with it", key="evaluate_confirm_temperature")
+    if st.button(f"Save T = {t} into {modelio.METADATA_FILE}", key="evaluate_save_temperature",
+                 icon=":material/save:", disabled=not sure, help="Tick the box above first: this changes the model "
+                 "folder's own file."):
         try:
             calibration.save_temperature(source.model.path, fitted, n=_val_rows(source))
         except (OSError, ValueError) as err:
@@ -121,6 +134,8 @@ def subgroup_panel(source: Source, preds: pd.DataFrame) -> None:
 
 def _audit_display(part: pd.DataFrame, positive: str) -> pd.DataFrame:
     shown = part[["group", "n"] + ([f"n_{positive}"] if f"n_{positive}" in part else [])].copy()
+    shown["group"] = shown["group"].map(lambda g: DX_TYPES.get(g, g))  # histo → histopathology, as on Explore
+    shown = shown.rename(columns={f"n_{positive}": f"{positive} images"})
     for metric, label in (("balanced_accuracy", "balanced accuracy"), (f"sensitivity_{positive}",
                           f"{positive} sensitivity"), (f"specificity_{positive}", f"{positive} specificity")):
         if metric in part:

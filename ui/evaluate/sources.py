@@ -14,7 +14,6 @@ one prediction runs per session, and changing any input or pressing Stop cancels
 """
 
 import logging
-import os
 import stat
 from pathlib import Path
 
