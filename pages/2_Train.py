@@ -18,7 +18,7 @@ if paths.read_only():
 else:
     dataset_ready = train_ui.dataset_notice()
     if active:
-        st.info(f"Run `{active['id']}` is {active['state']}. Only one run trains at a time.")
+        st.info(f"Run `{active['id']}` is active (queued or training). Only one run trains at a time.")
     with st.expander("New training run", expanded=active is None):
         train_ui.new_run_form(enabled=dataset_ready)
 

@@ -129,7 +129,7 @@ def test_history_lists_every_state(fixture_runs):
 def test_page_reattaches_to_the_active_run(fixture_runs):
     at = run_page()
     assert at.selectbox(key="train_selected_run").value == fixture_runs["queued"]
-    assert f"Run `{fixture_runs['queued']}` is queued" in texts(at)
+    assert f"Run `{fixture_runs['queued']}` is active" in texts(at)
 
 
 def test_running_run_shows_progress_curves_and_stops(fixture_runs, env):
