@@ -311,7 +311,10 @@ def _stop_control(run_dir: Path, phase: str, epoch: int, task: str) -> None:
 BEST_METRICS = {opts.CLASSIFY: (("val_balanced_accuracy", "Val balanced acc."), ("val_auc", "Val macro AUC"),
                                 ("val_accuracy", "Val accuracy")),
                 opts.SEGMENT: (("val_dice", "Val Dice"), ("val_jaccard", "Val Jaccard"),
-                               ("val_thresholded_jaccard", "Val thresholded Jaccard"))}
+                               # short enough for a quarter of a 1,024-px page; the help gives the full name
+                               ("val_thresholded_jaccard", "Val thr. Jaccard"))}
+METRIC_NAMES = {"val_thresholded_jaccard": "Thresholded Jaccard (ISIC 2018 Task 1: an image's Jaccard below "
+                                           "0.65 counts as 0), mean over images. "}
 
 
 def _n_text(n: int | None) -> str:
@@ -328,7 +331,7 @@ def _best_metrics(status: dict, task: str, n_val: int | None) -> None:
     for col, (key, label) in zip(cols[1:], BEST_METRICS.get(task, BEST_METRICS[opts.CLASSIFY])):
         value = best.get(key)
         col.metric(label, f"{value:.3f}" if isinstance(value, (int, float)) else "–",
-                   help=f"On the validation split, {_n_text(n_val)} images")
+                   help=f"{METRIC_NAMES.get(key, '')}On the validation split, {_n_text(n_val)} images")
 
 
 def _curves(metrics: runs.Metrics, task: str, sizes: dict) -> None:
