@@ -392,3 +392,16 @@ def test_a_failed_run_without_a_completed_epoch_offers_no_resume(env, dead_pid):
     at = open_run(run_page(), run_id)
     assert not [b for b in at.button if "Resume" in b.label]
     assert "nothing to resume" in texts(at)
+
+
+def test_a_segmentation_run_has_its_own_curves_with_both_splits_in_the_legend():
+    import pandas as pd
+
+    from ui.train import CURVES, curves_figure
+
+    epochs = pd.DataFrame({"epoch": [1, 2], "loss": [1.2, 0.8], "val_dice": [0.4, 0.7], "val_jaccard": [0.3, 0.5],
+                           "val_thresholded_jaccard": [0.0, 0.4]})
+    fig = curves_figure(epochs, CURVES["segmentation"], 144, 35)
+    assert [t.name for t in fig.data if t.showlegend] == ["train (n = 144)", "validation (n = 35)"]
+    assert [a.text for a in fig.layout.annotations][:4] == ["Loss (BCE + 1 − Dice)", "Dice", "Jaccard",
+                                                            "Thresholded Jaccard"]

@@ -370,15 +370,17 @@ def curves_figure(epochs: pd.DataFrame, curves=CURVES[opts.CLASSIFY], n_train: i
     fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in curves],
                         horizontal_spacing=0.08, vertical_spacing=0.14)
     names = {"train": f"train ({_n_text(n_train)})", "val": f"validation ({_n_text(n_val)})"}
+    shown = set()  # one legend entry per split, from the first panel that has its curve
     for n, (key, _) in enumerate(curves):
         row, col = n // 2 + 1, n % 2 + 1
         for prefix, split, dash in (("", "train", "solid"), ("val_", "val", "dash")):
             name = names[split]
             if prefix + key in epochs:
                 fig.add_trace(go.Scatter(x=epochs["epoch"], y=epochs[prefix + key], name=name,
-                                         mode="lines+markers", legendgroup=name, showlegend=n == 0,
+                                         mode="lines+markers", legendgroup=name, showlegend=name not in shown,
                                          line={"dash": dash, "color": "#1f77b4" if split == "train"
                                                else "#d62728"}), row=row, col=col)
+                shown.add(name)
     _mark_finetune(fig, epochs)
     fig.update_xaxes(dtick=1 if len(epochs) <= 20 else None)
     fig.update_xaxes(title_text="epoch", row=2)
