@@ -107,8 +107,11 @@ def negative_inputs(size, n: int, seed: int) -> np.ndarray:
     return np.stack([to_model_input(rgb, size) for rgb in negatives(n, seed=seed)])
 
 
+FIT_STEPS = 4  # the steps of fit_for_model that its progress callback counts
+
+
 def fit_for_model(model_dir: Path, model, train_images, val_images, seed: int = 0,
-                  n_negatives: int = N_NEGATIVES) -> dict:
+                  n_negatives: int = N_NEGATIVES, progress=None) -> dict:
     """Fit, save ``ood.npz`` into ``model_dir`` and return the ``model.json["ood"]`` entry.
 
     Args:
@@ -117,13 +120,19 @@ def fit_for_model(model_dir: Path, model, train_images, val_images, seed: int = 
         train_images, val_images: image batches at the model's input size (uint8 or float 0..255).
         seed: seeds the negatives, the head and the subspace.
         n_negatives: how many generated negatives to fit the head with.
+        progress: called with the number of steps done (of :data:`FIT_STEPS`) after each.
     """
+    report = progress or (lambda done: None)
     layers = statistic_layers(model)
     size = tuple(int(s) for s in model.inputs[0].shape[1:3])
     _, train = extract(model, layers, train_images)
+    report(1)
     _, val = extract(model, layers, val_images)
+    report(2)
     _, negative = extract(model, layers, negative_inputs(size, n_negatives, seed))
+    report(3)
     fitted = fit_statistics(train, negative, seed)
+    report(4)
     ood.save_statistics(model_dir, fitted)
     return threshold_entry(fitted, layers, val, len(train), len(negative))
 

@@ -10,7 +10,7 @@ folder is spelled here and nowhere else:
 ``status.json``        state, heartbeat, epoch/batch, best epoch (atomic writes)
 ``metrics.jsonl``      one JSON record per line: ``kind`` ``epoch``, ``batch`` or ``average``
 ``train.log``          the trainer's log
-``STOP``               present: the trainer stops after its current batch
+``STOP``               present: the trainer stops after its current batch (as on SIGTERM)
 ``train.lock``         the trainer's exclusive lock (``fcntl.flock``)
 ``launch.json``        what the registry launched (pid, argv, options)
 ``last.keras``         the last epoch's model with its optimizer state (resume)
@@ -29,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +63,16 @@ EPOCH_METRICS = ("loss", "accuracy", "balanced_accuracy", "auc")
 VAL_PREFIX = "val_"
 # The best epoch is the one with the highest value of this record key.
 BEST_KEY = VAL_PREFIX + "balanced_accuracy"
+
+# status.json's ``phase``: what the trainer does now. Training phases run batches (a STOP takes
+# effect after the current batch); the others run between epochs or after the last one,
+# with their own ``progress`` ({"done", "total", "unit"}) where it can be counted.
+TRAIN_PHASES = ("warmup", "finetune", "train")
+VALIDATE_PHASE = "validate"  # scoring the epoch just trained on validation, saving checkpoints
+# After the last epoch, per task, in this order ("average" only with --average-from; the
+# temperature is fitted between the val and the test predictions).
+FINISH_PHASES = {"classification": ("average", "predict", "calibrate", "ood"),
+                 "segmentation": ("threshold", "score")}
 
 
 def val_key(metric: str) -> str:
@@ -238,8 +249,19 @@ class RunFolder:
             handle.flush()
 
     def stop_requested(self) -> bool:
-        """True once a ``STOP`` file asks the trainer to stop."""
-        return (self.dir / STOP_FILE).exists()
+        """True once a ``STOP`` file (or SIGTERM, see :func:`listen_for_sigterm`) asks the trainer to stop."""
+        return _SIGNALLED["stop"] or (self.dir / STOP_FILE).exists()
+
+    def set_phase(self, phase: str, message: str, total: int | None = None, unit: str = "images") -> None:
+        """Record the phase the trainer enters, with a count of ``total`` units to do when it has one."""
+        progress = {"done": 0, "total": int(total), "unit": unit} if total else None
+        self.update(phase=phase, message=message, progress=progress)
+
+    def advance(self, done: int) -> None:
+        """Record how many units of the current phase are done."""
+        progress = self.status.get("progress")
+        if progress:
+            self.update(progress={**progress, "done": int(min(done, progress["total"]))})
 
     def clear_stop(self) -> None:
         """Remove a ``STOP`` file left from before (a new start or a resume)."""
@@ -264,8 +286,19 @@ class RunFolder:
         self.update(state="done", finished=now_iso(), message="finished")
 
 
+_SIGNALLED = {"stop": False}
+
+
+def listen_for_sigterm() -> None:
+    """Make SIGTERM ask this process's trainer to stop, as a ``STOP`` file does (after the current batch)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _SIGNALLED.update(stop=True))
+
+
 def run_epochs(trainer, folder: RunFolder, epochs: int) -> int:
     """Run a trainer's epochs up to ``epochs``, then finish it; a stop on request ends the run early.
+
+    A stop that arrives while the last epoch is scored on validation is honoured
+    before the final phases start: a resume then runs only those.
 
     Args:
         trainer: has ``start_epoch`` (0-based), ``run_epoch(epoch) -> bool`` (False when the
@@ -282,6 +315,11 @@ def run_epochs(trainer, folder: RunFolder, epochs: int) -> int:
             log.info("stopped on request during epoch %d", epoch + 1)
             folder.mark_stopped(epoch + 1)
             return 0
+    if folder.stop_requested():
+        log.info("stopped on request before the final phases")
+        folder.update(state="stopped", finished=now_iso(), message=f"stopped after epoch {epochs}, before the "
+                      "final scoring; resume does only that")
+        return 0
     trainer.finish()
     folder.mark_done()
     log.info("run finished; best %s", trainer.best)

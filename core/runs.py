@@ -12,8 +12,10 @@ Only one run is active at a time: the check and the launch happen under an
 exclusive lock on ``runs_dir/.lock``.
 """
 
+import ast
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -35,6 +37,7 @@ from core.runfolder import (
     LAUNCH_FILE,
     LOG_FILE,
     METRICS_FILE,
+    STATE_FILE,
     STATUS_FILE,
     STOP_FILE,
     read_json,
@@ -56,7 +59,7 @@ QUEUED_GRACE_SECONDS = 60
 # The ETA waits for this many batches timed after an epoch's first (which also traces the graph).
 MIN_TIMED_BATCHES = 3
 
-DEFAULT_OPTIONS = {o.name: o.default for o in opts.OPTIONS if o.default is not None}
+DEFAULT_OPTIONS = {name: value for name, value in opts.DEFAULTS.items() if value is not None}
 __all__ = ["CONFIG_FILE", "LAUNCH_FILE", "LOG_FILE", "METRICS_FILE", "STATUS_FILE", "STOP_FILE", "request_stop"]
 
 
@@ -257,6 +260,25 @@ def _epoch_frame(records: list) -> pd.DataFrame:
     return frame.sort_values("epoch").reset_index(drop=True)
 
 
+def split_sizes(run_dir: Path) -> dict:
+    """``{split: images}`` of a run (train, val, test), or an empty dict while it is not known yet.
+
+    From ``config.json``; runs written before it recorded them give the sizes
+    their trainer logged (``split <hash>: {'train': n, ...}``).
+    """
+    recorded = (read_json(Path(run_dir) / CONFIG_FILE) or {}).get("split_sizes")
+    if isinstance(recorded, dict):
+        return {k: int(v) for k, v in recorded.items() if isinstance(v, int)}
+    found = re.search(r"split [0-9a-f]+: (\{[^}]*\})", log_tail(run_dir, 10_000, max_bytes=4_000_000))
+    if not found:
+        return {}
+    try:
+        sizes = ast.literal_eval(found.group(1))
+    except (ValueError, SyntaxError):
+        return {}
+    return {k: int(v) for k, v in sizes.items() if isinstance(v, int)} if isinstance(sizes, dict) else {}
+
+
 def log_tail(run_dir: Path, n: int = 100, max_bytes: int = 256_000) -> str:
     """The last ``n`` lines of ``train.log`` (empty when there is no log)."""
     path = Path(run_dir) / LOG_FILE
@@ -382,8 +404,8 @@ def run_summary_table(infos: list | None = None) -> pd.DataFrame:
     """The run history as a display table, newest first."""
     infos = list_runs() if infos is None else infos
     rows = [_summary_row(r) for r in infos]
-    columns = ["run", "status", "model", "kept", "val bal. acc", "val AUC",
-               "val acc", "duration", "started"]
+    columns = ["run", "task", "status", "model", "kept", "val bal. acc", "val AUC",
+               "val acc", "val Dice", "duration", "started"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -411,12 +433,14 @@ def _summary_row(info: dict) -> dict:
     started = info["started"]
     return {
         "run": info["id"],
+        "task": info.get("task"),
         "status": info["state"],
         "model": model,
         "kept": checkpoint_text(best),
         "val bal. acc": best.get("val_balanced_accuracy"),
         "val AUC": best.get("val_auc"),
         "val acc": best.get("val_accuracy"),
+        "val Dice": best.get("val_dice"),
         "duration": format_duration(info["duration"]) or None,
         "started": started.astimezone().strftime("%Y-%m-%d %H:%M") if started else None,
     }
@@ -491,12 +515,27 @@ def launch(options: dict, command: list | None = None) -> Path:
         raise OptionsError(errors)
     with _registry_lock():
         _refuse_if_busy()
-        run_dir = paths.runs_dir() / new_run_id(options.get("arch"))
+        run_dir = paths.runs_dir() / new_run_id(options.get("arch") or options.get("task"))
         run_dir.mkdir()
         write_json_atomic(run_dir / STATUS_FILE, {"state": "queued", "pid": None, "started": _iso(),
                                             "updated": _iso(), "message": "starting the trainer"})
         _start(run_dir, build_argv(run_dir, options, command), options)
     return run_dir
+
+
+def resume_problem(run_dir: Path, status: dict) -> str | None:
+    """Why a run cannot be resumed, or None when a resume can continue it.
+
+    A failed run is resumable only from a completed epoch: a failure before that
+    (bad data, a broken option set) would repeat itself, so a new run is the answer.
+    """
+    if status["state"] not in RESUMABLE_STATES:
+        return (f"{Path(run_dir).name} is {status['state']}: only stopped, crashed or failed runs can be resumed")
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
+        return "the run ended before writing its configuration; launch a new run"
+    if status["state"] == "failed" and not (Path(run_dir) / STATE_FILE).is_file():
+        return "the run failed before completing an epoch, so there is nothing to resume; launch a new run"
+    return None
 
 
 def resume(run_dir: Path, command: list | None = None) -> Path:
@@ -509,9 +548,9 @@ def resume(run_dir: Path, command: list | None = None) -> Path:
     run_dir = _inside_registry(run_dir)
     with _registry_lock():
         status = read_status(run_dir)
-        if status["state"] not in RESUMABLE_STATES:
-            raise RunError(f"{run_dir.name} is {status['state']}: only stopped, crashed or "
-                           "failed runs can be resumed")
+        problem = resume_problem(run_dir, status)
+        if problem:
+            raise RunError(problem)
         _refuse_if_busy()
         (run_dir / STOP_FILE).unlink(missing_ok=True)  # else the trainer stops at once
         kept = {k: v for k, v in status.items() if k not in ("stored_state", "alive")}

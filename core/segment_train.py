@@ -1,7 +1,9 @@
 """Train the lesion segmenter into a run folder.
 
-``python -m core.segment_train --run-dir DIR [options]`` (and ``train(args, folder)``
-for ``core.train``'s ``--task segmentation``) writes the run-folder contract of
+``python -m core.train --task segmentation --run-dir DIR [options]`` (as the Train
+page launches it) hands the run to :func:`train`; ``python -m core.segment_train
+--run-dir DIR [options]`` is the same with segmentation as the default task. The
+options are the segmentation schema of :mod:`core.options`. It writes the run-folder contract of
 ``core.train``: ``config.json``, ``status.json``, ``metrics.jsonl`` (one line per
 epoch with ``val_dice``), ``train.log``, ``last.keras`` + ``state.json`` (resume),
 the best model by validation Dice (``model.keras`` + ``model.json``) and, when
@@ -12,7 +14,6 @@ Masks are scored at the image's own size: the model's probability map is resized
 bilinearly to the true mask's shape and thresholded (``core.segment.mask_at``).
 """
 
-import argparse
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -20,75 +21,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core import paths  # noqa: E402
+from core import options, paths  # noqa: E402
 from core import segment  # noqa: E402
+from core import train_common as common  # noqa: E402
 from core.images import read_mask  # noqa: E402
 from core.pipeline import cache_key, load_or_build_cache, make_augmenter  # noqa: E402
 from core.predictions import write_csv  # noqa: E402
 from core.segmentation_metrics import image_scores, scores_path  # noqa: E402
 from core import runfolder as rf  # noqa: E402
-from core.runfolder import RunFolder, write_json_atomic  # noqa: E402
+from core.runfolder import write_json_atomic  # noqa: E402
 from core.runfolder import now_iso as now  # noqa: E402
-from core.train import (  # noqa: E402
-    _on_sigterm, export_model, library_versions, make_progress_callback, sample_lesions, setup_logging,
-    split_dataset, split_indices,
+from core.train_common import (  # noqa: E402
+    export_model, library_versions, make_progress_callback, sample_lesions, split_dataset, split_indices,
 )
-from core.train import load_resume_args as recorded_args  # noqa: E402  (this module's own adds --epochs)
 
 log = logging.getLogger("core.segment_train")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidates for the mask threshold, chosen on validation
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line, with every option documented."""
-    p = argparse.ArgumentParser(prog="python -m core.segment_train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Train the HAM10000 lesion segmenter into a run folder.")
-    p.add_argument("--run-dir", required=True, type=Path, help="run folder to create (or resume)")
-    p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (default: $HAM10000_DIR or data/ham10000)")
-    p.add_argument("--weights", choices=("none", "offline-imagenet"), default="offline-imagenet", help="encoder weights")
-    p.add_argument("--image-size", type=int, default=128, help="width of the model input (a multiple of 32)")
-    p.add_argument("--image-height", type=int, default=96, help="height of the model input (a multiple of 32)")
-    p.add_argument("--epochs", type=int, default=8, help="total epochs")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 5 %% of it)")
-    p.add_argument("--freeze", choices=segment.FREEZE_POINTS, default="block_3",
-                   help="encoder blocks below this one stay frozen (encoder BatchNorm is always frozen)")
-    p.add_argument("--seed", type=int, default=42, help="seed for initialisation, order and augmentation")
-    p.add_argument("--split-file", type=Path, default=None, help="use this split CSV instead of making one")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of images for validation")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="share of images for test")
-    p.add_argument("--max-images", type=int, default=0, help="train on a lesion-grouped sample of about N images (0 = all)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its last completed epoch (with --epochs: a new length)")
-    return p
+PROG = "python -m core.segment_train"
+DESCRIPTION = "Train the HAM10000 lesion segmenter into a run folder."
 
 
-def validate_args(args) -> list[str]:
-    """Problems with the options, as sentences; empty when all is well."""
-    errors = []
-    for side in (args.image_size, args.image_height):
-        if not 32 <= side <= 512 or side % 32:
-            errors.append("image width and height must be multiples of 32 between 32 and 512")
-            break
-    if args.epochs < 1 or args.batch_size < 1 or args.max_images < 0:
-        errors.append("epochs and batch size must be ≥ 1, max images ≥ 0")
-    if not 0 < args.lr < 1:
-        errors.append("the learning rate must be in (0, 1)")
-    return errors
+def build_parser():
+    """The command line: the segmentation options of :mod:`core.options`."""
+    return common.build_parser(PROG, options.SEGMENT, DESCRIPTION)
 
 
 def input_hw(args) -> tuple[int, int]:
-    """The model input ``(height, width)`` of a run's options."""
-    return args.image_height, args.image_size
+    """The model input ``(height, width)`` of a run's options (height 0: square)."""
+    return (args.image_height or args.image_size), args.image_size
 
 
 def learning_rate(args, epoch: int) -> float:
@@ -188,6 +157,7 @@ class SegmentTrainer:
         """Write ``config.json``: every option, the split hash, the model recipe, library versions."""
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "resume"}
         config.update(task="segmentation", split_sha256=self.split_sha256, n_images=len(self.frame),
+                      split_sizes={split: len(idx) for split, idx in self.idx.items()},
                       versions=library_versions(), created=now(), **segment.recipe())
         write_json_atomic(self.folder.dir / rf.CONFIG_FILE, config)
 
@@ -228,6 +198,7 @@ class SegmentTrainer:
 
     def end_epoch(self, epoch: int, lr: float, loss: float, seconds: float) -> None:
         """Score validation, write the epoch record, keep the best model and the resume checkpoint."""
+        self.folder.set_phase(rf.VALIDATE_PHASE, f"epoch {epoch + 1}: scoring validation", len(self.idx["val"]))
         val = score_split(self.frame.iloc[self.idx["val"]], self.predict(self.idx["val"]), segment.THRESHOLD)
         means = {f"val_{k}": float(val[k].mean()) for k in ("dice", "jaccard", "thresholded_jaccard")}
         record = {"kind": "epoch", "epoch": epoch + 1, "phase": "train", "lr": lr, "seconds": round(seconds, 1),
@@ -258,27 +229,31 @@ class SegmentTrainer:
         """Choose the threshold on validation, then write per-image val and test scores with the best model."""
         import keras
 
-        self.folder.update(phase="score", message="scoring val and test with the best checkpoint")
+        self.folder.set_phase("threshold", f"choosing the mask threshold on validation (n = {len(self.idx['val'])})",
+                              len(THRESHOLDS), unit="thresholds")
         best = keras.models.load_model(self.folder.dir / rf.MODEL_FILE, compile=False)
         val_frame = self.frame.iloc[self.idx["val"]]
         val_probs = self.predict(self.idx["val"], best)
-        by_threshold = {t: float(score_split(val_frame, val_probs, t)["dice"].mean()) for t in THRESHOLDS}
+        by_threshold = {}
+        for t in THRESHOLDS:
+            by_threshold[t] = float(score_split(val_frame, val_probs, t)["dice"].mean())
+            self.folder.advance(len(by_threshold))
         threshold = max(by_threshold, key=by_threshold.get)
         log.info("val Dice by threshold %s: chose %.2f", by_threshold, threshold)
         self.write_model_metadata(threshold, val_dice_by_threshold=by_threshold)
         write_csv(scores_path(self.folder.dir, "val"), score_split(val_frame, val_probs, threshold))
         if len(self.idx["test"]):
+            self.folder.set_phase("score", f"scoring the test split (n = {len(self.idx['test'])})")
             test = score_split(self.frame.iloc[self.idx["test"]], self.predict(self.idx["test"], best), threshold)
             write_csv(scores_path(self.folder.dir, "test"), test)
             log.info("test (n=%d): dice %.4f", len(test), test["dice"].mean())
 
 
 def train(args, folder) -> int:
-    """Run a segmentation training in ``folder`` (a ``core.train.RunFolder``); 0 when it ends normally."""
-    errors = validate_args(args)
-    if errors:
-        folder.update(state="failed", finished=now(), message="; ".join(errors))
-        return 2
+    """Run a segmentation training in ``folder`` (a ``core.runfolder.RunFolder``); 0 when it ends normally.
+
+    ``args`` are validated segmentation options (:func:`core.train_common.parse_args`).
+    """
     trainer = SegmentTrainer(args, folder)
     trainer.prepare_data()
     trainer.write_config()
@@ -286,43 +261,14 @@ def train(args, folder) -> int:
     return rf.run_epochs(trainer, folder, args.epochs)
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, epochs: int | None = None):
-    """The options a run was started with, read back from its config.json.
-
-    ``epochs`` changes the run's length: fewer ends it (the best checkpoint is
-    then scored) at the epochs already done, more extends it.
-    """
-    merged = vars(recorded_args(parser, run_dir, keep=("planned_epochs",)))
-    if epochs is not None and epochs != merged["epochs"]:
-        merged["planned_epochs"] = merged.get("planned_epochs") or merged["epochs"]
-        merged["epochs"] = epochs
-    return argparse.Namespace(**merged)
-
-
 def main(argv=None) -> int:
-    """Parse the command line and train; failures reach ``status.json``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        if not (args.run_dir / rf.CONFIG_FILE).is_file():
-            parser.error(f"--resume: {args.run_dir / rf.CONFIG_FILE} not found")
-        epochs = args.epochs if "--epochs" in (sys.argv[1:] if argv is None else argv) else None
-        args = load_resume_args(parser, args.run_dir, epochs)
-    errors = validate_args(args)
-    if errors:
-        parser.error("; ".join(errors))
-    folder = RunFolder(args.run_dir)
-    (folder.dir / rf.STOP_FILE).unlink(missing_ok=True)
-    setup_logging(folder.dir)
-    signal.signal(signal.SIGTERM, _on_sigterm)  # the progress callback then stops after the batch
-    folder.update(state="running", message="starting")
-    log.info("run %s started (pid %d): %s", folder.dir.name, os.getpid(), " ".join(sys.argv[1:]))
-    try:
-        return train(args, folder)
-    except Exception as err:  # noqa: BLE001  any failure must reach status.json, not only the log
-        log.error("run failed: %s\n%s", err, traceback.format_exc())
-        folder.update(state="failed", finished=now(), message=f"{type(err).__name__}: {err}")
-        return 1
+    """Run ``python -m core.segment_train``; returns the exit code."""
+    args = common.parse_args(argv, prog=PROG, default_task=options.SEGMENT, description=DESCRIPTION)
+    if args.task != options.SEGMENT:
+        print(f"{PROG}: error: this command trains the segmenter; use python -m core.train for {args.task}",
+              file=sys.stderr)
+        return common.EXIT_USAGE
+    return common.run_locked(args, args.run_dir, train, PROG)
 
 
 if __name__ == "__main__":

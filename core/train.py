@@ -7,7 +7,7 @@ record per epoch and per-batch progress, the log, a checkpoint with optimizer
 state for resume, the best model by validation balanced accuracy with its
 metadata, the best model's predictions and TensorBoard event files.
 
-The options are :data:`core.options.OPTIONS`; bad ones end the command at once
+The options are the task's :func:`core.options.schema`; bad ones end the command at once
 with a one-line message and exit code 2, as does a run folder another trainer
 holds. A stop file in the run folder (or SIGTERM) stops the run after the
 current batch; ``--resume`` continues from the last completed epoch with the
@@ -28,13 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,107 +39,32 @@ import pandas as pd  # noqa: E402
 
 from core import options, paths  # noqa: E402
 from core import runfolder as rf  # noqa: E402
-from core.data import load_dataset  # noqa: E402
+from core import train_common as common  # noqa: E402
 from core.labels import CLASSES  # noqa: E402
 from core.modelio import read_metadata, write_metadata  # noqa: E402
 from core.models import HEAD_LAYERS, LAST_CONV, build_model, preprocessing_text  # noqa: E402
 from core.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
-from core.runfolder import RunFolder, RunFolderBusy, RunLock  # noqa: E402
-from core.runfolder import now_iso as now
-from core.splits import load_splits, make_splits, save_splits  # noqa: E402
+from core.runfolder import RunFolder  # noqa: E402
+from core.runfolder import now_iso as now  # noqa: E402
+from core.train_common import (  # noqa: E402, F401  (shared with core.segment_train; tests reach them here too)
+    EXIT_USAGE, export_model, library_versions, load_resume_args, make_progress_callback, option_values,
+    sample_lesions, save_atomic, setup_logging, split_dataset, split_indices, validate_args,
+)
 
 log = logging.getLogger("core.train")
-EXIT_USAGE = 2  # bad options, busy run folder: nothing was trained
+PROG = "python -m core.train"
 WORKER_DIR_ENV = "HAM_WORKER_DIR"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line, generated from :data:`core.options.OPTIONS`."""
-    p = options.OneLineParser(
-        prog="python -m core.train",
-        description="Train a HAM10000 classifier into a run folder (see the module docstring for its files).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--run-dir", required=True, type=Path, help="run folder to create (or resume)")
-    options.add_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last completed epoch")
-    return p
-
-
-def option_values(args) -> dict:
-    """The training options of parsed arguments (without ``run_dir`` and ``resume``)."""
-    return {name: getattr(args, name) for name in options.BY_NAME}
-
-
-def validate_args(args) -> list[str]:
-    """Problems with the options, as sentences; empty when all is well (:func:`core.options.validate`)."""
-    return options.validate(option_values(args))
+def build_parser(task: str = options.CLASSIFY) -> argparse.ArgumentParser:
+    """The command line of ``task``, generated from :func:`core.options.schema`."""
+    return common.build_parser(PROG, task, "Train a HAM10000 classifier (or, with --task segmentation, the lesion "
+                               "segmenter) into a run folder (see the module docstring for its files).")
 
 
 def input_hw(args) -> tuple[int, int]:
     """The model input ``(height, width)`` of a run's options."""
     return (args.image_height or args.image_size), args.image_size
-
-
-def setup_logging(run_dir: Path) -> None:
-    handlers = [logging.FileHandler(run_dir / rf.LOG_FILE, encoding="utf-8")]
-    if sys.stderr.isatty():
-        handlers.append(logging.StreamHandler())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
-
-
-def library_versions() -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__}
-
-
-def sample_lesions(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
-    """A sample of about ``max_images`` images made of whole lesions, keeping every class."""
-    if not max_images or max_images >= len(frame):
-        return frame
-    share = max_images / len(frame)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for _, group in frame.groupby("dx"):
-        lesions = group["lesion_id"].unique()
-        n = max(4, round(len(lesions) * share))
-        keep.extend(rng.choice(lesions, size=min(n, len(lesions)), replace=False))
-    return frame[frame["lesion_id"].isin(set(keep))].reset_index(drop=True)
-
-
-def prepare_split(args, frame: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFrame, str]:
-    """Load or make the lesion-grouped split, save it in the run folder, return it with its hash."""
-    target = run_dir / rf.SPLITS_FILE
-    if args.split_file:
-        splits = load_splits(args.split_file)
-        unknown = set(splits["image_id"]) - set(frame["image_id"])
-        if unknown:
-            raise ValueError(f"{args.split_file}: {len(unknown)} image ids are not in the dataset")
-    elif target.is_file():
-        splits = load_splits(target)
-    else:
-        splits = make_splits(frame, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
-    digest = save_splits(splits, target)
-    return splits, digest
-
-
-def split_dataset(args, folder: RunFolder) -> tuple[pd.DataFrame, str]:
-    """The dataset with the run's lesion-grouped split as a ``split`` column, and the split's hash."""
-    folder.update(state="running", message="loading the dataset")
-    frame = load_dataset(args.data_dir or paths.dataset_dir())
-    splits, split_sha256 = prepare_split(args, frame, folder.dir)
-    # the split covers the whole dataset; --max-images samples lesions within it
-    return frame.merge(splits[["image_id", "split"]], on="image_id", how="inner"), split_sha256
-
-
-def split_indices(frame: pd.DataFrame, split_sha256: str) -> dict:
-    """``{split: row positions}`` for train, val and test, logged with the split's hash."""
-    idx = {s: np.flatnonzero(frame["split"].to_numpy() == s) for s in ("train", "val", "test")}
-    log.info("split %s: %s", split_sha256[:12], {s: len(i) for s, i in idx.items()})
-    return idx
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -262,66 +184,34 @@ def learning_rate(args, epoch: int) -> float:
     return float(args.finetune_lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t))))
 
 
-_SIGNALLED = {"stop": False}
-
-
-def _on_sigterm(signum, frame):
-    _SIGNALLED["stop"] = True
-
-
-def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_seconds: float = 2.0,
-                           distributed: bool = False):
-    """A Keras callback that writes batch progress and the heartbeat, and honours STOP.
-
-    Under a multi-worker strategy a stop mid-epoch would leave the other workers
-    waiting in a collective: there the stop is agreed at the epoch's end instead.
-    """
-    import keras
-
-    class Progress(keras.callbacks.Callback):
-        stopped = False
-        last = 0.0
-        started = time.monotonic()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if not distributed and (folder.stop_requested() or _SIGNALLED["stop"]):
-                self.model.stop_training = True
-                self.stopped = True
-            t = time.monotonic()
-            if t - self.last >= every_seconds or batch + 1 == batches or self.stopped:
-                self.last = t
-                loss = float((logs or {}).get("loss", float("nan")))
-                folder.append_metrics({"kind": rf.BATCH_RECORD, "epoch": epoch, "batch": batch + 1, "batches": batches,
-                                       "loss": loss, "seconds": round(t - self.started, 2)})
-                folder.update(batch=batch + 1, batches=batches)
-
-    return Progress()
-
-
 def stop_agreed(strategy, folder: RunFolder) -> bool:
     """True on every worker when any worker was asked to stop (a collective: all workers call it)."""
     import tensorflow as tf
 
-    local = tf.constant(float(folder.stop_requested() or _SIGNALLED["stop"]))
+    local = tf.constant(float(folder.stop_requested()))
     per_replica = strategy.run(lambda: tf.identity(local))
     return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
 
 
 def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024,
-                  direct: bool = False) -> np.ndarray:
+                  direct: bool = False, progress=None) -> np.ndarray:
     """Model probabilities for ``images[idx]``, a chunk of the cache at a time.
 
     ``model.predict`` rather than ``predict_on_batch``: under MirroredStrategy the
     latter returned every replica's rows. ``direct`` calls the model itself, batch
     by batch, as under MultiWorkerMirroredStrategy, where ``predict`` would split
-    the rows between the workers.
+    the rows between the workers. ``progress(done)`` hears the rows done after each chunk.
     """
-    if direct:
-        out = [np.asarray(model(images[idx[i : i + batch_size]].astype(np.float32), training=False))
-               for i in range(0, len(idx), batch_size)]
-    else:
-        out = [model.predict(images[idx[i : i + chunk]].astype(np.float32), batch_size=batch_size, verbose=0)
-               for i in range(0, len(idx), chunk)]
+    step = batch_size if direct else chunk
+    out = []
+    for i in range(0, len(idx), step):
+        rows = images[idx[i : i + step]].astype(np.float32)
+        if direct:
+            out.append(np.asarray(model(rows, training=False)))
+        else:
+            out.append(model.predict(rows, batch_size=batch_size, verbose=0))
+        if progress:
+            progress(i + len(rows))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -361,23 +251,6 @@ def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
         "balanced_accuracy": metrics.balanced_accuracy(labels, predicted, n_classes),
         "auc": float(metrics.weighted_macro_auc(np.ones((1, len(labels))), labels, probs, n_classes)[0]),
     }
-
-
-def save_atomic(model, path: Path) -> None:
-    """Save a Keras model so ``path`` always holds a complete file (temp file + ``os.replace``)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def export_model(model, path: Path) -> None:
-    """Save the bare inference graph (no optimizer, no training metrics), atomically."""
-    import keras
-
-    save_atomic(keras.Model(inputs=model.inputs, outputs=model.outputs, name=model.name), path)
 
 
 def load_checkpoint(path: Path):
@@ -467,6 +340,7 @@ class Trainer:
     def write_config(self) -> None:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "resume"}
         config.update(classes=self.classes, split_sha256=self.split_sha256, n_images=len(self.frame),
+                      split_sizes={split: len(idx) for split, idx in self.idx.items()},
                       versions=library_versions(), created=now(),
                       last_conv_layer=LAST_CONV[self.args.arch],
                       preprocessing=preprocessing_text(self.args.arch, self.args.weights))
@@ -547,7 +421,9 @@ class Trainer:
         return cluster_workers() > 1
 
     def end_epoch(self, epoch: int, phase: str, lr: float, history: dict, seconds: float) -> None:
-        probs = predict_probs(self.model, self.images, self.idx["val"], direct=self.distributed)
+        self.folder.set_phase(rf.VALIDATE_PHASE, f"epoch {epoch + 1}: scoring validation", len(self.idx["val"]))
+        probs = predict_probs(self.model, self.images, self.idx["val"], direct=self.distributed,
+                              progress=self.folder.advance)
         val = score(self.labels[self.idx["val"]], probs, self.k)
         record = {"kind": rf.EPOCH_RECORD, "epoch": epoch + 1, "phase": phase, "lr": lr,
                   "seconds": round(seconds, 1)}
@@ -592,8 +468,10 @@ class Trainer:
         if saved is None or saved[1] < 2 or not len(self.idx["val"]):
             return
         mean, count = saved
+        self.folder.set_phase("average", f"scoring the mean of the last {count} epochs' weights on validation",
+                              len(self.idx["val"]))
         self.model.set_weights([m.astype(np.float32) for m in mean])
-        probs = predict_probs(self.model, self.images, self.idx["val"])
+        probs = predict_probs(self.model, self.images, self.idx["val"], progress=self.folder.advance)
         val = score(self.labels[self.idx["val"]], probs, self.k)
         first = self.args.epochs - count + 1
         record = {"kind": rf.AVERAGE_RECORD, "epochs": [first, self.args.epochs],
@@ -627,16 +505,21 @@ class Trainer:
         import keras
 
         self.keep_average_if_better()
-        self.folder.update(phase="predict", message="predicting val and test with the best checkpoint")
+        total = len(self.idx["val"]) + len(self.idx["test"])
+        self.folder.set_phase("predict", "predicting val and test with the best checkpoint", total)
         best = keras.models.load_model(self.folder.path(rf.MODEL_FILE), compile=False)
+        done = 0
         for split in ("val", "test"):
             idx = self.idx[split]
             if len(idx) == 0:
                 continue
-            probs = predict_probs(best, self.images, idx)
+            probs = predict_probs(best, self.images, idx, progress=lambda n, before=done: self.folder.advance(before + n))
+            done += len(idx)
             write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs, self.classes)
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
+                self.folder.set_phase("predict", "predicting val and test with the best checkpoint", total)
+                self.folder.advance(done)
                 log.info("val (n=%d): %s", len(idx), score(self.labels[idx], probs, self.k))
             else:  # the test split is scored once, by whoever evaluates the finished model, not in the log
                 log.info("%s (n=%d): predictions written", split, len(idx))
@@ -650,8 +533,10 @@ class Trainer:
         rng = np.random.default_rng(self.args.seed)
         train = self.idx["train"]
         train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
+        self.folder.set_phase("ood", f"fitting the out-of-distribution scorer on {len(train)} training images",
+                              ood_fit.FIT_STEPS, unit="steps")
         entry = ood_fit.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]],
-                                      seed=self.args.seed)
+                                      seed=self.args.seed, progress=self.folder.advance)
         meta = read_metadata(self.folder.dir)
         meta["ood"] = entry
         write_metadata(self.folder.dir, meta)
@@ -661,52 +546,16 @@ class Trainer:
         """Fit temperature scaling on validation and store it with the model."""
         from core.calibration import expected_calibration_error, fit_temperature, save_temperature
 
+        self.folder.set_phase("calibrate", f"fitting the temperature on validation (n = {len(val_labels)})")
         temperature = fit_temperature(val_probs, val_labels)
         save_temperature(self.folder.dir, temperature, n=len(val_labels))
         log.info("temperature %.3f fitted on val (n=%d); val ECE %.4f before scaling", temperature,
                  len(val_labels), expected_calibration_error(val_probs, val_labels))
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, keep=()):
-    """The options a run was started with, read back from its config file.
-
-    ``keep`` names recorded values that are not options of ``parser`` but are carried
-    over when the config has them (the segmenter's ``planned_epochs``).
-    """
-    config = rf.read_json(run_dir / rf.CONFIG_FILE)
-    if config is None:
-        parser.error(f"--resume: no readable {rf.CONFIG_FILE} in {run_dir}")
-    defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
-    merged = {k: config.get(k, v) for k, v in defaults.items()}
-    for key in ("data_dir", "split_file"):
-        merged[key] = Path(merged[key]) if merged[key] else None
-    merged["run_dir"], merged["resume"] = run_dir, True
-    merged.update({k: config[k] for k in keep if config.get(k)})
-    return argparse.Namespace(**merged)
-
-
 def parse_args(argv=None):
     """Parsed, resume-merged and validated options; exits with code 2 and one line when they are bad."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        args = load_resume_args(parser, args.run_dir)
-    errors = validate_args(args)
-    if errors:
-        _mark_failed(args.run_dir, "; ".join(errors))
-        parser.error("; ".join(errors))
-    return args
-
-
-def _mark_failed(run_dir: Path, message: str) -> None:
-    """Record a refused start in a folder the page created, unless another trainer holds it."""
-    if not run_dir.is_dir():
-        return
-    try:
-        with RunLock(run_dir):
-            RunFolder(run_dir).update(state="failed", finished=now(), message=message)
-    except RunFolderBusy:
-        pass
+    return common.parse_args(argv, prog=PROG, description=build_parser().description)
 
 
 def main(argv=None) -> int:
@@ -714,35 +563,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     chief = is_chief()
     run_dir = args.run_dir if chief else worker_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        lock = RunLock(run_dir).acquire()
-    except RunFolderBusy as err:
-        print(f"python -m core.train: error: {err}; nothing was changed", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _run(args, RunFolder(run_dir))
+        return common.run_locked(args, run_dir, _run, PROG)
     finally:
-        lock.release()
         if not chief and not os.environ.get(WORKER_DIR_ENV):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run(args, folder: RunFolder) -> int:
-    """Train into a locked run folder; any failure ends up in its status."""
-    folder.clear_stop()
-    setup_logging(folder.dir)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    folder.update(state="running", message="starting")
-    log.info("run %s started (pid %d): %s", folder.dir.name, os.getpid(), " ".join(sys.argv[1:]))
-    try:
-        if args.task == "segmentation":
-            return _segment(args, folder)
-        return _train(args, folder)
-    except Exception as err:  # noqa: BLE001  any failure must reach the status file, not only the log
-        log.error("run failed: %s\n%s", err, traceback.format_exc())
-        folder.update(state="failed", finished=now(), message=f"{type(err).__name__}: {err}")
-        return 1
+    """Train into a locked run folder: a segmentation run goes to ``core.segment_train``."""
+    if args.task == options.SEGMENT:
+        return _segment(args, folder)
+    return _train(args, folder)
 
 
 def _segment(args, folder: RunFolder) -> int:

@@ -1,4 +1,4 @@
-"""Train: launch a run in the background, follow it live, browse, compare and manage past runs."""
+"""Train: launch a classifier or segmenter run in the background, follow it live, browse, compare and manage past runs."""
 
 import streamlit as st
 
@@ -8,7 +8,7 @@ from ui.frame import icon_of, page_setup
 from ui.train_compare import compare_section
 
 page_setup("Train")
-st.title(f"{icon_of('Train')} Train a classifier")
+st.title(f"{icon_of('Train')} Train a model")
 st.caption("Training runs in a background process; this page only watches its run folder, "
            "so you can reload or close it at any time.")
 
@@ -18,11 +18,9 @@ if paths.read_only():
 else:
     dataset_ready = train_ui.dataset_notice()
     if active:
-        st.info(f"Run `{active['id']}` is {active['state']}. Only one run trains at a time.")
+        st.info(f"Run `{active['id']}` is active (queued or training). Only one run trains at a time.")
     with st.expander("New training run", expanded=active is None):
-        options = train_ui.options_form(enabled=dataset_ready)
-        if options is not None:
-            train_ui.launch_run(options)
+        train_ui.new_run_form(enabled=dataset_ready)
 
 st.subheader("Runs")
 infos = runs.list_runs()

@@ -1,5 +1,6 @@
 """The app in a real browser (headless Chromium): deep links on a fresh server, the sidebar, and the
-interactions AppTest cannot see (URL round trip, one-click confusion cell, lesion dialog, example images).
+interactions AppTest cannot see (URL round trip, one-click confusion cell, lesion dialog, example images,
+a segmentation run launched from the Train page).
 
 Waits are on conditions (an element, the script going idle, the address bar), never on the clock:
 how fast things are is bench/bench_browser.py's job.
@@ -17,16 +18,17 @@ from core import calibration, modelio, predictions
 PAGES = [  # (url path, the page's own title)
     ("", "HAM10000 Lesion Lab"),
     ("Explore", "Explore HAM10000"),
-    ("Train", "Train a classifier"),
+    ("Train", "Train a model"),
     ("Evaluate", "Evaluate"),
     ("Predict", "Predict"),
     ("explore", "Explore HAM10000"),
-    ("train", "Train a classifier"),
+    ("train", "Train a model"),
     ("evaluate", "Evaluate"),
     ("predict", "Predict"),
 ]
 SIDEBAR = ["Home", "Explore", "Train", "Evaluate", "Predict"]
 WAIT_MS = 300_000  # generous: a shared 2-core machine under load; the waits are on conditions
+RUN_WAIT_MS = 1_800_000  # a tiny training run launched from the Train page, start to done
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (Debian package chromium)")
 
@@ -449,3 +451,48 @@ def _served(image_id: str, classes: list):
     meta = modelio.read_metadata(PROJECT / "models" / "default")
     saved = predictions.read(PROJECT / "models" / "default" / predictions.FILES["test"], classes).set_index("image_id")
     return calibration.calibrate(saved.loc[image_id, classes].to_numpy(float), meta["temperature"])
+
+
+def _fill_number(page, label: str, value) -> None:
+    """Type into the number field labelled ``label`` and wait for the rerun it causes."""
+    field = page.locator('[data-testid="stNumberInput"]').filter(has_text=label).locator("input")
+    field.fill(str(value))
+    field.press("Enter")
+    _settle(page)
+
+
+@pytest.mark.timeout(2400)
+def test_a_segmentation_run_launched_from_the_train_page_finishes(server_env, tmp_path):
+    """Task segmentation with the form's defaults, 1 epoch at 32 px (height 0: square) on a tiny generated dataset:
+    the run is listed as a segmentation run, names its phases and ends done, at a 1,024-px window."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from conftest import write_tiny_dataset
+    from playwright.sync_api import expect
+
+    env = {**server_env, "HAM10000_DIR": str(write_tiny_dataset(tmp_path / "tiny"))}
+    with streamlit_server(env) as url, playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = _new_page(browser)
+        page.set_viewport_size({"width": 1024, "height": 900})
+        page.goto(f"{url}/Train", wait_until="domcontentloaded")
+        page.locator("h1").filter(has_text="Train a model").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Task").first.click()
+        page.get_by_role("option", name=re.compile("Segmentation")).click()
+        page.get_by_text("Freeze encoder below").first.wait_for(timeout=WAIT_MS)
+        _settle(page)
+        for label, value in (("Epochs", 1), ("Input width", 32), ("Input height", 0)):
+            _fill_number(page, label, value)
+        page.get_by_role("button", name=re.compile("Launch training")).click()
+        table = page.locator('[data-testid="stDataFrame"]').first
+        expect(table).to_contain_text("segmentation", timeout=WAIT_MS)
+        heading = page.locator("h4").filter(has_text=re.compile("segmentation"))
+        # a whole (tiny) training: minutes on a loaded machine, so a longer wait, still on a condition
+        expect(heading).to_contain_text(re.compile(r"— (done|failed|crashed|stopped)"), timeout=RUN_WAIT_MS)
+        _settle(page)
+        page.screenshot(path=str(tmp_path / "train_segmentation.png"), full_page=True)
+        expect(heading).to_contain_text("— done")
+        expect(page.get_by_text("Val Dice").first).to_be_visible()
+        assert page.get_by_role("button", name=re.compile("Resume")).count() == 0
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()

@@ -1,4 +1,5 @@
-"""The option schema: the form, the command line and the validator accept and refuse the same option sets."""
+"""The option schema of both tasks: the form, the command line and the validator accept and refuse the same
+option sets, and the defaults of each task launch its smallest run."""
 
 from pathlib import Path
 
@@ -21,7 +22,10 @@ GOOD = [
     {"arch": "mobilenet_v3_small", "weights": "none", "lr": 0.999, "finetune_lr": 1e-7},
     {"epochs": 3, "warmup_epochs": 3, "imbalance": "focal", "augment": "strong"},
     {"val_fraction": 0.4, "test_fraction": 0.4, "max_images": 50, "seed": 0},
-    {"task": "segmentation", "max_images": 0, "unfreeze": 10_000},
+    {"epochs": 1},  # the default warm-up (2) shortens to the run
+    {"task": "segmentation"},
+    {"task": "segmentation", "epochs": 1, "max_images": 200},
+    {"task": "segmentation", "image_size": 128, "image_height": 0, "freeze": "none", "weights": "none"},
 ]
 BAD = [
     {"dropout": 1.5},
@@ -42,6 +46,11 @@ BAD = [
     {"epochs": 0},
     {"task": "detection"},
     {"augment": "heavy"},
+    {"task": "segmentation", "image_size": 100},
+    {"task": "segmentation", "image_height": 100},
+    {"task": "segmentation", "weights": "imagenet"},
+    {"task": "segmentation", "unfreeze": 10},
+    {"freeze": "block_3"},
 ]
 NOT_IN_FORM = [
     {"epochs": 2.5},
@@ -73,6 +82,25 @@ def test_validator_and_command_line_agree(options, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_messages_use_the_form_labels_and_the_command_line_its_flags():
+    assert opts.validate({"epochs": 2, "warmup_epochs": 3}) == ["Warm-up epochs cannot exceed Epochs"]
+    assert opts.validate({"epochs": 2, "warmup_epochs": 3}, cli=True) == ["--warmup-epochs cannot exceed --epochs"]
+    assert opts.validate({"task": "segmentation", "image_height": 100}) == [
+        "Input height (px, 0 = square) must be 0 or a multiple of 32, got 100"]
+    assert opts.validate({"task": "segmentation", "arch": "small_cnn"}) == [
+        "Architecture is not an option of segmentation"]
+
+
+def test_each_task_has_its_own_defaults_and_a_short_run_shortens_the_warm_up():
+    seg = opts.defaults("segmentation")
+    assert (seg["image_size"], seg["image_height"], seg["epochs"], seg["batch_size"], seg["freeze"]) == (
+        128, 96, 8, 16, "block_3")
+    assert "arch" not in seg and "warmup_epochs" not in seg and "freeze" not in opts.defaults()
+    assert opts.complete({"epochs": 1})["warmup_epochs"] == 1
+    assert opts.complete({"epochs": 1, "warmup_epochs": 0})["warmup_epochs"] == 0
+    assert opts.complete({})["warmup_epochs"] == 2
+
+
 @pytest.fixture
 def form_env(tmp_path, monkeypatch):
     """An empty registry and a tiny dataset; launching records the options instead of training."""
@@ -95,21 +123,28 @@ def form_accepts(options: dict, launched: list) -> bool:
     Accepted means launched with exactly these values: a value outside a field's bounds
     is not taken by the field, which refuses it as surely as an error message.
     """
-    full = {o.name: options.get(o.name, o.default) for o in opts.OPTIONS if o.in_form}
+    task = options.get("task", "classification")
+    full = {o.name: options.get(o.name, o.default) for o in opts.schema(task) if o.in_form}
+    if set(options) - set(full):
+        return False  # the task's form has no such field
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.run()
-    at.selectbox(key="train_opt_arch").set_value(full["arch"]).run()
+    at.selectbox(key="train_opt_task").set_value(task).run()
+    if "arch" in full:
+        at.selectbox(key=f"train_opt_{task}_arch").set_value(full["arch"]).run()
     for name, value in full.items():
-        if name != "arch":
-            widget = at.selectbox if opts.BY_NAME[name].choices else at.number_input
-            widget(key=f"train_opt_{name}").set_value(value)
-    next(b for b in at.button if "Launch training" in b.label).click().run()
+        if name not in ("task", "arch"):
+            widget = (at.selectbox if opts.BY_NAME[name].choices else at.number_input)(key=f"train_opt_{task}_{name}")
+            if opts.BY_NAME[name].choices and value not in widget.options:
+                return False  # a choice the field does not offer
+            widget.set_value(value)
+    at.button(key="train_launch").click().run()
     assert not at.exception, at.exception
     refused = any("Cannot launch" in e.value for e in at.error)
     return not refused and bool(launched) and launched[-1] == full
 
 
-@pytest.mark.parametrize("options", GOOD[:5] + BAD[:8], ids=repr)
+@pytest.mark.parametrize("options", GOOD[:5] + GOOD[-3:] + BAD[:8] + BAD[-5:-1], ids=repr)
 def test_the_form_accepts_exactly_what_the_validator_accepts(options, form_env):
     assert form_accepts(options, form_env) is (runs.validate_options(options) == [])
 
@@ -117,10 +152,12 @@ def test_the_form_accepts_exactly_what_the_validator_accepts(options, form_env):
 def test_every_option_is_in_the_cli_and_every_form_field_in_the_schema():
     from core import train
 
-    args = vars(train.build_parser().parse_args(["--run-dir", "x"]))
-    assert set(args) - {"run_dir", "resume"} == set(opts.BY_NAME)
-    assert {k: v for k, v in args.items() if k in opts.BY_NAME} == opts.DEFAULTS
-    assert opts.validate({}) == []
+    for task in opts.TASKS:
+        args = vars(train.parse_args(["--run-dir", "x", "--task", task]))
+        assert set(args) - {"run_dir", "resume"} == set(opts.defaults(task))
+        assert {k: v for k, v in args.items() if k in opts.BY_NAME} == opts.complete({"task": task})
+        assert opts.validate({"task": task}) == []
+    assert set(opts.BY_NAME) == {o.name for task in opts.TASKS for o in opts.schema(task)}
     assert all(o.group in ("model", "schedule", "data") for o in opts.OPTIONS if o.in_form)
 
 

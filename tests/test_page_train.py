@@ -116,6 +116,7 @@ def submit_button(at: AppTest):
 def test_history_lists_every_state(fixture_runs):
     at = run_page()
     table = at.dataframe[0].value.set_index("run")
+    assert set(table["task"]) == {"classification"}
     assert {state: table.loc[run_id, "status"] for state, run_id in fixture_runs.items()} == {
         s: s for s in STATES}
     assert table.loc[fixture_runs["done"], "val bal. acc"] == pytest.approx(0.48)
@@ -128,13 +129,13 @@ def test_history_lists_every_state(fixture_runs):
 def test_page_reattaches_to_the_active_run(fixture_runs):
     at = run_page()
     assert at.selectbox(key="train_selected_run").value == fixture_runs["queued"]
-    assert f"Run `{fixture_runs['queued']}` is queued" in texts(at)
+    assert f"Run `{fixture_runs['queued']}` is active" in texts(at)
 
 
 def test_running_run_shows_progress_curves_and_stops(fixture_runs, env):
     at = open_run(run_page(), fixture_runs["running"])
     bars = [p.proto.text for p in at.get("progress")]
-    assert any("epoch 3/6 (finetune)" in t and "ETA" in t for t in bars), bars
+    assert any("epoch 3/6 (fine-tuning)" in t and "ETA" in t for t in bars), bars
     assert any("batch 40/100 of epoch 3" in t for t in bars), bars
     assert {"train_curves", "train_lr"} <= chart_keys(at)
     stop = next(b for b in at.button if "Stop" in b.label)
@@ -160,29 +161,77 @@ def test_crashed_run_explains_and_offers_resume_refused_while_busy(fixture_runs)
     assert any(f"a run is already active: {fixture_runs['queued']}" in e.value for e in at.error)
 
 
+def field(at: AppTest, name: str, task: str = "classification"):
+    """The form field of an option of ``task``."""
+    key = f"train_opt_{task}_{name}"
+    return next(w for w in (*at.selectbox, *at.number_input) if w.key == key)
+
+
 def test_choosing_an_architecture_sets_its_defaults(env):
     at = run_page()
-    at.selectbox(key="train_opt_arch").set_value("small_cnn").run()
-    assert at.selectbox(key="train_opt_weights").value == "none"
-    assert at.number_input(key="train_opt_warmup_epochs").value == 0
-    assert at.number_input(key="train_opt_finetune_lr").value == pytest.approx(1e-3)
-    at.selectbox(key="train_opt_arch").set_value("mobilenet_v2").run()
-    assert at.selectbox(key="train_opt_weights").value == "offline-imagenet"
-    assert at.number_input(key="train_opt_warmup_epochs").value == 2
-    at.selectbox(key="train_opt_arch").set_value("efficientnet_b0").run()
-    assert at.selectbox(key="train_opt_weights").value == "imagenet"
+    field(at, "arch").set_value("small_cnn").run()
+    assert field(at, "weights").value == "none"
+    assert field(at, "warmup_epochs").value == 0
+    assert field(at, "finetune_lr").value == pytest.approx(1e-3)
+    field(at, "arch").set_value("mobilenet_v2").run()
+    assert field(at, "weights").value == "offline-imagenet"
+    assert field(at, "warmup_epochs").value == 2
+    field(at, "arch").set_value("efficientnet_b0").run()
+    assert field(at, "weights").value == "imagenet"
 
 
-def test_form_validation_error_is_shown_and_nothing_launches(fixture_runs, env):
+def test_form_validation_error_is_shown_with_the_labels_and_nothing_launches(fixture_runs, env):
     at = run_page()
-    at.selectbox(key="train_opt_arch").set_value("small_cnn").run()
-    at.selectbox(key="train_opt_weights").set_value("imagenet")
-    at.number_input(key="train_opt_warmup_epochs").set_value(20)
+    field(at, "arch").set_value("small_cnn").run()
+    field(at, "weights").set_value("imagenet")
+    field(at, "val_fraction").set_value(0.5)
+    field(at, "test_fraction").set_value(0.45)
     submit_button(at).click().run()
     errors = "\n".join(e.value for e in at.error)
     assert "small_cnn has no pretrained weights" in errors
-    assert "warmup_epochs cannot exceed epochs" in errors
+    assert "Validation share + Test share must leave at least 20% for training" in errors
     assert len([p for p in env.iterdir() if p.is_dir()]) == len(STATES)
+
+
+@pytest.fixture
+def launched(env, monkeypatch) -> list:
+    """The options the page hands to the launcher (nothing trains)."""
+    from core import runs
+
+    calls = []
+    monkeypatch.setattr(runs, "launch", lambda options, command=None: calls.append(options) or env / "launched")
+    return calls
+
+
+def test_a_one_epoch_run_with_the_default_warm_up_launches(launched):
+    at = run_page()
+    field(at, "epochs").set_value(1).run()
+    assert field(at, "warmup_epochs").value == 1 and field(at, "warmup_epochs").max == 1  # the form follows
+    submit_button(at).click().run()
+    assert not at.error and launched[-1]["epochs"] == 1 and launched[-1]["warmup_epochs"] == 1
+
+
+def test_segmentation_has_its_own_fields_defaults_and_launches_them(launched):
+    from core import options as opts
+
+    at = run_page()
+    at.selectbox(key="train_opt_task").set_value("segmentation").run()
+    assert not [w for w in at.selectbox if w.key == "train_opt_segmentation_arch"]
+    assert (field(at, "image_size", "segmentation").value, field(at, "image_height", "segmentation").value) == (128, 96)
+    assert field(at, "freeze", "segmentation").value == "block_3"
+    field(at, "epochs", "segmentation").set_value(1)
+    field(at, "max_images", "segmentation").set_value(200)
+    submit_button(at).click().run()
+    assert not at.error, [e.value for e in at.error]
+    expected = {o.name: o.default for o in opts.schema("segmentation") if o.in_form}
+    assert launched == [{**expected, "epochs": 1, "max_images": 200}]
+    assert opts.validate(launched[0]) == []
+
+
+def test_the_title_names_no_single_task(env):
+    at = run_page()
+    assert at.title[0].value.endswith("Train a model")
+    assert at.selectbox(key="train_opt_task").options == ["Classification (7 diagnoses)", "Segmentation (lesion masks)"]
 
 
 def test_launch_while_a_run_is_active_is_refused(fixture_runs, env):
@@ -289,8 +338,70 @@ def test_overlay_figure_draws_raw_and_smoothed_lines_per_run():
 
     frames = {"a": pd.DataFrame({"epoch": [1, 2, 3], "val_auc": [0.5, 0.9, 0.7]}),
               "b": pd.DataFrame({"epoch": [1, 2], "val_auc": [0.6, 0.8]})}
-    fig = overlay_figure(frames, "val_auc", 0.5)
-    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b"]
+    fig = overlay_figure(frames, "val_auc", 0.5, {"a": 1432, "b": None})
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a (n = 1,432)", "b (n not recorded)"]
     raw, smoothed = fig.data[0], fig.data[1]
     assert list(raw.y) == [0.5, 0.9, 0.7]
     assert smoothed.y[0] == pytest.approx(0.5) and smoothed.y[1] == pytest.approx((0.5 * 0.25 + 0.5 * 0.9) / 0.75)
+
+
+def _finishing_run(env, dead_pid, live_trainer, phase: str, progress=None, task="classification") -> str:
+    run_id = f"20250109-120000-{phase}"
+    status = {"state": "running", "pid": live_trainer, "started": _iso(-600), "updated": _iso(), "epoch": 6,
+              "epochs": 6, "phase": phase, "batch": 100, "batches": 100, "message": "fitting it on 6 images",
+              "progress": progress, "best": {"epoch": 4, "val_balanced_accuracy": 0.48}}
+    run_dir = _write(env / run_id, status, epochs=6)
+    config = {"task": task, "arch": "mobilenet_v2", "image_size": 128, "epochs": 6,
+              "split_sizes": {"train": 7010, "val": 1432, "test": 1431}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_id
+
+
+def test_after_the_last_batch_the_monitor_names_the_phase_with_its_progress(env, dead_pid, live_trainer):
+    run_id = _finishing_run(env, dead_pid, live_trainer, "predict", {"done": 1024, "total": 2863, "unit": "images"})
+    at = open_run(run_page(), run_id)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert any("now predicting the validation and test splits" in t for t in bars), bars
+    assert any(t.endswith("1,024/2,863 images") for t in bars), bars
+    assert not any("ETA" in t for t in bars)
+    assert "These final steps cannot be stopped" in texts(at)
+    assert not [b for b in at.button if "Stop" in b.label]
+
+
+def test_a_stop_during_validation_says_when_it_lands(env, dead_pid, live_trainer):
+    run_id = _finishing_run(env, dead_pid, live_trainer, "validate", {"done": 0, "total": 1432, "unit": "images"})
+    at = open_run(run_page(), run_id)
+    next(b for b in at.button if "Stop after this epoch" in b.label).click().run()
+    assert (env / run_id / "STOP").is_file()
+    assert "it stops once that epoch is saved" in texts(at)
+
+
+def test_metrics_and_curves_carry_their_n(env, dead_pid, live_trainer):
+    run_id = _finishing_run(env, dead_pid, live_trainer, "ood", {"done": 1, "total": 4, "unit": "steps"})
+    at = open_run(run_page(), run_id)
+    assert "scored on the validation split (n = 1,432 images)" in texts(at)
+    curves = next(c for c in at.get("plotly_chart") if c.key == "train_curves")
+    names = {t["name"] for t in json.loads(curves.proto.spec)["data"]}
+    assert names == {"train (n = 7,010)", "validation (n = 1,432)"}
+
+
+def test_a_failed_run_without_a_completed_epoch_offers_no_resume(env, dead_pid):
+    run_id = "20250110-120000-failed-early"
+    _write(env / run_id, {"state": "failed", "pid": dead_pid, "started": _iso(-60), "finished": _iso(-50),
+                          "message": "AttributeError: boom"})
+    at = open_run(run_page(), run_id)
+    assert not [b for b in at.button if "Resume" in b.label]
+    assert "nothing to resume" in texts(at)
+
+
+def test_a_segmentation_run_has_its_own_curves_with_both_splits_in_the_legend():
+    import pandas as pd
+
+    from ui.train import CURVES, curves_figure
+
+    epochs = pd.DataFrame({"epoch": [1, 2], "loss": [1.2, 0.8], "val_dice": [0.4, 0.7], "val_jaccard": [0.3, 0.5],
+                           "val_thresholded_jaccard": [0.0, 0.4]})
+    fig = curves_figure(epochs, CURVES["segmentation"], 144, 35)
+    assert [t.name for t in fig.data if t.showlegend] == ["train (n = 144)", "validation (n = 35)"]
+    assert [a.text for a in fig.layout.annotations][:4] == ["Loss (BCE + 1 − Dice)", "Dice", "Jaccard",
+                                                            "Thresholded Jaccard"]

@@ -165,3 +165,36 @@ def test_a_run_that_ends_normally_is_finished_and_done(tmp_path):
     status = rf.read_json(tmp_path / rf.STATUS_FILE)
     assert trainer.finished and (status["state"], status["message"]) == ("done", "finished")
     assert rf.read_json(tmp_path / rf.STATE_FILE) == {"epoch": 2}
+
+
+class StopDuringTheLastValidation(ScriptedTrainer):
+    """A STOP that arrives after the last batch, while the last epoch is scored (no batch is left to see it)."""
+
+    def run_epoch(self, epoch: int) -> bool:
+        finished = super().run_epoch(epoch)
+        if epoch + 1 == 2:
+            rf.request_stop(self.folder.dir)
+        return finished
+
+
+def test_a_stop_during_the_last_validation_skips_the_final_phases_and_a_resume_does_them(tmp_path):
+    folder = rf.RunFolder(tmp_path)
+    trainer = StopDuringTheLastValidation(folder)
+    assert rf.run_epochs(trainer, folder, epochs=2) == 0
+    status = rf.read_json(tmp_path / rf.STATUS_FILE)
+    assert status["state"] == "stopped" and "before the final scoring" in status["message"]
+    assert not trainer.finished
+    folder.clear_stop()
+    resumed = ScriptedTrainer(folder, start_epoch=2)
+    assert rf.run_epochs(resumed, folder, epochs=2) == 0 and resumed.finished
+
+
+def test_phase_progress_is_recorded_in_the_status(tmp_path):
+    folder = rf.RunFolder(tmp_path)
+    folder.set_phase("predict", "predicting val and test", 300)
+    folder.advance(120)
+    status = rf.read_json(tmp_path / rf.STATUS_FILE)
+    assert (status["phase"], status["progress"]) == ("predict", {"done": 120, "total": 300, "unit": "images"})
+    folder.set_phase("calibrate", "fitting the temperature")
+    folder.advance(5)  # a phase without a count records none
+    assert rf.read_json(tmp_path / rf.STATUS_FILE)["progress"] is None

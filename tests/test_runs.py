@@ -264,6 +264,16 @@ def test_the_model_column_gives_width_by_height_and_names_segmentation_runs(regi
     table = runs.run_summary_table().set_index("run")
     assert table.loc["wide", "model"] == "mobilenet_v2 @ 192×144 px"
     assert table.loc["seg", "model"] == "segmenter @ 128×96 px"
+    assert (table.loc["seg", "task"], table.loc["wide", "task"]) == ("segmentation", "classification")
+
+
+def test_split_sizes_come_from_the_config_or_the_trainer_log(registry):
+    run_dir = make_run(registry, "a", {"state": "done"}, config={"split_sizes": {"train": 70, "val": 15, "test": 14}})
+    assert runs.split_sizes(run_dir) == {"train": 70, "val": 15, "test": 14}
+    old = make_run(registry, "b", {"state": "done"}, config={})
+    (old / "train.log").write_text("2025-01-01 INFO split 0123abcd: {'train': 7010, 'val': 1432, 'test': 1431}\n")
+    assert runs.split_sizes(old) == {"train": 7010, "val": 1432, "test": 1431}
+    assert runs.split_sizes(make_run(registry, "c", {"state": "queued"})) == {}
 
 
 def test_the_kept_column_names_averaged_weights(registry):
@@ -293,23 +303,25 @@ def test_default_options_are_valid():
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        ({"arch": "resnet"}, "arch must be one of"),
-        ({"image_size": 8}, "image_size must be between"),
-        ({"epochs": 2.5}, "epochs must be an integer"),
-        ({"batch_size": True}, "batch_size must be an integer"),
-        ({"lr": 0.0}, "lr must be between"),
-        ({"imbalance": "smote"}, "imbalance must be one of"),
-        ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs cannot exceed epochs"),
+        ({"arch": "resnet"}, "Architecture must be one of"),
+        ({"image_size": 8}, "Input width (px) must be between"),
+        ({"epochs": 2.5}, "Epochs must be an integer"),
+        ({"batch_size": True}, "Batch size must be an integer"),
+        ({"lr": 0.0}, "Warm-up learning rate must be between"),
+        ({"imbalance": "smote"}, "Class imbalance must be one of"),
+        ({"warmup_epochs": 5, "epochs": 3}, "Warm-up epochs cannot exceed Epochs"),
         ({"val_fraction": 0.5, "test_fraction": 0.4}, "at least 20% for training"),
         ({"arch": "small_cnn"}, "small_cnn has no pretrained weights"),
         ({"arch": "efficientnet_b0"}, "offline-imagenet weights exist for mobilenet_v2, efficientnet_lite0"),
-        ({"lr": 1.0}, "lr must be between"),
+        ({"lr": 1.0}, "Warm-up learning rate must be between"),
         ({"colour": "red"}, "unknown option 'colour'"),
-        ({"max_images": 3}, "max_images must be 0 (all images) or at least 50"),
-        ({"max_images": -1}, "max_images must be between"),
+        ({"max_images": 3}, "Max images (0 = all) must be 0 (all images) or at least 50"),
+        ({"max_images": -1}, "Max images (0 = all) must be between"),
         ({"split_file": "/no/such/split.csv"}, "does not exist"),
-        ({"task": "detection"}, "task must be one of classification, segmentation"),
-        ({"dropout": 1.5}, "dropout must be between"),
+        ({"task": "detection"}, "Task must be one of classification, segmentation"),
+        ({"dropout": 1.5}, "Dropout must be between"),
+        ({"task": "segmentation", "image_height": 100}, "Input height (px, 0 = square) must be 0 or a multiple of 32"),
+        ({"task": "segmentation", "warmup_epochs": 1}, "Warm-up epochs is not an option of segmentation"),
     ],
 )
 def test_invalid_options_are_reported(options, fragment):
@@ -410,7 +422,7 @@ def test_request_stop_writes_stop_file(registry):
 
 
 def test_resume_relaunches_with_resume_flag_and_clears_stop(registry):
-    run_dir = make_run(registry, "a", {"state": "stopped", "best": {"epoch": 2}})
+    run_dir = make_run(registry, "a", {"state": "stopped", "best": {"epoch": 2}}, config={})
     (run_dir / "STOP").write_text("")
     runs.resume(run_dir, command=FAKE_COMMAND)
     launch = json.loads((run_dir / "launch.json").read_text())
@@ -425,6 +437,14 @@ def test_resume_refuses_a_done_run(registry):
     run_dir = make_run(registry, "a", {"state": "done"})
     with pytest.raises(runs.RunError, match="only stopped, crashed or failed"):
         runs.resume(run_dir, command=FAKE_COMMAND)
+
+
+def test_resume_refuses_a_run_that_failed_before_its_first_epoch(registry):
+    run_dir = make_run(registry, "a", {"state": "failed", "message": "AttributeError: boom"}, config={})
+    with pytest.raises(runs.RunError, match="failed before completing an epoch"):
+        runs.resume(run_dir, command=FAKE_COMMAND)
+    (run_dir / "state.json").write_text('{"epoch": 1}')
+    assert runs.resume_problem(run_dir, runs.read_status(run_dir)) is None
 
 
 # ---------------------------------------------------------------- deleting

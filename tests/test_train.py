@@ -114,23 +114,26 @@ def test_the_trainer_holds_the_lock_while_it_trains(tmp_path, monkeypatch):
     assert seen == [True] and not rf.is_locked(tmp_path / "r")
 
 
-def test_segmentation_is_handed_to_core_segment_train(tmp_path, monkeypatch):
-    import types
+@pytest.mark.timeout(300)
+def test_the_final_phases_are_named_in_the_status_with_their_progress(tmp_path, tiny_dataset, monkeypatch):
+    """After the last batch the status names each phase (and counts its images or steps) until the run is done."""
+    monkeypatch.setenv("HAM10000_DIR", str(tiny_dataset))
+    monkeypatch.setenv("HAM_CACHE_DIR", str(tmp_path / "cache"))
+    seen, update = [], rf.RunFolder.update
 
-    calls = []
+    def recording(folder, **fields):
+        update(folder, **fields)
+        seen.append((folder.status.get("phase"), folder.status.get("progress"), folder.status["state"]))
 
-    def fake_train(args, folder):
-        calls.append((args.task, args.arch))
-        folder.append_metrics({"kind": rf.EPOCH_RECORD, "epoch": 1, "loss": 0.5})
-        folder.update(state="done", message="segmented")
-        return 0
-
-    monkeypatch.setitem(sys.modules, "core.segment_train", types.SimpleNamespace(train=fake_train))
-    run_dir = tmp_path / "seg"
-    assert train.main(["--run-dir", str(run_dir), "--task", "segmentation"]) == 0
-    assert calls == [("segmentation", "mobilenet_v2")]
-    assert json.loads((run_dir / rf.STATUS_FILE).read_text())["message"] == "segmented"
-    assert rf.read_records(run_dir) == [{"kind": "epoch", "epoch": 1, "loss": 0.5}]
+    monkeypatch.setattr(rf.RunFolder, "update", recording)
+    assert train.main(["--run-dir", str(tmp_path / "run"), "--epochs", "2", "--average-from", "1", *TINY]) == 0
+    phases = [phase for phase, _, _ in seen]
+    order = [p for n, p in enumerate(phases) if p and (n == 0 or phases[n - 1] != p)]
+    assert order == ["warmup", "validate", "finetune", "validate", "average", "predict", "calibrate", "predict", "ood"]
+    last = {phase: progress for phase, progress, _ in seen if progress}
+    assert last["predict"]["done"] == last["predict"]["total"] > 0 and last["ood"] == {"done": 4, "total": 4,
+                                                                                     "unit": "steps"}
+    assert seen[-1][2] == "done"
 
 
 def test_segmentation_without_its_module_fails_with_one_clear_line(tmp_path, monkeypatch, capsys):
@@ -389,7 +392,7 @@ def test_averaging_from_beyond_the_last_epoch_is_refused(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(tmp_path / "r"), "--epochs", "3",
                                 "--average-from", "4"], capture_output=True, text=True, cwd=PROJECT, timeout=120)
     assert completed.returncode == 2
-    assert "average_from cannot exceed epochs" in completed.stderr
+    assert "--average-from cannot exceed --epochs" in completed.stderr
 
 
 def test_the_running_mean_of_arrays_round_trips(tmp_path):

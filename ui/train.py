@@ -21,7 +21,9 @@ from ui.guard import public_config, public_text
 
 SELECTED_RUN = "train_selected_run"
 CONFIRM_DELETE = "train_confirm_delete"
-OPTION_KEY = "train_opt_{}"
+TASK_KEY = "train_opt_task"
+OPTION_KEY = "train_opt_{}_{}"  # task, option: each task keeps its own values
+TASK_LABELS = {"classification": "Classification (7 diagnoses)", "segmentation": "Segmentation (lesion masks)"}
 POLL_SECONDS = 2.0
 LOG_LINES = 200
 READ_ONLY_NOTE = ("Read-only mode: launching, stopping, resuming and deleting runs are switched off "
@@ -45,58 +47,87 @@ def dataset_notice() -> bool:
     return False
 
 
-def _key(name: str) -> str:
-    return OPTION_KEY.format(name)
+def _key(task: str, name: str) -> str:
+    return OPTION_KEY.format(task, name)
 
 
 def _help(option: opts.Option) -> str:
     return option.help[:1].upper() + option.help[1:] + "."
 
 
-def _init_form_state() -> None:
-    """Give every form widget its schema default once, so callbacks may change it."""
-    for option in opts.OPTIONS:
-        if option.in_form:
-            st.session_state.setdefault(_key(option.name), option.default)
+def _init_form_state(task: str) -> None:
+    """Give every form widget of ``task`` its schema default once, so callbacks may change it."""
+    for option in opts.schema(task):
+        if option.in_form and option.name != "task":
+            st.session_state.setdefault(_key(task, option.name), option.default)
+
+
+def _fit_caps(task: str) -> None:
+    """Lower a capped field (warm-up) to its cap (epochs) before the fields are drawn: a shorter run
+    shortens its warm-up, so the defaults never block the smallest run."""
+    for option in opts.schema(task):
+        cap = st.session_state.get(_key(task, option.cap)) if option.cap else None
+        if isinstance(cap, int) and st.session_state.get(_key(task, option.name), 0) > cap:
+            st.session_state[_key(task, option.name)] = cap
 
 
 def apply_arch_defaults() -> None:
     """Set the options that depend on the chosen architecture to its sensible values."""
-    arch = st.session_state[_key("arch")]
+    arch = st.session_state[_key(opts.CLASSIFY, "arch")]
     for name, value in opts.arch_defaults(arch).items():
-        st.session_state[_key(name)] = value
+        st.session_state[_key(opts.CLASSIFY, name)] = value
 
 
-def _widget(option: opts.Option):
-    """The form widget of one option: bounds, choices and help come from the schema."""
+def _widget(task: str, option: opts.Option):
+    """The form widget of one option: bounds, choices and help come from the task's schema."""
+    key = _key(task, option.name)
+    if option.name == "arch":
+        return st.selectbox(option.label, option.choices, key=key, on_change=apply_arch_defaults,
+                            help=_help(option) + " Choosing one sets its initial weights, warm-up and learning rates.")
     if option.choices:
-        return st.selectbox(option.label, option.choices, help=_help(option), key=_key(option.name))
+        return st.selectbox(option.label, option.choices, help=_help(option), key=key)
+    high = option.high
+    if option.cap:  # at most its cap's current value (warm-up: at most Epochs)
+        high = min(high, st.session_state.get(_key(task, option.cap), high))
     extra = {k: v for k, v in (("step", option.step), ("format", option.fmt)) if v is not None}
-    return st.number_input(option.label, min_value=option.kind(option.low), max_value=option.kind(option.high),
-                           help=_help(option), key=_key(option.name), **extra)
+    return st.number_input(option.label, min_value=option.kind(option.low), max_value=option.kind(high),
+                           help=_help(option), key=key, **extra)
+
+
+def new_run_form(enabled: bool = True) -> None:
+    """The new-run form; changing a field redraws only the form, Launch starts the run and opens it."""
+    st.fragment(_new_run_form)(enabled)
+
+
+def _new_run_form(enabled: bool) -> None:
+    options = options_form(enabled)
+    if options is not None and launch_run(options) is not None:
+        st.rerun()  # the whole page: the history lists the new run and the monitor opens it
 
 
 def options_form(enabled: bool = True) -> dict | None:
-    """Draw the options form; return valid options when launched, else None.
+    """Draw the options of the chosen task; return valid options when launched, else None.
 
-    Choosing an architecture (outside the form, so it applies at once) sets its
-    defaults (:func:`core.options.arch_defaults`). Validation errors are shown
-    under the form and None is returned.
+    The task is chosen first: the fields, their defaults and ranges are that
+    task's (:func:`core.options.schema`). Choosing an architecture sets its
+    defaults (:func:`core.options.arch_defaults`). Validation errors, worded
+    with the fields' labels, are shown under the form and None is returned.
     """
-    _init_form_state()
-    arch = opts.BY_NAME["arch"]
-    st.selectbox(arch.label, arch.choices, key=_key("arch"), on_change=apply_arch_defaults,
-                 help=_help(arch) + " Choosing one sets its initial weights, warm-up and learning rates.")
-    values = {"arch": st.session_state[_key("arch")]}
-    with st.form("train_options", border=False):
-        for column, (group, title) in zip(st.columns(len(GROUPS)), GROUPS):
-            with column:
-                st.markdown(title)
-                for option in opts.OPTIONS:
-                    if option.in_form and option.group == group and option.name != "arch":
-                        values[option.name] = _widget(option)
-        submitted = st.form_submit_button("Launch training", icon=":material/rocket_launch:", type="primary", disabled=not enabled)
-    if not submitted:
+    task_option = opts.BY_NAME["task"]
+    task = st.selectbox(task_option.label, task_option.choices, key=TASK_KEY, format_func=TASK_LABELS.get,
+                        help=_help(task_option))
+    _init_form_state(task)
+    _fit_caps(task)
+    values = {"task": task}
+    fields = [o for o in opts.schema(task) if o.in_form and o.name != "task"]
+    for column, (group, title) in zip(st.columns(len(GROUPS)), GROUPS):
+        with column:
+            st.markdown(title)
+            for option in fields:
+                if option.group == group:
+                    values[option.name] = _widget(task, option)
+    if not st.button("Launch training", type="primary", disabled=not enabled, icon=":material/rocket_launch:",
+                     key="train_launch"):
         return None
     errors = runs.validate_options(values)
     if errors:
@@ -141,7 +172,9 @@ def history_table(infos: list) -> None:
     table = runs.run_summary_table(infos)
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(table, hide_index=True, width="stretch", placeholder="–",
-                 column_config={"val bal. acc": score, "val AUC": score, "val acc": score,
+                 column_config={"val bal. acc": score, "val AUC": score, "val acc": score, "val Dice": score,
+                                "task": st.column_config.TextColumn(help="classification (7 diagnoses) or "
+                                                                    "segmentation (lesion masks)"),
                                 "kept": st.column_config.TextColumn(help="the weights the run keeps: its best "
                                                                     "epoch on validation, or a mean of epochs")})
 
@@ -179,11 +212,13 @@ def _run_panel(run_id: str, was_active: bool) -> None:
     if was_active and not runs.is_active(status):
         st.rerun()  # the run ended: redraw the page so history updates and polling stops
     metrics = runs.read_metrics(run_dir)
+    task = (rf.read_json(run_dir / rf.CONFIG_FILE) or {}).get("task") or opts.CLASSIFY
+    sizes = runs.split_sizes(run_dir)
     _status_line(run_id, status)
     if runs.is_active(status):
-        _live_progress(run_dir, status, metrics)
-    _best_metrics(status)
-    _curves(metrics)
+        _live_progress(run_dir, status, metrics, task)
+    _best_metrics(status, task, sizes.get("val"))
+    _curves(metrics, task, sizes)
     _details(run_dir)
     if not runs.is_active(status) and not paths.read_only():
         _actions(run_dir, status)
@@ -198,59 +233,122 @@ def _status_line(run_id: str, status: dict) -> None:
     state = status["state"]
     st.markdown(f"#### {STATE_BADGES.get(state, '')} `{run_id}` — {state}")
     message = status.get("message") or ""
-    # While training, the progress bar already says which epoch runs.
-    if message and not (runs.is_active(status) and message.startswith("epoch ")):
+    # While a phase runs, the progress bars already say what the trainer does.
+    if message and not (runs.is_active(status) and status.get("phase")):
         show = st.error if state in ("failed", "crashed") else st.caption
         show(public_text(message))
 
 
-def _live_progress(run_dir: Path, status: dict, metrics: runs.Metrics) -> None:
-    share = runs.progress(status, metrics)
-    left = runs.eta(status, metrics)
-    eta_text = f"ETA {runs.format_duration(left)}" if left is not None else "ETA: estimating…"
-    epoch, total = status.get("epoch") or 0, status.get("epochs") or "?"
+# What the monitor calls each phase the trainer writes into status.json (core.runfolder).
+PHASE_TEXT = {"warmup": "warm-up (head only)", "finetune": "fine-tuning", "train": "training",
+              rf.VALIDATE_PHASE: "scoring validation", "average": "scoring the averaged weights on validation",
+              "predict": "predicting the validation and test splits", "calibrate": "fitting the temperature",
+              "ood": "fitting the out-of-distribution scorer", "threshold": "choosing the mask threshold",
+              "score": "scoring the test split"}
+STOP_AFTER_BATCH = "Stop requested: the trainer stops after the current batch and keeps its checkpoint."
+
+
+def _live_progress(run_dir: Path, status: dict, metrics: runs.Metrics, task: str) -> None:
     phase = status.get("phase") or "starting"
-    st.progress(share, text=f"{share:.0%} · epoch {epoch}/{total} ({phase}) · {eta_text}")
+    epoch, total = status.get("epoch") or 0, status.get("epochs") or "?"
+    share = runs.progress(status, metrics)
+    if phase in rf.TRAIN_PHASES or phase == "starting":
+        left = runs.eta(status, metrics)
+        eta_text = f"ETA {runs.format_duration(left)}" if left is not None else "ETA: estimating…"
+        st.progress(share, text=f"{share:.0%} · epoch {epoch}/{total} ({PHASE_TEXT.get(phase, phase)}) · {eta_text}")
+        _batch_bar(metrics, epoch)
+    else:
+        doing = PHASE_TEXT.get(phase, phase)
+        st.progress(share, text=f"{share:.0%} of the training batches · epoch {epoch}/{total} · now {doing}")
+        _phase_bar(status, doing)
+    if not paths.read_only():
+        _stop_control(run_dir, phase, epoch, task)
+
+
+def _batch_bar(metrics: runs.Metrics, epoch: int) -> None:
     batch = metrics.batch or {}
     if batch.get("batches") and batch.get("epoch") == epoch:
         loss = f" · loss {batch['loss']:.4f}" if isinstance(batch.get("loss"), float) else ""
         st.progress(min(1.0, batch["batch"] / batch["batches"]),
                     text=f"batch {batch['batch']}/{batch['batches']} of epoch {epoch}{loss}")
-    if paths.read_only():
+
+
+def _phase_bar(status: dict, doing: str) -> None:
+    """The current phase with its own progress when the trainer counts it, else what it is doing."""
+    progress = status.get("progress") if isinstance(status.get("progress"), dict) else None
+    message = status.get("message") or doing
+    if progress and progress.get("total"):
+        done, total = int(progress.get("done") or 0), int(progress["total"])
+        st.progress(min(1.0, done / total),
+                    text=f"{message[:1].upper()}{message[1:]}: {done:,}/{total:,} {progress.get('unit', '')}")
+    else:
+        st.caption(f"{message[:1].upper()}{message[1:]}…")
+
+
+def _stop_control(run_dir: Path, phase: str, epoch: int, task: str) -> None:
+    """The Stop button, saying truthfully when a stop takes effect in the current phase."""
+    finishing = rf.FINISH_PHASES.get(task, ())
+    requested = (run_dir / rf.STOP_FILE).exists()
+    if phase in finishing:
+        rest = [PHASE_TEXT[p] for p in finishing[finishing.index(phase) + 1:] if p != "average"]
+        then = f", then {', '.join(rest)}" if rest else ""
+        note = ("Stop requested, but training is already over: " if requested else "Training is over: ")
+        st.info(f"{note}the trainer is {PHASE_TEXT[phase]}{then}. These final steps cannot be stopped; "
+                "the run ends as done when they finish.")
         return
-    if (run_dir / rf.STOP_FILE).exists():
-        st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
-    elif st.button("Stop after this batch", icon=":material/stop_circle:", key=f"train_stop_{run_dir.name}",
+    if phase == rf.VALIDATE_PHASE:
+        label, after = "Stop after this epoch", (f"Stop requested: the trainer is scoring epoch {epoch} on "
+                                                  "validation; it stops once that epoch is saved, before training "
+                                                  "any further (at most one more batch).")
+    else:
+        label, after = "Stop after this batch", STOP_AFTER_BATCH
+    if requested:
+        st.info(after)
+    elif st.button(label, key=f"train_stop_{run_dir.name}", icon=":material/stop_circle:",
                    help="Asks the trainer to stop cooperatively; a stopped run can be resumed."):
         rf.request_stop(run_dir)
-        st.info("Stop requested: the trainer stops after the current batch and keeps its checkpoint.")
+        st.info(after)
 
 
-def _best_metrics(status: dict) -> None:
+BEST_METRICS = {opts.CLASSIFY: (("val_balanced_accuracy", "Val balanced acc."), ("val_auc", "Val macro AUC"),
+                                ("val_accuracy", "Val accuracy")),
+                opts.SEGMENT: (("val_dice", "Val Dice"), ("val_jaccard", "Val Jaccard"),
+                               # short enough for a quarter of a 1,024-px page; the help gives the full name
+                               ("val_thresholded_jaccard", "Val thr. Jaccard"))}
+METRIC_NAMES = {"val_thresholded_jaccard": "Thresholded Jaccard (ISIC 2018 Task 1: an image's Jaccard below "
+                                           "0.65 counts as 0), mean over images. "}
+
+
+def _n_text(n: int | None) -> str:
+    return f"n = {n:,}" if n else "n not recorded"
+
+
+def _best_metrics(status: dict, task: str, n_val: int | None) -> None:
     best = status.get("best") if isinstance(status.get("best"), dict) else None
     if not best:
         return
+    st.caption(f"The kept weights, scored on the validation split ({_n_text(n_val)} images)")
     cols = st.columns(4)
     cols[0].metric("Weights kept", runs.checkpoint_text(best) or "–")
-    for col, (key, label) in zip(cols[1:], [("val_balanced_accuracy", "Val balanced acc."),
-                                            ("val_auc", "Val macro AUC"),
-                                            ("val_accuracy", "Val accuracy")]):
+    for col, (key, label) in zip(cols[1:], BEST_METRICS.get(task, BEST_METRICS[opts.CLASSIFY])):
         value = best.get(key)
-        col.metric(label, f"{value:.3f}" if isinstance(value, (int, float)) else "–")
+        col.metric(label, f"{value:.3f}" if isinstance(value, (int, float)) else "–",
+                   help=f"{METRIC_NAMES.get(key, '')}On the validation split, {_n_text(n_val)} images")
 
 
-def _curves(metrics: runs.Metrics) -> None:
+def _curves(metrics: runs.Metrics, task: str, sizes: dict) -> None:
     if metrics.epochs.empty:
         st.caption("No finished epoch yet: curves appear after the first epoch.")
         return
-    curves, lr = _figures(metrics.epochs.to_json(orient="split"))
+    curves, lr = _figures(metrics.epochs.to_json(orient="split"), task, sizes.get("train"), sizes.get("val"))
     st.plotly_chart(curves, width="stretch", key="train_curves")
     if lr is not None:
         st.plotly_chart(lr, width="stretch", key="train_lr")
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _figures(epochs_json: str) -> tuple:
+def _figures(epochs_json: str, task: str = opts.CLASSIFY, n_train: int | None = None,
+             n_val: int | None = None) -> tuple:
     """The curve figures of some epoch rows, built once per content.
 
     Building a plotly figure takes ~0.3 s of CPU and the live view redraws every
@@ -258,25 +356,33 @@ def _figures(epochs_json: str) -> tuple:
     content, never by the live file.
     """
     epochs = pd.read_json(io.StringIO(epochs_json), orient="split")
-    return curves_figure(epochs), (lr_figure(epochs) if "lr" in epochs else None)
+    figure = curves_figure(epochs, CURVES.get(task, CURVES[opts.CLASSIFY]), n_train, n_val)
+    return figure, (lr_figure(epochs) if "lr" in epochs else None)
 
 
-CURVES = (("loss", "Loss"), ("accuracy", "Accuracy"),
-          ("balanced_accuracy", "Balanced accuracy"), ("auc", "Macro AUC"))
+CURVES = {opts.CLASSIFY: (("loss", "Loss"), ("accuracy", "Accuracy"),
+                          ("balanced_accuracy", "Balanced accuracy"), ("auc", "Macro AUC")),
+          opts.SEGMENT: (("loss", "Loss (BCE + 1 − Dice)"), ("dice", "Dice"), ("jaccard", "Jaccard"),
+                         ("thresholded_jaccard", "Thresholded Jaccard"))}
 
 
-def curves_figure(epochs: pd.DataFrame) -> go.Figure:
-    """Train and validation curves per epoch: loss, accuracy, balanced accuracy, macro AUC."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in CURVES],
+def curves_figure(epochs: pd.DataFrame, curves=CURVES[opts.CLASSIFY], n_train: int | None = None,
+                  n_val: int | None = None) -> go.Figure:
+    """Train and validation curves per epoch (four panels), the legend giving each split's n."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in curves],
                         horizontal_spacing=0.08, vertical_spacing=0.14)
-    for n, (key, _) in enumerate(CURVES):
+    names = {"train": f"train ({_n_text(n_train)})", "val": f"validation ({_n_text(n_val)})"}
+    shown = set()  # one legend entry per split, from the first panel that has its curve
+    for n, (key, _) in enumerate(curves):
         row, col = n // 2 + 1, n % 2 + 1
-        for prefix, name, dash in (("", "train", "solid"), ("val_", "val", "dash")):
+        for prefix, split, dash in (("", "train", "solid"), ("val_", "val", "dash")):
+            name = names[split]
             if prefix + key in epochs:
                 fig.add_trace(go.Scatter(x=epochs["epoch"], y=epochs[prefix + key], name=name,
-                                         mode="lines+markers", legendgroup=name, showlegend=n == 0,
-                                         line={"dash": dash, "color": "#1f77b4" if name == "train"
+                                         mode="lines+markers", legendgroup=name, showlegend=name not in shown,
+                                         line={"dash": dash, "color": "#1f77b4" if split == "train"
                                                else "#d62728"}), row=row, col=col)
+                shown.add(name)
     _mark_finetune(fig, epochs)
     fig.update_xaxes(dtick=1 if len(epochs) <= 20 else None)
     fig.update_xaxes(title_text="epoch", row=2)
@@ -344,8 +450,9 @@ def _actions(run_dir: Path, status: dict) -> None:
 def _resume_button(run_dir: Path, status: dict) -> None:
     if status["state"] not in runs.RESUMABLE_STATES:
         return
-    if not (run_dir / rf.CONFIG_FILE).is_file():
-        st.caption("Cannot resume: the run ended before writing its configuration. Launch a new run.")
+    problem = runs.resume_problem(run_dir, status)
+    if problem:
+        st.caption(f"Cannot resume: {problem}.")
         return
     if st.button("Resume", icon=":material/play_arrow:", key=f"train_resume_{run_dir.name}",
                  help="Continue from the last completed epoch with the same options."):
