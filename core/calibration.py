@@ -102,12 +102,8 @@ def reliability(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> 
         ``accuracy`` (share of right arg-max answers), ``count``. Empty bins have
         NaN confidence and accuracy and count 0.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    confidence, correct, index = _top_label_bins(probs, y_true, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # (lo, hi] bins: ceil(c * n) - 1, with c = 0 going to the first bin.
-    index = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     count = np.bincount(index, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
@@ -115,6 +111,30 @@ def reliability(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> 
     return pd.DataFrame(
         {"bin_low": edges[:-1], "bin_high": edges[1:], "confidence": mean_conf, "accuracy": accuracy, "count": count}
     )
+
+
+def _top_label_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int) -> tuple:
+    """``(confidence, correct as 0/1, bin index)`` of each image, bins as in the module docstring."""
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    # (lo, hi] bins: ceil(c * n) - 1, with c = 0 going to the first bin.
+    index = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    return confidence, correct, index
+
+
+def weighted_ece(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Top-label ECE for each row of image weights ``w`` (B, n), e.g. bootstrap counts; one value per row."""
+    confidence, correct, index = _top_label_bins(probs, y_true, n_bins)
+    in_bin = np.eye(n_bins)[index]
+    gaps = np.abs(w @ (in_bin * correct[:, None]) - w @ (in_bin * confidence[:, None]))
+    return gaps.sum(axis=1) / w.sum(axis=1)
+
+
+def weighted_nll(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Mean negative log-likelihood (log-loss) for each row of image weights ``w`` (B, n)."""
+    picked = np.asarray(probs, dtype=np.float64)[np.arange(len(y_true)), np.asarray(y_true)]
+    return (w @ -np.log(np.clip(picked, _EPS, 1.0))) / w.sum(axis=1)
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> float:

@@ -80,6 +80,27 @@ class Option:
 
 
 C = (CLASSIFY,)  # options of the classifier only
+
+# ---- distillation: a student trained on teachers' probabilities (python -m core.soft_targets writes the file)
+DISTILL_OPTIONS = (
+    Option("soft_targets", Path, None, "distil: train on the teachers' ensemble probabilities in this file "
+           "(python -m core.soft_targets, made on the run's split) as well as on the labels", tasks=C),
+    Option("distill_temperature", float, 2.0, "distillation temperature T: the teachers' and the student's "
+           "probabilities are softened by it in the soft loss, which is scaled by T squared",
+           low=1.0, high=20.0, tasks=C),
+    Option("distill_weight", float, 0.9, "share of the loss from the soft targets (1 = soft targets only); "
+           "the rest is the labels' cross-entropy", low=0.0, high=1.0,
+           tasks=C),
+)
+
+
+def distill_problems(options: dict) -> list[str]:
+    """Why the distillation options cannot go together with the others (empty when they can)."""
+    if options.get("soft_targets") and options["imbalance"] == "focal":
+        return ["soft_targets replaces the loss: it cannot be combined with imbalance 'focal'"]
+    return []
+
+
 OPTIONS = (
     Option("task", str, CLASSIFY, "what to train: classification (seven diagnoses, core.train) or segmentation "
            "(lesion masks with a U-Net on the MobileNetV2 encoder, core.segment_train)", "Task", "model",
@@ -137,6 +158,7 @@ OPTIONS = (
            "(exercises multi-device training)", low=0, high=64, tasks=C),
     Option("data_dir", Path, None, "dataset folder (default: $HAM10000_DIR or data/ham10000)"),
     Option("split_file", Path, None, "use this split CSV instead of making one"),
+    *DISTILL_OPTIONS,
 )
 # What the segmenter changes in the options it shares with the classifier.
 TASK_CHANGES = {
@@ -329,6 +351,7 @@ def cross_checks(options: dict, *, cli: bool = False) -> list[str]:
                       f"{1 - MAX_HELD_OUT:.0%} for training")
     if "arch" in fields:
         errors += weights_problems(options["arch"], options["weights"])
+        errors += distill_problems(options)
     if 0 < (options.get("max_images") or 0) < MIN_SAMPLE_IMAGES:
         errors.append(f"{name['max_images']} must be 0 (all images) or at least {MIN_SAMPLE_IMAGES}")
     return errors

@@ -119,6 +119,11 @@ def write_arrays_atomic(path: Path, arrays: list, count: int) -> None:
     _replace_atomically(path, lambda fh: np.savez(fh, count=np.int64(count), **numbered))
 
 
+def write_npz_atomic(path: Path, arrays: dict) -> None:
+    """Save named arrays as a compressed ``.npz`` so a reader never sees half a file."""
+    _replace_atomically(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
 def read_arrays(path: Path) -> tuple[list, int] | None:
     """The arrays and count written by :func:`write_arrays_atomic`, or None when missing or unreadable."""
     try:

@@ -164,15 +164,16 @@ def compile_model(model, args, lr: float) -> None:
         loss = keras.losses.CategoricalFocalCrossentropy(gamma=2.0, label_smoothing=args.label_smoothing)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=loss,
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            BalancedAccuracy(num_classes=model.output_shape[-1], name="balanced_accuracy"),
-            keras.metrics.AUC(multi_label=True, num_labels=model.output_shape[-1], name="auc"),
-        ],
-    )
+    metrics = [
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+        BalancedAccuracy(num_classes=model.output_shape[-1], name="balanced_accuracy"),
+        keras.metrics.AUC(multi_label=True, num_labels=model.output_shape[-1], name="auc"),
+    ]
+    if args.soft_targets:  # a student: its targets carry the label and the teachers' probabilities side by side
+        from core import distill
+
+        loss, metrics = distill.loss_and_metrics(args, model.output_shape[-1], metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=metrics)
 
 
 def learning_rate(args, epoch: int) -> float:
@@ -257,6 +258,7 @@ def load_checkpoint(path: Path):
     """The model of a checkpoint written by :func:`save_atomic`, compiled, with its optimizer state."""
     import keras
 
+    import core.distill  # noqa: F401  registers a student's loss and metrics for deserialisation
     import core.train_metrics  # noqa: F401  registers BalancedAccuracy for deserialisation
 
     return keras.models.load_model(path, compile=True)
@@ -336,6 +338,26 @@ class Trainer:
         self.sample_weights = weights[self.labels]
         self.onehot = np.eye(self.k, dtype=np.float32)[self.labels]
         log.info("class weights: %s", dict(zip(self.classes, np.round(weights, 3).tolist())))
+        self.distillation = self.add_soft_targets() if args.soft_targets else None
+
+    def add_soft_targets(self) -> dict:
+        """Append the teachers' softened ensemble probabilities to each image's one-hot target.
+
+        The target is the ensemble averaged over the 4 flips, whichever flip the augmentation
+        drew: the ensemble as it is scored (with test-time flips) is flip-invariant, so its
+        answer for any flip of an image is this mean, and copying it teaches the student the
+        averaged answer in one pass. Per-flip targets would copy one view's answer, noise
+        included. The file keeps the per-flip probabilities for measuring the teachers.
+        """
+        from core.soft_targets import training_targets
+
+        args = self.args
+        soft, summary = training_targets(args.soft_targets, self.frame["image_id"], self.split_sha256,
+                                         args.distill_temperature)
+        self.onehot = np.concatenate([self.onehot, soft], axis=1)
+        log.info("distilling %s at T=%g, soft share %g", [t["name"] for t in summary["teachers"]],
+                 args.distill_temperature, args.distill_weight)
+        return summary
 
     def write_config(self) -> None:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "resume"}
@@ -344,6 +366,8 @@ class Trainer:
                       versions=library_versions(), created=now(),
                       last_conv_layer=LAST_CONV[self.args.arch],
                       preprocessing=preprocessing_text(self.args.arch, self.args.weights))
+        if self.distillation:
+            config["distillation"] = self.distillation
         self.folder.write_json(rf.CONFIG_FILE, config)
 
     def build(self, strategy) -> None:

@@ -109,8 +109,8 @@ def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, keep=(), ep
         parser.error(f"--resume: no readable {rf.CONFIG_FILE} in {run_dir}")
     defaults = vars(parser.parse_args(["--run-dir", str(run_dir)]))
     merged = {k: config.get(k, v) for k, v in defaults.items()}
-    for key in ("data_dir", "split_file"):
-        merged[key] = Path(merged[key]) if merged[key] else None
+    for key in (option.name for option in options.OPTIONS if option.kind is Path):
+        merged[key] = Path(merged[key]) if merged.get(key) else None
     merged["run_dir"], merged["resume"] = run_dir, True
     merged.update({k: config[k] for k in keep if config.get(k)})
     if epochs is not None and epochs != merged["epochs"]:

@@ -47,9 +47,14 @@ def write_tiny_dataset(root: Path, lesions_per_class: int = 6, size=(40, 30), se
     return root
 
 
+def class_colour(k: int) -> np.ndarray:
+    """The mean RGB colour of class ``k``'s images in :func:`write_tiny_dataset`."""
+    return np.array([(k * 37) % 256, (k * 91) % 256, (k * 151) % 256], dtype=np.float64)
+
+
 def _write_image(root: Path, image_id: str, k: int, size, rng) -> None:
     w, h = size
-    base = np.array([(k * 37) % 256, (k * 91) % 256, (k * 151) % 256], dtype=np.float64)
+    base = class_colour(k)
     pixels = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(root / "images" / f"{image_id}.jpg", quality=90)
     mask = np.zeros((h, w), dtype=np.uint8)

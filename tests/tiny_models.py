@@ -69,6 +69,24 @@ def build_colour_model(size: int = SIZE):
     return model
 
 
+def build_nearest_colour_model(colours: np.ndarray, height: int, width: int, sharpness: float = 1 / 400):
+    """A classifier wired by hand: the class whose colour (a row of ``colours``) is nearest the image's mean.
+
+    Logits ``-sharpness · |mean - colour_k|²`` drop the ``|mean|²`` every class shares, which
+    leaves a Dense layer on the mean colour. Swapping two rows makes a teacher that swaps two classes.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D(name="mean_colour")(inputs)
+    outputs = keras.layers.Dense(units=len(colours), activation="softmax", name="probs")(x)
+    model = keras.Model(inputs=inputs, outputs=outputs, name="nearest_colour")
+    colours = np.asarray(colours, np.float64)
+    kernel, bias = 2 * sharpness * colours.T, -sharpness * (colours**2).sum(axis=1)
+    model.get_layer("probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
 def red_left_green_right(size: int = SIZE) -> np.ndarray:
     """A ``(size, size, 3)`` float32 image: a red square in the left half, a green one in the right."""
     x = np.zeros((size, size, 3), np.float32)
