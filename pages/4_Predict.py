@@ -7,6 +7,7 @@ page_setup("Predict")
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
 from ui import predict as view  # noqa: E402
+from ui import private_mode  # noqa: E402
 from ui import segment_view  # noqa: E402
 
 st.title(f"{icon_of('Predict')} Predict")
@@ -15,6 +16,10 @@ model_dir = view.pick_model()
 if model_dir is None:
     st.stop()
 view.check_model(model_dir)
+if st.segmented_control("Where the image is classified", private_mode.MODES, default=private_mode.SERVER,
+                        key=private_mode.KEY_MODE) == private_mode.PRIVATE:
+    private_mode.show(model_dir)
+    st.stop()
 
 # The model is loaded only once there is something to classify, so the page is usable at once
 # (the warm start is usually loading it in the background meanwhile).
