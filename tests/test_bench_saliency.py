@@ -12,11 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_saliency  # noqa: E402
 
 
-def test_held_out_ids_read_a_predictions_file_with_its_first_line(tmp_path):
+def test_held_out_ids_read_a_plain_predictions_file(tmp_path):
     probs = np.full((2, len(CLASSES)), 1 / len(CLASSES))
     table = predictions.make_table(["ISIC_1", "ISIC_2"], probs, CLASSES, truth=["nv", "mel"])
     predictions.write(tmp_path / predictions.FILES["test"], table, predictions.RAW)
-    assert (tmp_path / predictions.FILES["test"]).read_text().startswith(predictions.HEADER)
+    assert (tmp_path / predictions.FILES["test"]).read_text().startswith("image_id,")  # no comment line
     assert bench_saliency.held_out_ids(tmp_path, "test") == {"ISIC_1", "ISIC_2"}
     assert bench_saliency.held_out_ids(tmp_path, "val") == set()
 

@@ -91,7 +91,7 @@ def test_a_student_of_soft_targets_only_learns_its_teachers_swap(tmp_path, tiny_
     config = json.loads((run_dir / "config.json").read_text())
     assert config["distillation"]["teachers"] == [{"name": "swapper", "arch": "tiny_cnn", "temperature": 1.0}]
 
-    held_out = pd.concat([pd.read_csv(run_dir / f"predictions_{s}.csv", skiprows=1) for s in ("val", "test")])
+    held_out = pd.concat([pd.read_csv(run_dir / f"predictions_{s}.csv") for s in ("val", "test")])
     swapped = held_out[held_out["dx"].isin(SWAP)]
     as_teacher = swapped["dx_pred"] == swapped["dx"].map({SWAP[0]: SWAP[1], SWAP[1]: SWAP[0]})
     assert len(swapped) >= 4 and as_teacher.mean() >= 0.75, swapped[["dx", "dx_pred"]]

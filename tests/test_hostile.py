@@ -512,7 +512,7 @@ def test_cli_names_the_files_it_skips(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     for name, kind in (("anim.gif", ".gif"), ("logo.svg", ".svg"), ("notes.txt", ".txt")):
         assert f"skipped {folder / name}: not an image type this reads ({kind};" in err
-    assert sorted(pd.read_csv(out, comment="#")["image_id"]) == ["a/ISIC_1", "b/ISIC_1"]
+    assert sorted(pd.read_csv(out)["image_id"]) == ["a/ISIC_1", "b/ISIC_1"]
 
 
 def test_validation_helpers_read_utf8_with_bom(tmp_path):
@@ -765,7 +765,7 @@ def test_a_fifo_is_refused_unopened_by_predict_and_evaluate(tiny_model_dir, tmp_
     out = tmp_path / "p.csv"
     assert predict.main(["--model", str(tiny_model_dir), "--out", str(out), str(folder)]) == 0
     assert f"skipped {folder / 'ISIC_0000001.jpg'}: ISIC_0000001.jpg is not a regular file" in capsys.readouterr().err
-    assert list(pd.read_csv(out, comment="#")["image_id"]) == ["ISIC_0000000"]
+    assert list(pd.read_csv(out)["image_id"]) == ["ISIC_0000000"]
     labelled_csv(tmp_path / "truth.csv", [("ISIC_0000000", "mel"), ("ISIC_0000001", "nv")])
     assert evaluate.main(["--model", str(tiny_model_dir), "--images", str(folder), "--truth",
                           str(tmp_path / "truth.csv"), "--out", str(tmp_path / "ev")]) == 2
@@ -863,7 +863,7 @@ def test_the_order_is_read_from_a_predictions_file_with_its_header_line(tiny_mod
 def test_evaluate_page_answers_a_nul_byte_a_fifo_and_a_linked_file_with_messages(evaluate_env, tmp_path):
     at = external_form("images\x00", "truth.csv")
     assert not at.exception
-    assert at.error[0].value == "The image folder contains a NUL character, which no file name can hold."
+    assert at.error[0].value == "A typed path contains a NUL character, which no file name can hold: type the path again."
     os.mkfifo(evaluate_env / "images" / "ISIC_0000007.jpg")
     labelled_csv(evaluate_env / "fifo.csv", [("ISIC_0000000", "akiec"), ("ISIC_0000007", "nv")])
     at = external_form("images", "fifo.csv")

@@ -211,7 +211,7 @@ def test_broken_predictions_show_an_error(models):
     frame.drop(columns=["vasc"]).to_csv(models["default"] / "predictions_test.csv", index=False)
     at = run_page()
     assert "Cannot evaluate default (shipped) · test" in at.error[0].value
-    assert "missing ['vasc']" in at.error[0].value
+    assert "predictions_test.csv recorded ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv']" in at.error[0].value
 
 
 def test_external_split_without_model_file_explains(models):

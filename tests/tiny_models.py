@@ -78,9 +78,12 @@ def build_nearest_colour_model(colours: np.ndarray, height: int, width: int, sha
     import keras
 
     inputs = keras.Input(shape=(height, width, 3), name="image")
-    x = keras.layers.GlobalAveragePooling2D(name="mean_colour")(inputs)
+    # An identity 1x1 convolution: the 4-D layer model.json names for saliency maps.
+    x = keras.layers.Conv2D(filters=3, kernel_size=1, use_bias=False, name="last_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="mean_colour")(x)
     outputs = keras.layers.Dense(units=len(colours), activation="softmax", name="probs")(x)
     model = keras.Model(inputs=inputs, outputs=outputs, name="nearest_colour")
+    model.get_layer("last_conv").set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3)])
     colours = np.asarray(colours, np.float64)
     kernel, bias = 2 * sharpness * colours.T, -sharpness * (colours**2).sum(axis=1)
     model.get_layer("probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])

@@ -124,7 +124,7 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
             if path and Path(path).is_file():
                 st.image(path, caption=caption, width="stretch")
             else:
-                st.caption(caption)
+                st.caption(plain(caption))  # st.caption renders Markdown; st.image and st.text do not
     st.dataframe(shown[["image_id", "dx", *classes]].assign(**{c: shown[c].map(percent) for c in classes}),
                  hide_index=True, width="stretch")
 
@@ -132,7 +132,7 @@ def _cell_images(source: Source, cell: pd.DataFrame, classes: list, true_class: 
 def _image_caption(row: pd.Series, classes: list, k: int = 3) -> str:
     """``ISIC_… · true mel · bkl 49.6%, nv 25.3%, …``: the ``k`` most probable classes, as Predict shows them."""
     top = row[classes].astype(float).sort_values(ascending=False).head(k)
-    return f"{plain(row['image_id'])} · true {row['dx']} · " + ", ".join(f"{c} {percent(p)}" for c, p in top.items())
+    return f"{row['image_id']} · true {row['dx']} · " + ", ".join(f"{c} {percent(p)}" for c, p in top.items())
 
 
 def _image_lookup(source: Source, preds: pd.DataFrame, classes: list) -> None:
