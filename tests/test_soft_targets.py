@@ -36,6 +36,8 @@ def _position_model(seed: int = 3):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(*HW, 3), name="image")
     x = keras.layers.Rescaling(scale=1.0 / 255.0)(inputs)
+    # A 1x1 convolution named as model.json's last_conv_layer requires; the Dense layer still sees every pixel.
+    x = keras.layers.Conv2D(filters=3, kernel_size=1, name="last_conv")(x)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(units=len(CLASSES), activation="softmax",
                                  kernel_initializer=keras.initializers.RandomNormal(stddev=0.05))(x)

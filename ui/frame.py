@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _ROOT = Path(__file__).resolve().parent.parent
 PROJECT_NAME = "HAM10000 Lesion Lab"
+FAVICON = _ROOT / "ui" / "assets" / "favicon.png"
 NOT_A_DEVICE = (
     "Research and teaching tool. **Not a medical device**: it does not diagnose, "
     "and its output must not guide any treatment."
@@ -49,7 +50,9 @@ def page_setup(title: str) -> None:
             the tab reads "<title> · HAM10000 Lesion Lab".
     """
     tab_title = title if title == PROJECT_NAME else f"{title} · {PROJECT_NAME}"
-    st.set_page_config(page_title=tab_title, page_icon=icon_of(title), layout="wide")
+    # A Material icon as page_icon makes the browser fetch its SVG from fonts.gstatic.com: the favicon is a
+    # local file, so no request leaves the app (private mode promises that).
+    st.set_page_config(page_title=tab_title, page_icon=str(FAVICON), layout="wide")
     with st.sidebar:
         st.markdown(f"**{PROJECT_NAME}**")
         navigation()
