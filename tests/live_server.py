@@ -25,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 60) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen, deadline_s: float = 180) -> None:
     """Return once the server answers its health check; raise if it dies or the deadline passes."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:

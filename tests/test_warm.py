@@ -75,16 +75,22 @@ def test_a_page_run_leaves_keras_and_its_kernel_cache_alone(monkeypatch):
     assert resets == []
 
 
-def test_the_launcher_starts_the_warm_start_before_the_server(monkeypatch):
+def test_the_launcher_loads_the_models_before_the_server_starts(monkeypatch):
     from streamlit.web import cli
 
     from ui import serve, warm
 
     calls = []
-    monkeypatch.setattr(warm, "_warm_thread", lambda: calls.append("warm start"))
+    monkeypatch.setattr(warm, "_preloaded", False)
+    monkeypatch.setattr(warm, "warm_caches", lambda model_dir, dataset: calls.append(("warm", model_dir, dataset)))
+    monkeypatch.setattr(warm, "_warm_thread", lambda: calls.append("thread"))
     monkeypatch.setattr(cli, "main", lambda args, prog_name: calls.append((prog_name, args)))
     serve.main(["--server.port", "8765"])
-    assert calls == ["warm start", ("streamlit", ["run", str(PROJECT / "app.py"), "--server.port", "8765"])]
+    assert calls == [("warm", warm.default_model_dir(), False),
+                     ("streamlit", ["run", str(PROJECT / "app.py"), "--server.port", "8765"])]
+    monkeypatch.setattr(warm, "_real_server", lambda: True)
+    warm.warm_start()  # a page's call: the caches are full, no thread
+    assert "thread" not in calls
 
 
 def test_no_default_model_no_warm_start(monkeypatch, tmp_path):

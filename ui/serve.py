@@ -1,9 +1,13 @@
-"""``python -m ui.serve [streamlit options]``: the app's server, warming up from its first second.
+"""``python -m ui.serve [streamlit options]``: the app's server, with its models loaded before the first page.
 
 Streamlit runs a page's code only when a browser opens it, so under plain
 ``streamlit run app.py`` the warm start (:mod:`ui.warm`) begins with the first
-visitor, who then waits for TensorFlow and the models. Here it begins while the
-server boots: whoever opens the app a few seconds later finds the models loaded.
+visitor, who then waits for TensorFlow and the models. Here TensorFlow and the
+shipped models are loaded before the server listens (about 10 s on two idle cores):
+the server's first page is drawn with nothing competing for the interpreter, and the
+first prediction finds the model traced. Loading them in a background thread while
+the first pages were served made a cold link to /Predict wait its turn behind
+TensorFlow's import (3.7 s instead of under 2 s, ``bench/bench_browser.py --cold-only``).
 Every option is passed on to ``streamlit run``.
 
 Memory that returns: every script run of every session is a new thread, and
@@ -35,9 +39,9 @@ def main(argv=None) -> None:
 
     _limit_arenas()
     _start_trimmer()
-    from ui.warm import warm_start_now
+    from ui.warm import warm_before_serving
 
-    warm_start_now()
+    warm_before_serving()
     cli.main(args=["run", str(APP), *(sys.argv[1:] if argv is None else argv)], prog_name="streamlit")
 
 

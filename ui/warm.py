@@ -5,10 +5,11 @@ opens the app and then clicks Predict should not wait for either. One daemon thr
 per server process (through ``st.cache_resource``) fills the Predict page's own caches
 with everything its first prediction uses: the classifier (traced), the saliency
 explainer with the two methods the page opens with, and the lesion segmenter. The
-server's launcher (``python -m ui.serve``) starts it while the server boots; under a
-plain ``streamlit run app.py`` the first page of the first session does. A page that
-needs one of the models meanwhile waits on the same cache entry instead of loading a
-second copy.
+server's launcher (``python -m ui.serve``) fills them before the server listens
+(:func:`warm_before_serving`), so no thread is needed; under a plain
+``streamlit run app.py`` the first page of the first session starts the thread. A page
+that needs one of the models meanwhile waits on the same cache entry instead of
+loading a second copy.
 
 Warm also means staying warm between script runs: see :func:`keep_kernels_between_runs`.
 """
@@ -30,13 +31,34 @@ THREAD_NAME = "warm-start"
 
 
 def warm_start() -> None:
-    """Start loading the default model in the background (once per server; no-op in tests).
+    """Start loading the default model in the background (once per server; no-op in tests and after a preload).
 
     Only a real server warms up: ``AppTest`` runs pages on a mock runtime, and a
     test of a page must not import TensorFlow behind its back.
     """
-    if _real_server():
+    if _real_server() and not _preloaded:
         warm_start_now()
+
+
+def warm_before_serving() -> None:
+    """Fill the warm-start caches in this thread, before the server exists (``python -m ui.serve`` calls it).
+
+    Says so on the terminal first: the server's address appears only once this returns.
+    A failure is logged and the server starts anyway; the Predict page then shows the error.
+    """
+    global _preloaded
+    if not is_model_dir(default_model_dir()):
+        return
+    quiet_context_warnings()
+    print("  Loading TensorFlow and the shipped models before serving (about 10 s)...", file=sys.stderr, flush=True)
+    # On a thread of the warm start's name, so its outside-any-session warnings are filtered as the thread's are.
+    thread = threading.Thread(target=_warm_logged, kwargs={"dataset": False}, name=THREAD_NAME)
+    thread.start()
+    thread.join()
+    _preloaded = True
+
+
+_preloaded = False  # True once warm_before_serving has run: no page needs to start the thread
 
 
 def warm_start_now() -> None:
@@ -89,22 +111,31 @@ def _real_server() -> bool:
 
 
 class _OutsideSessionsOnPurpose(logging.Filter):
-    """Drops Streamlit's "missing ScriptRunContext" warning for the warm-start thread only.
+    """Drops Streamlit's outside-a-session warnings for the warm-start thread only.
 
     The thread fills ``st.cache_resource`` entries outside any session, by design;
-    without this filter every cached call it makes prints that warning in the
-    server's terminal. Any other thread's warning still gets through.
+    without this filter every cached call it makes prints "missing ScriptRunContext"
+    in the server's terminal, and before the server exists every ``st.cache_data``
+    decorator of the modules it imports prints "No runtime found". Any other
+    thread's warning still gets through.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.threadName == THREAD_NAME and "missing ScriptRunContext" in record.getMessage())
+        return not (record.threadName == THREAD_NAME and any(text in record.getMessage() for text in OUTSIDE_SESSIONS.values()))
+
+
+OUTSIDE_SESSIONS = {  # Streamlit's logger name -> the warning it gives outside a session
+    "streamlit.runtime.scriptrunner_utils.script_run_context": "missing ScriptRunContext",
+    "streamlit.runtime.caching.cache_data_api": "No runtime found",
+}
 
 
 def quiet_context_warnings() -> None:
-    """Install :class:`_OutsideSessionsOnPurpose` on Streamlit's context logger (idempotent)."""
-    logger = get_logger("streamlit.runtime.scriptrunner_utils.script_run_context")
-    if not any(isinstance(f, _OutsideSessionsOnPurpose) for f in logger.filters):
-        logger.addFilter(_OutsideSessionsOnPurpose())
+    """Install :class:`_OutsideSessionsOnPurpose` on the loggers of those warnings (idempotent)."""
+    for name in OUTSIDE_SESSIONS:
+        logger = get_logger(name)
+        if not any(isinstance(f, _OutsideSessionsOnPurpose) for f in logger.filters):
+            logger.addFilter(_OutsideSessionsOnPurpose())
 
 
 @st.cache_resource(show_spinner=False)
@@ -115,22 +146,27 @@ def _warm_thread() -> threading.Thread:
     return thread
 
 
-def _warm_logged() -> None:
+def _warm_logged(dataset: bool = True) -> None:
     started = time.monotonic()
     try:
-        warm_caches(default_model_dir())
+        warm_caches(default_model_dir(), dataset=dataset)
     except Exception:  # noqa: BLE001  (the Predict page loads it again and shows the error)
         log.exception("warm start: the default model could not be loaded")
     else:
         log.info("warm start: models ready after %.1f s", time.monotonic() - started)
 
 
-def warm_caches(model_dir) -> None:
-    """Load and trace everything the Predict page's first prediction of ``model_dir`` uses."""
+def warm_caches(model_dir, *, dataset: bool = True) -> None:
+    """Load and trace everything the Predict page's first prediction of ``model_dir`` uses.
+
+    ``dataset=False`` leaves out the dataset's table (0.1 s): it is an ``st.cache_data``
+    entry, and before the server exists that cache is a throwaway one.
+    """
     started = time.monotonic()
     from ui import predict, saliency_view, segment_view  # pandas, plotly: what the pages import
 
-    _warm_dataset_table()  # what Predict's first run reads besides the model
+    if dataset:
+        _warm_dataset_table()  # what Predict's first run reads besides the model
     _let_pages_run_first()
     predict.load_predictor(model_dir)  # imports TensorFlow: the slow part
     log.info("warm start: classifier ready after %.1f s", time.monotonic() - started)
