@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from ui.frame import NOT_A_DEVICE, PROJECT_NAME, dataset_status, installed_pages, page_setup
+from ui.frame import PROJECT_NAME, dataset_status, installed_pages, page_setup
+from ui.text import NOT_A_DEVICE
 from ui.home import shipped_model_summary
 
 page_setup(PROJECT_NAME)

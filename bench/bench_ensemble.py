@@ -1,6 +1,6 @@
 """Teachers, their ensemble and other candidates against v2, from a soft-targets file.
 
-Reads the file ``python -m core.soft_targets`` wrote (each teacher's probabilities
+Reads the file ``python -m core.training.soft_targets`` wrote (each teacher's probabilities
 after its own temperature, on the 4 flips of every image of the split) and prints,
 on the validation split, for every candidate: balanced accuracy, macro ROC AUC,
 log-loss, ECE (15 bins, top label), melanoma sensitivity and specificity at the
@@ -29,7 +29,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from bench_model import markdown, threshold_for_specificity  # noqa: E402
 
-from core import calibration, evaluate, metrics, modelio, paths, soft_targets  # noqa: E402
+from core.serving import calibration  # noqa: E402
+from core.serving.folder import ModelFolder  # noqa: E402
+
+from core.evaluation import evaluate, metrics
+
+from core.contracts import paths
+
+from core.training import soft_targets
 
 N_BOOT = 1000
 POSITIVE = "mel"
@@ -51,7 +58,7 @@ def teacher_candidates(found: soft_targets.SoftTargets, subsets: list) -> dict:
 
 def folder_candidate(model_dir: Path, image_ids: np.ndarray, split: str) -> np.ndarray:
     """A model folder's saved probabilities of ``image_ids`` after its temperature (rows in that order)."""
-    folder = modelio.ModelFolder.open(model_dir)
+    folder = ModelFolder.open(model_dir)
     table = evaluate.load_predictions(folder, split).set_index("image_id")
     missing = pd.Index(image_ids).difference(table.index)
     if len(missing):
@@ -122,7 +129,7 @@ def candidates_on(found, split: str, args) -> tuple:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", type=Path, required=True, help="the soft-targets file (python -m core.soft_targets)")
+    parser.add_argument("--targets", type=Path, required=True, help="the soft-targets file (python -m core.training.soft_targets)")
     parser.add_argument("--ensemble", action="append", default=[], metavar="A+B",
                         help="also score the ensemble of these teachers (names joined by +); repeatable")
     parser.add_argument("--model", type=Path, action="append", default=[],

@@ -8,7 +8,7 @@ Prints:
   * Home first render with ``AppTest`` in a fresh interpreter (cold: every import paid), then warm;
   * with ``--browser``: a real ``streamlit run`` server, seconds until it answers its health check,
     and seconds until Chromium shows the Home page's title (needs Playwright and /usr/bin/chromium);
-  * filter change on the full table: ``core.explore.page_aggregates`` (filter + every aggregate
+  * filter change on the full table: ``core.dataset.explore.page_aggregates`` (filter + every aggregate
     the page draws), median over the repeats, for several filters;
   * the same change driven through the Explore page with ``AppTest`` (adds widgets and plotly figures).
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import data, explore  # noqa: E402
-from core.paths import dataset_dir  # noqa: E402
+from core.dataset import data, explore  # noqa: E402
+from core.contracts.paths import dataset_dir  # noqa: E402
 
 COLD_HOME = """
 import sys, time

@@ -31,7 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from core import export, metrics, modelio, paths  # noqa: E402
+from core.serving import export, modelio  # noqa: E402
+
+from core.evaluation import metrics
+
+from core.contracts import paths
 
 
 def split_images(model_dir: Path, meta: dict, split: str):

@@ -25,7 +25,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from core import calibration, evaluate, metrics, modelio, paths  # noqa: E402
+from core.serving import calibration, modelio  # noqa: E402
+
+from core.evaluation import evaluate, metrics
+
+from core.contracts import paths
 
 SPECIFICITY = 0.80
 
@@ -100,9 +104,9 @@ def side_by_side(model_dirs: list, split: str, classes, n_boot: int = 1000, seed
 
 def tta_headline(model_dir: Path, split: str, classes) -> pd.DataFrame:
     """The headline metrics re-predicted from the dataset's images, without and with test-time augmentation."""
-    from core.data import load_dataset
-    from core.images import read_model_pixels
-    from core.predict import Predictor
+    from core.dataset.data import load_dataset
+    from core.dataset.images import read_model_pixels
+    from core.serving.predict import Predictor
 
     frame = evaluate.load_predictions(model_dir, split)
     paths_by_id = load_dataset(paths.dataset_dir()).set_index("image_id")["path"]
@@ -128,7 +132,7 @@ def calibration_rows(meta: dict, y_true, probs) -> list:
 
 
 def subgroups(predictions: pd.DataFrame, y_true, probs, classes) -> pd.DataFrame | None:
-    from core.data import DatasetError, load_dataset
+    from core.dataset.data import DatasetError, load_dataset
 
     try:
         meta = load_dataset(paths.dataset_dir())

@@ -10,7 +10,7 @@ Sets (each printed with n, share flagged and score quantiles; the score is
   of them are in the training split, which the table says.
 * **natural photos**: scikit-learn's ``flower.jpg``, whole (with flips and
   rescales) and as random crops. ``china.jpg`` is used to fit the detector
-  (``core.ood_negatives.FIT_PHOTOS``), so it is not benchmarked; target ≥ 98 %.
+  (``core.serving.ood_negatives.FIT_PHOTOS``), so it is not benchmarked; target ≥ 98 %.
 * **photos of DIR/** (``--photos DIR``): a folder of further held-out photos,
   whole and cropped (e.g. the sample images in scikit-image's wheel, extracted
   with ``pip download scikit-image --no-deps`` and ``unzip``: never committed).
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from core import paths  # noqa: E402
-from core.images import decode_image  # noqa: E402
-from core.ood_negatives import HELD_OUT_PHOTOS, photo_crop, sample_photo  # noqa: E402
+from core.contracts import paths  # noqa: E402
+from core.dataset.images import decode_image  # noqa: E402
+from core.serving.ood_negatives import HELD_OUT_PHOTOS, photo_crop, sample_photo  # noqa: E402
 
 TARGETS = {"HAM10000 test": "≤ 2 %", "natural photos": "≥ 98 %", "trivial images": "100 %",
            "HAM10000 originals 600×450": "≈ 0 %"}
@@ -69,10 +69,10 @@ def trivial(n: int, rng) -> list:
 
 def test_images(n: int, model_dir: Path, rng) -> list:
     """``n`` images of the model's test split."""
-    from core import predictions
-    from core.data import load_dataset
-    from core.leakage import find_model_split
-    from core.modelio import read_metadata
+    from core.contracts import predictions
+    from core.dataset.data import load_dataset
+    from core.dataset.leakage import find_model_split
+    from core.serving.modelio import read_metadata
 
     split = find_model_split(model_dir, read_metadata(model_dir))
     if split is not None:
@@ -88,8 +88,8 @@ def originals(folder: Path, model_dir: Path) -> tuple:
     """The 600×450 originals and a note on which splits of the model they belong to."""
     import pandas as pd
 
-    from core.leakage import find_model_split
-    from core.modelio import read_metadata
+    from core.dataset.leakage import find_model_split
+    from core.serving.modelio import read_metadata
 
     labels = pd.read_csv(Path(folder) / "labels.csv", dtype=str)
     images = [decode_image((Path(folder) / f).read_bytes()) for f in labels["file"]]
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--originals", type=Path, default=None, help="folder of the 600×450 originals (labels.csv)")
     parser.add_argument("--photos", type=Path, default=None, help="a folder of further held-out photos")
     args = parser.parse_args()
-    from core.predict import Predictor
+    from core.serving.predict import Predictor
 
     model_dir = args.model or paths.default_model_dir()
     predictor = Predictor(model_dir)

@@ -31,7 +31,7 @@ def jpeg_dataset(paths, onehot, size, batch_size):
     """The baseline: read, decode and resize every JPEG again in every epoch."""
     import tensorflow as tf
 
-    from core.pipeline import make_augmenter
+    from core.training.pipeline import make_augmenter
 
     augment = make_augmenter("light", seed=0)
 
@@ -62,11 +62,11 @@ def main():
 
     import keras
 
-    from core import paths
-    from core.data import load_dataset
-    from core.labels import CLASSES
-    from core.models import build_model
-    from core.pipeline import load_or_build_cache, make_dataset
+    from core.contracts import paths
+    from core.dataset.data import load_dataset
+    from core.contracts.labels import CLASSES
+    from core.training.models import build_model
+    from core.training.pipeline import load_or_build_cache, make_dataset
 
     if args.folder:
         files = sorted(str(p) for p in args.folder.rglob("*.jpg"))

@@ -37,9 +37,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     folder, note = model_folder(args.model)
 
-    from core.images import to_model_input
-    from core.predict import Predictor
-    from core.saliency import Explainer, gradcam, gradcam_fast
+    from core.dataset.images import to_model_input
+    from core.serving.predict import Predictor
+    from core.explaining.saliency import Explainer, gradcam, gradcam_fast
 
     predictor = Predictor(folder)
     predictor.warmup()

@@ -15,7 +15,7 @@ ui/private_component/node_modules (``bash .ci/setup``) and models/default/export
   models, for the other mode) still competes for the cores while the cold figure is taken.
 * **Per image**: from picking the file to the probabilities (decode, Pillow-exact resize, inference, gate),
   as the component measures it, for the shipped examples and a seeded sample of the model's test split.
-* **Parity**: the browser's raw probabilities and gate score against the server's ``core.predict.Predictor``
+* **Parity**: the browser's raw probabilities and gate score against the server's ``core.serving.predict.Predictor``
   on the same files (the server decodes and resizes with Pillow): top-1 agreement, largest differences,
   gate verdicts that differ.
 
@@ -54,8 +54,8 @@ def load() -> str:
 
 def test_images(n: int, seed: int) -> list:
     """A seeded sample of the default model's test split, as files of the dataset."""
-    from core.data import load_dataset
-    from core.paths import dataset_dir, default_model_dir
+    from core.dataset.data import load_dataset
+    from core.contracts.paths import dataset_dir, default_model_dir
 
     split = pd.read_csv(default_model_dir() / "splits.csv")
     frame = load_dataset(dataset_dir()).set_index("image_id")
@@ -95,9 +95,9 @@ def browser_results(base_url: str, files: list) -> dict:
 
 
 def server_results(files: list) -> tuple:
-    from core.images import decode_upload
-    from core.paths import default_model_dir
-    from core.predict import Predictor
+    from core.dataset.images import decode_upload
+    from core.contracts.paths import default_model_dir
+    from core.serving.predict import Predictor
 
     predictor = Predictor(default_model_dir())
     found = [predictor.predict(decode_upload(path.read_bytes())) for path in files]

@@ -7,7 +7,7 @@ for the report), every method explains the model's predicted class. Reported per
 
 * **energy in lesion** — share of the map's mass inside the lesion mask (mean, 95 % CI);
 * **pointing game** — share of images whose map peaks inside the lesion;
-* **deletion / insertion AUC** (``core.faithfulness``, blurred baseline, 10 steps):
+* **deletion / insertion AUC** (``core.explaining.faithfulness``, blurred baseline, 10 steps):
   lower / higher is more faithful; on the first ``--curve-n`` images (22 forward passes each);
 * **native** — the resolution the map is computed at, before upsampling;
 * **p50 / p90 ms** — latency of one map after warm-up (wall clock), and the p50
@@ -54,7 +54,7 @@ MIN_NATIVE = 14  # a map computed on fewer cells per side cannot follow a lesion
 
 def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int, splits=("test", "val")) -> tuple:
     """``(rows, source)``: ``n`` seeded dataset rows that have a mask, from the first of ``splits`` the model has."""
-    from core.data import load_dataset
+    from core.dataset.data import load_dataset
 
     table = load_dataset(data_dir)
     table = table[(table["mask_path"] != "") & (table["path"] != "")]
@@ -69,8 +69,8 @@ def sample_images(model_dir: Path, data_dir: Path, n: int, seed: int, splits=("t
 
 def held_out_ids(model_dir: Path, split: str) -> set:
     """Image ids of a held-out split, from ``splits.csv`` or the split's predictions file."""
-    from core import predictions
-    from core.splits import SPLIT_FILE, load_splits
+    from core.contracts import predictions
+    from core.dataset.splits import SPLIT_FILE, load_splits
 
     if (model_dir / SPLIT_FILE).is_file():
         splits = load_splits(model_dir / SPLIT_FILE)
@@ -81,7 +81,7 @@ def held_out_ids(model_dir: Path, split: str) -> set:
 
 def load_inputs(rows, predictor) -> list:
     """``[(model input, mask, predicted class)]`` for the sampled rows."""
-    from core.images import decode_image, read_mask, to_model_input
+    from core.dataset.images import decode_image, read_mask, to_model_input
 
     inputs = [to_model_input(decode_image(Path(r.path).read_bytes()), predictor.input_size) for r in rows.itertuples()]
     targets = np.argmax(predictor.raw_probabilities(np.stack(inputs)), axis=1)
@@ -90,8 +90,8 @@ def load_inputs(rows, predictor) -> list:
 
 def saliency_of(explainer, method: str, x, target: int) -> np.ndarray:
     """The map of a method or a baseline."""
-    from core.faithfulness import gaussian_baseline
-    from core.saliency import explain
+    from core.explaining.faithfulness import gaussian_baseline
+    from core.explaining.saliency import explain
 
     if method == GAUSSIAN:
         return gaussian_baseline(x.shape[:2])
@@ -105,8 +105,7 @@ def score_method(method, images, predictor, explainer, curves: int) -> list:
 
     Deletion and insertion curves (22 forward passes an image) are run on the first ``curves`` images.
     """
-    from core import faithfulness as ff
-
+    from core.explaining import faithfulness as ff
     saliency_of(explainer, method, *images[0][::2])  # warm-up: tracing is not latency
     records = []
     for i, (x, mask, target) in enumerate(images):
@@ -124,8 +123,8 @@ def score_method(method, images, predictor, explainer, curves: int) -> list:
 
 def cascade(model, last_conv: str, images, methods, trained_maps: dict, seed: int) -> pd.DataFrame:
     """Spearman between trained and randomised maps, per method and depth of randomisation."""
-    from core.saliency import Explainer
-    from core.saliency.sanity import copy_model, depths, randomise, spearman, weight_groups
+    from core.explaining.saliency import Explainer
+    from core.explaining.saliency.sanity import copy_model, depths, randomise, spearman, weight_groups
 
     rng, clone = np.random.default_rng(seed), copy_model(model)
     explainer, groups = Explainer(clone, last_conv), weight_groups(clone)
@@ -173,8 +172,8 @@ def winner(table: pd.DataFrame, sanity: pd.DataFrame) -> str | None:
 
 
 def main(argv=None) -> None:
-    from core.paths import dataset_dir
-    from core.saliency import DEFAULT_METHOD, METHODS
+    from core.contracts.paths import dataset_dir
+    from core.explaining.saliency import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: models/default)")
@@ -191,8 +190,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     folder, note = model_folder(args.model)
 
-    from core.predict import Predictor
-    from core.saliency import Explainer
+    from core.serving.predict import Predictor
+    from core.explaining.saliency import Explainer
 
     predictor = Predictor(folder)
     explainer = Explainer.of(predictor.folder, predictor.model)

@@ -22,18 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core import paths, segmentation_metrics  # noqa: E402
+from core.contracts import paths  # noqa: E402
+
+from core.evaluation import segmentation_metrics
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def rescore(model_dir: Path, split: str, split_file: Path) -> pd.DataFrame:
     """Predict the split from the dataset and score every image at its own size."""
-    from core import segment
-    from core.data import load_dataset
-    from core.images import read_model_pixels
-    from core.segment_train import score_split
-    from core.splits import load_splits, split_hash
+    from core.serving import segment
+    from core.dataset.data import load_dataset
+    from core.dataset.images import read_model_pixels
+    from core.training.segment_train import score_split
+    from core.dataset.splits import load_splits, split_hash
 
     segmenter = segment.Segmenter(model_dir)
     if split_hash(split_file) != segmenter.meta["split_sha256"]:
@@ -48,8 +50,8 @@ def rescore(model_dir: Path, split: str, split_file: Path) -> pd.DataFrame:
 
 def latency(model_dir: Path, folder: Path | None, n: int = 60) -> tuple[float, float, str]:
     """``(p50 ms, p90 ms, what)`` of ``Segmenter.segment`` on decoded images, after 5 warm-up calls."""
-    from core import segment
-    from core.images import decode_image
+    from core.serving import segment
+    from core.dataset.images import decode_image
 
     files = sorted(p for p in (folder or paths.dataset_dir() / "images").rglob("*.jpg"))[:n]
     if not files:

@@ -3,9 +3,9 @@
 import tempfile
 from pathlib import Path
 
-from core.labels import CLASSES
-from core.modelio import is_model_dir, write_metadata
-from core.paths import default_model_dir
+from core.contracts.labels import CLASSES
+from core.serving.modelio import is_model_dir, write_metadata
+from core.contracts.paths import default_model_dir
 
 
 def model_folder(requested: Path | None, stand_in_size: int = 128) -> tuple:
@@ -23,7 +23,7 @@ def model_folder(requested: Path | None, stand_in_size: int = 128) -> tuple:
 
 
 def _stand_in(size: int) -> Path:
-    from core.models import LAST_CONV, build_model
+    from core.training.models import LAST_CONV, build_model
 
     folder = Path(tempfile.mkdtemp(prefix="bench_model_"))
     build_model("mobilenet_v2", size, len(CLASSES), weights="none").save(folder / "model.keras")

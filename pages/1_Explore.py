@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from core import explore
-from core.data import DatasetError
+from core.dataset import explore
+from core.dataset.data import DatasetError
 from ui import explore as view
-from ui.frame import dataset_table, icon_of, page_setup
+from ui.frame import icon_of, page_setup
+from ui.loaders import dataset_table
 
 page_setup("Explore")
 st.title(f"{icon_of('Explore')} Explore HAM10000")

@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from core import paths, runs
+from core.contracts import paths
+
+from core.training import runs
 from ui import train as train_ui
 from ui.frame import icon_of, page_setup
 from ui.train_compare import compare_section

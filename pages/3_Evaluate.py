@@ -6,9 +6,9 @@ page_setup("Evaluate")
 
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
-from core.evaluate import PredictionsError  # noqa: E402
-from core.modelio import ModelFolderError  # noqa: E402
-from core.uploads import redact_paths  # noqa: E402
+from core.evaluation.evaluate import PredictionsError  # noqa: E402
+from core.serving.modelio import ModelFolderError  # noqa: E402
+from core.dataset.uploads import redact_paths  # noqa: E402
 from ui.evaluate import common, compare, model_export, overlap, panels, reliability, segmentation, sources  # noqa: E402
 
 st.title(f"{icon_of('Evaluate')} Evaluate")

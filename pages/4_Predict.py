@@ -6,8 +6,10 @@ page_setup("Predict")
 
 import streamlit as st  # noqa: E402  (page_setup must run first)
 
+from ui import loaders  # noqa: E402
 from ui import predict as view  # noqa: E402
 from ui import private_mode  # noqa: E402
+from ui import saliency_view  # noqa: E402
 from ui import segment_view  # noqa: E402
 
 st.title(f"{icon_of('Predict')} Predict")
@@ -15,7 +17,7 @@ view.device_notice()
 model_dir = view.pick_model()
 if model_dir is None:
     st.stop()
-view.check_model(model_dir)
+loaders.check_model(model_dir)
 if st.segmented_control("Where the image is classified", private_mode.MODES, default=private_mode.SERVER,
                         key=private_mode.KEY_MODE) == private_mode.PRIVATE:
     private_mode.show(model_dir)
@@ -27,13 +29,13 @@ single, batch = st.tabs(["One image", "Batch"])
 with single:
     image = view.pick_input(model_dir)
     if image is not None:
-        predictor = view.load_predictor(model_dir)
+        predictor = loaders.load_predictor(model_dir)
         tta = st.toggle("Test-time augmentation (average over the flips that keep the frame)", key=view.KEY_TTA)
         prediction = view.show_prediction(predictor, image, tta)  # None: flagged and folded away
         if prediction is not None:
             st.subheader("Lesion outline and measurements")
             lesion = segment_view.show_segmentation(image)
             st.subheader("Where did the model look?")
-            view.show_saliency(model_dir, predictor, image, prediction, predicted_mask=lesion)
+            saliency_view.show_section(model_dir, predictor, image, prediction, predicted_mask=lesion)
 with batch:
     view.batch_mode(model_dir)

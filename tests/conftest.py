@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.labels import CLASSES
+from core.contracts.labels import CLASSES
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 
@@ -165,12 +165,12 @@ def predict_env(monkeypatch, tmp_path, page_model, clear_streamlit_caches) -> Pa
     return tmp_path
 
 
-TRAINER_LIKE_ARGV = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.train"]
+TRAINER_LIKE_ARGV = [sys.executable, "-c", "import sys; sys.stdin.read()", "core.training.train"]
 
 
 @pytest.fixture
 def live_trainer() -> int:
-    """The pid of a live process whose command line names core.train, as a real trainer's does."""
+    """The pid of a live process whose command line names core.training.train, as a real trainer's does."""
     proc = subprocess.Popen(TRAINER_LIKE_ARGV, stdin=subprocess.PIPE)
     yield proc.pid
     proc.stdin.close()

@@ -84,8 +84,10 @@ def test_home_renders_without_tensorflow_or_scikit_learn(tiny_dataset):
 def test_home_gives_the_shipped_models_test_figures_with_their_n(tiny_dataset_env, tmp_path, monkeypatch):
     from tiny_models import build_tiny_model, save_model_folder
 
-    from core import metrics, predictions
-    from core.labels import CLASSES
+    from core.evaluation import metrics
+
+    from core.contracts import predictions
+    from core.contracts.labels import CLASSES
 
     folder = save_model_folder(build_tiny_model(), tmp_path / "default")
     rng = np.random.default_rng(0)

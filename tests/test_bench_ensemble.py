@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import class_colour
-from core import calibration, metrics, soft_targets
-from core.data import load_dataset
-from core.labels import CLASSES
-from core.splits import make_splits, save_splits, split_hash
+from core.serving import calibration
+from core.evaluation import metrics
+from core.training import soft_targets
+from core.dataset.data import load_dataset
+from core.contracts.labels import CLASSES
+from core.dataset.splits import make_splits, save_splits, split_hash
 from tiny_models import build_nearest_colour_model, build_tiny_model, folder_trained_on, save_model_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

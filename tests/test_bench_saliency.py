@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import predictions
-from core.labels import CLASSES
+from core.contracts import predictions
+from core.contracts.labels import CLASSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_saliency  # noqa: E402

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from live_server import CHROMIUM, IDLE, PROJECT, launch_chromium, streamlit_server
 
-from core import calibration, modelio, predictions
+from core.serving import calibration, modelio
 
+from core.contracts import predictions
 PAGES = [  # (url path, the page's own title)
     ("", "HAM10000 Lesion Lab"),
     ("Explore", "Explore HAM10000"),

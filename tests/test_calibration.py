@@ -5,9 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from core import calibration, modelio
-
-
+from core.serving import calibration, modelio
 def softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -1,5 +1,5 @@
 """Every CSV the project writes is a plain CSV: pandas' and the csv module's defaults read it, no comment line,
-cells a spreadsheet would run as formulas neutralised, numbers left as numbers (one writer, core.predictions)."""
+cells a spreadsheet would run as formulas neutralised, numbers left as numbers (one writer, core.contracts.predictions)."""
 
 import csv
 from pathlib import Path
@@ -10,9 +10,13 @@ import pytest
 from PIL import Image
 from tiny_models import build_tiny_model, save_model_folder
 
-from core import evaluate, explain, predictions
-from core import predict as predict_cli
-from core.labels import CLASSES
+from core.evaluation import evaluate
+
+from core.explaining import explain
+
+from core.contracts import predictions
+from core.serving import predict as predict_cli
+from core.contracts.labels import CLASSES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,8 +89,7 @@ def test_core_explain_writes_a_plain_csv(model_dir, hostile_images, tmp_path):
 def test_core_segment_writes_a_plain_measurements_csv(hostile_images, tmp_path):
     from tiny_segmenter import save_tiny_segmenter
 
-    from core import segment
-
+    from core.serving import segment
     folder = save_tiny_segmenter(tmp_path / "segmenter", threshold=0.0)  # every pixel lesion: measurements exist
     assert segment.main(["--model", str(folder), "--out", str(tmp_path / "out"), str(hostile_images)]) == 0
     frame = read_plain(tmp_path / "out" / segment.MEASUREMENTS_FILE, numeric=("area_share",))

@@ -1,4 +1,4 @@
-"""Loaders for every layout, every validation error, data facts and the CLI of core.data."""
+"""Loaders for every layout, every validation error, data facts and the CLI of core.dataset.data."""
 
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import pytest
 from conftest import to_publisher_layout, write_tiny_dataset
 from PIL import Image
 
-from core import data
-from core.data import DatasetError
-from core.labels import CLASSES
+from core.dataset import commands, data
+from core.dataset.data import DatasetError
+from core.contracts.labels import CLASSES
 
 
 def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -186,17 +186,17 @@ def test_class_folders_without_subsets_and_duplicates(tmp_path):
 
 
 def test_cli_validate_and_split(tiny_dataset, tmp_path, capsys):
-    assert data.main(["validate", str(tiny_dataset), "--decode"]) == 0
+    assert commands.main(["validate", str(tiny_dataset), "--decode"]) == 0
     out = capsys.readouterr().out
     assert "images: 63" in out and "OK:" in out and "decoded every image" in out
     split_file = tmp_path / "split.csv"
-    assert data.main(["split", "--data-dir", str(tiny_dataset), "--seed", "3", "--out", str(split_file)]) == 0
+    assert commands.main(["split", "--data-dir", str(tiny_dataset), "--seed", "3", "--out", str(split_file)]) == 0
     digest = capsys.readouterr().out.split("sha256 ")[1].strip()
-    from core.splits import split_hash
+    from core.dataset.splits import split_hash
 
     assert split_file.is_file() and digest == split_hash(split_file)
     (tiny_dataset / "HAM10000_metadata.csv").unlink()
-    assert data.main(["validate", str(tiny_dataset)]) == 2
+    assert commands.main(["validate", str(tiny_dataset)]) == 2
     assert "no metadata file" in capsys.readouterr().err
 
 

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import calibration, modelio, predictions
-from core.labels import CLASSES
+from core.serving import calibration, modelio
+
+from core.contracts import predictions
+from core.contracts.labels import CLASSES
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT = PROJECT / "models" / "default"
@@ -26,8 +28,7 @@ def test_the_folder_has_everything_serving_and_evaluation_need():
     assert meta["classes"] == list(CLASSES) and meta["temperature"] > 0
     assert meta["ood"]["method"] == "feature_statistics" and (DEFAULT / "ood.npz").is_file()
     assert meta["temperature_n"] >= 1000 and modelio.input_size(meta) == (144, 192)
-    from core import splits
-
+    from core.dataset import splits
     assert splits.split_hash(DEFAULT / splits.SPLIT_FILE) == meta["split_sha256"]
     for split in ("val", "test"):
         path = DEFAULT / predictions.FILES[split]
@@ -48,7 +49,7 @@ def test_cli_predicts_with_no_dataset_present(tmp_path):
     Image.fromarray(image).save(tmp_path / "lesion_like.jpg")
     env = {**os.environ, "HAM10000_DIR": str(tmp_path / "no_dataset_here"), "PYTHONPATH": str(PROJECT)}
     out = tmp_path / "out.csv"
-    cmd = [sys.executable, "-m", "core.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
+    cmd = [sys.executable, "-m", "core.serving.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out)  # a plain CSV: pandas' defaults read it

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from conftest import class_colour
-from core import soft_targets
-from core.data import load_dataset
-from core.labels import CLASSES
-from core.splits import make_splits, save_splits, split_hash
+from core.training import soft_targets
+from core.dataset.data import load_dataset
+from core.contracts.labels import CLASSES
+from core.dataset.splits import make_splits, save_splits, split_hash
 from tiny_models import build_nearest_colour_model, save_model_folder
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def _softmax(z):
 
 
 def test_the_loss_is_hintons_soft_term_at_t_squared_plus_the_label_term():
-    from core.distill import DistillationLoss
+    from core.training.distill import DistillationLoss
 
     rng = np.random.default_rng(0)
     k, t, w = len(CLASSES), 3.0, 0.7
@@ -47,7 +47,7 @@ def test_the_loss_is_hintons_soft_term_at_t_squared_plus_the_label_term():
 def test_training_metrics_read_the_label_columns_only():
     import keras
 
-    from core.distill import OnLabels
+    from core.training.distill import OnLabels
 
     k = len(CLASSES)
     labels = np.eye(k)[[0, 1, 2, 3]]
@@ -80,7 +80,7 @@ def test_a_student_of_soft_targets_only_learns_its_teachers_swap(tmp_path, tiny_
     targets = tmp_path / "soft.npz"
     soft_targets.build(targets, [_swapping_teacher(tmp_path, tiny_dataset, split_file)], split_file, tiny_dataset)
     run_dir = tmp_path / "student"
-    cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run_dir), "--split-file", str(split_file),
+    cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--split-file", str(split_file),
            "--soft-targets", str(targets), "--distill-weight", "1", "--distill-temperature", "2",
            "--arch", "small_cnn", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "30",
            "--warmup-epochs", "0", "--lr", "0.003", "--finetune-lr", "0.003", "--imbalance", "none", "--augment", "light"]
@@ -98,8 +98,7 @@ def test_a_student_of_soft_targets_only_learns_its_teachers_swap(tmp_path, tiny_
     others = held_out[~held_out["dx"].isin(SWAP)]
     assert (others["dx_pred"] == others["dx"]).mean() >= 0.6, others[["dx", "dx_pred"]]
 
-    from core import train
-
+    from core.training import train
     resumed = train.load_checkpoint(run_dir / "last.keras")  # a student's checkpoint loads with its loss
     assert type(resumed.loss).__name__ == "DistillationLoss" and resumed.loss.temperature == 2.0
 
@@ -109,7 +108,7 @@ def test_a_confidently_wrong_student_still_gets_a_gradient():
     import keras
     import tensorflow as tf
 
-    from core.distill import DistillationLoss
+    from core.training.distill import DistillationLoss
 
     k = len(CLASSES)
     inputs = keras.Input(shape=(1,))

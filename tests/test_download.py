@@ -1,4 +1,4 @@
-"""core.download end to end against a loopback Dataverse look-alike (nothing leaves 127.0.0.1)."""
+"""core.dataset.download end to end against a loopback Dataverse look-alike (nothing leaves 127.0.0.1)."""
 
 import csv
 import hashlib
@@ -14,9 +14,7 @@ import pandas as pd
 import pytest
 from conftest import write_tiny_dataset
 
-from core import data, download
-
-
+from core.dataset import commands, data, download
 def _zip(files: dict, folder: str = "") -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
@@ -156,8 +154,8 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 
 def test_cli_download(dataverse, tmp_path, capsys):
-    assert data.main(["download", "--dest", str(tmp_path / "ham"), "--base-url", dataverse()]) == 0
+    assert commands.main(["download", "--dest", str(tmp_path / "ham"), "--base-url", dataverse()]) == 0
     captured = capsys.readouterr()
     assert "dataset ready in" in captured.out and "100.0%" in captured.err
-    assert data.main(["download", "--dest", str(tmp_path / "ham"), "--base-url", dataverse()]) == 1
+    assert commands.main(["download", "--dest", str(tmp_path / "ham"), "--base-url", dataverse()]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import evaluate
-from core.labels import CLASSES
+from core.evaluation import evaluate
+from core.contracts.labels import CLASSES
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +171,7 @@ def test_cli_predicts_an_external_set_end_to_end(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     result = subprocess.run(
-        [sys.executable, "-m", "core.evaluate", "--model", str(model_dir), "--images", str(images),
+        [sys.executable, "-m", "core.evaluation.evaluate", "--model", str(model_dir), "--images", str(images),
          "--truth", str(truth), "--out", str(out), "--batch-size", "4"],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=170,
     )
@@ -185,8 +185,8 @@ def test_cli_predicts_an_external_set_end_to_end(tmp_path):
     assert set(pd.read_csv(out / "metrics_external.csv")["split"]) == {"external"}
 
     # The CLI's probabilities equal an in-process forward pass on the images decoded as Predict does.
-    from core import modelio
-    from core.images import decode_image, to_model_input
+    from core.serving import modelio
+    from core.dataset.images import decode_image, to_model_input
 
     model = modelio.load_model(model_dir)
     batch = np.stack([to_model_input(decode_image(p.read_bytes()), 16) for p in sorted(images.glob("*.jpg"))])
@@ -228,7 +228,7 @@ def test_cli_names_an_undecodable_image(tmp_path, capsys):
 
 @pytest.mark.timeout(180)
 def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, monkeypatch):
-    from core.splits import SPLIT_FILE, save_splits
+    from core.dataset.splits import SPLIT_FILE, save_splits
 
     images, truth = write_external_set(tmp_path / "external")
     model_dir = build_tiny_model(tmp_path / "model")
@@ -275,7 +275,7 @@ def count_opens(monkeypatch, name: str) -> list:
 
 @pytest.mark.timeout(180)
 def test_an_external_evaluation_reads_model_json_once(tmp_path, monkeypatch):
-    from core.splits import SPLIT_FILE, save_splits
+    from core.dataset.splits import SPLIT_FILE, save_splits
 
     images, truth = write_external_set(tmp_path / "external", n_per_class=1)
     model_dir = build_tiny_model(tmp_path / "model")
@@ -292,9 +292,9 @@ def test_an_external_evaluation_reads_model_json_once(tmp_path, monkeypatch):
 
 
 def test_prediction_evaluation_and_saliency_share_one_opened_folder(tmp_path, monkeypatch):
-    from core.modelio import ModelFolder
-    from core.predict import Predictor
-    from core.saliency import Explainer
+    from core.serving.folder import ModelFolder
+    from core.serving.predict import Predictor
+    from core.explaining.saliency import Explainer
 
     model_dir = write_model_folder(build_tiny_model(tmp_path / "model"))
     opened = count_opens(monkeypatch, "model.json")
@@ -311,7 +311,7 @@ def test_prediction_evaluation_and_saliency_share_one_opened_folder(tmp_path, mo
 def test_the_app_decodes_external_images_with_its_own_lower_pixel_limit(tmp_path):
     from PIL import Image
 
-    from core.images import INTERACTIVE_MAX_PIXELS, ImageError, decode_upload
+    from core.dataset.images import INTERACTIVE_MAX_PIXELS, ImageError, decode_upload
 
     side = int(INTERACTIVE_MAX_PIXELS ** 0.5) + 10  # above the app's limit, below the command line's
     path = tmp_path / "big.png"

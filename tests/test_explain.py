@@ -1,4 +1,4 @@
-"""``python -m core.explain``: one map and one picture per image, at the image's own size."""
+"""``python -m core.explaining.explain``: one map and one picture per image, at the image's own size."""
 
 import io
 
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from tiny_models import build_colour_model, save_model_folder
 
-from core import explain as cli
-from core.saliency import DEFAULT_METHOD
+from core.explaining import explain as cli
+from core.explaining.saliency import DEFAULT_METHOD
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,4 +1,4 @@
-"""core.explore filters and aggregates against values computed by hand."""
+"""core.dataset.explore filters and aggregates against values computed by hand."""
 
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import data, explore
-from core.explore import Filters
+from core.dataset import data, explore
+from core.dataset.explore import Filters
 
 ROWS = [
     # image_id, lesion_id, dx, dx_type, age, sex, localization

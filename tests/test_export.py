@@ -1,4 +1,4 @@
-"""core.export: TFLite round trips on tiny models, int8 calibration on the training split, bad requests."""
+"""core.serving.export: TFLite round trips on tiny models, int8 calibration on the training split, bad requests."""
 
 import hashlib
 import json
@@ -12,9 +12,13 @@ import pytest
 from conftest import write_tiny_dataset
 from tiny_models import build_tiny_model, folder_trained_on, save_model_folder
 
-from core import export, predictions, splits
-from core.data import load_dataset
-from core.labels import CLASSES
+from core.serving import export
+
+from core.contracts import predictions
+
+from core.dataset import splits
+from core.dataset.data import load_dataset
+from core.contracts.labels import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = (24, 32)  # height × width: a non-square input, as the 4:3 models have
@@ -128,8 +132,7 @@ def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
 
 def test_int8_rounds_the_kernels_on_the_calibration_images_unless_asked_not_to(tmp_path, tiny_data, wide_model,
                                                                                monkeypatch):
-    from core import int8_rounding
-
+    from core.serving import int8_rounding
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     seen = []
     real = int8_rounding.round_weights
@@ -249,7 +252,7 @@ def test_int8_with_an_unknown_split_is_refused(tmp_path, tiny_data, wide_model, 
 
 
 def test_module_entry_point_refuses_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "core.export", "--model", str(tmp_path), "--out", str(tmp_path / "x")],
+    proc = subprocess.run([sys.executable, "-m", "core.serving.export", "--model", str(tmp_path), "--out", str(tmp_path / "x")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path}: not a model folder (it needs model.keras and model.json)"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.faithfulness import (
+from core.explaining.faithfulness import (
     area_under,
     baseline_image,
     deletion_curve,

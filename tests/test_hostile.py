@@ -24,8 +24,15 @@ from streamlit.testing.v1 import AppTest
 from test_page_evaluate import write_predictions
 from tiny_models import build_tiny_model, save_model_folder
 
-from core import data, evaluate, images, modelio, predict, uploads, validation
-from core.labels import CLASSES
+from core.dataset import commands, images, uploads
+
+from core.evaluation import evaluate
+
+from core.serving import modelio, predict
+from core.serving.folder import ModelFolder
+
+from core.contracts import validation
+from core.contracts.labels import CLASSES
 
 PROJECT = Path(__file__).resolve().parent.parent
 PAGES = PROJECT / "pages"
@@ -286,7 +293,7 @@ def test_large_images_are_reduced_right_after_decoding_and_stay_upright():
         assert rgb[10, 384, 0] > 200 and rgb[-10, 384, 0] < 50, fmt  # red on top once upright
 
 
-# --- 3. input validation: core.evaluate, core.predict, core.data, model loading --------------------------------
+# --- 3. input validation: core.evaluation.evaluate, core.serving.predict, core.dataset.data, model loading --------------------------------
 
 TRUTH_CASES = {
     "duplicate rows": (lambda p: labelled_csv(p, [("ISIC_0000000", "mel"), ("ISIC_0000000", "mel")]),
@@ -364,7 +371,7 @@ def test_order_is_checked_against_the_runs_config(tiny_model_dir, tmp_path):
     folder = copy_model(tiny_model_dir, tmp_path / "run")
     (folder / "predictions_val.csv").unlink()
     (folder / "config.json").write_text(json.dumps({"classes": list(reversed(CLASSES))}))
-    with pytest.raises(modelio.ModelFolderError, match="but config.json recorded"):
+    with pytest.raises(folder.ModelFolderError, match="but config.json recorded"):
         modelio.read_metadata(folder)
 
 
@@ -373,7 +380,7 @@ def test_order_is_checked_against_the_runs_config(tiny_model_dir, tmp_path):
 def test_data_validate_answers_an_empty_metadata_file(content, expected, tmp_path, capsys):
     root = write_tiny_dataset(tmp_path / "ham", lesions_per_class=1)
     (root / "HAM10000_metadata.csv").write_bytes(content)
-    assert data.main(["validate", str(root)]) == 2
+    assert commands.main(["validate", str(root)]) == 2
     line = stderr_line(capsys)
     assert line.startswith("error: ") and expected in line
 
@@ -529,8 +536,9 @@ import sys  # noqa: E402
 
 from tiny_segmenter import save_tiny_segmenter  # noqa: E402
 
-from core import explain as explain_cli  # noqa: E402
-from core import export, predictions, segment  # noqa: E402
+from core.explaining import explain as explain_cli  # noqa: E402
+from core.serving import export, segment  # noqa: E402
+from core.contracts import predictions
 
 CLI_TIMEOUT = 900  # generous: a loaded machine has taken minutes to import TensorFlow
 
@@ -565,7 +573,7 @@ def test_export_refuses_an_out_inside_a_model_folder_and_the_folder_still_loads(
     assert line == ("error: --out model.tflite is inside the model folder model, whose files it could replace: "
                     "choose another --out or pass --force")
     assert (folder / "model.json").read_bytes() == before and not (folder / "model.tflite").exists()
-    assert modelio.ModelFolder(folder).classes == tuple(CLASSES)
+    assert ModelFolder(folder).classes == tuple(CLASSES)
     for inside in (folder / "export" / "m.tflite", folder / "sub" / "deeper" / "m.tflite"):
         with pytest.raises(export.ExportError, match="is inside the model folder model"):
             export.check_out(inside)
@@ -655,8 +663,8 @@ SIZE_CASES = {
 def test_input_sizes_out_of_bounds_are_refused_from_model_json(case, tiny_model_dir, tmp_path, capsys):
     changes, expected = SIZE_CASES[case]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
-    with pytest.raises(modelio.ModelFolderError) as err:
-        modelio.ModelFolder(folder)  # what the Predict page opens a run folder with
+    with pytest.raises(folder.ModelFolderError) as err:
+        ModelFolder(folder)  # what the Predict page opens a run folder with
     assert str(err.value) == (f"model model: model.json {expected}: a model input side must be a whole number "
                               f"of pixels from {modelio.MIN_INPUT_SIDE} to {modelio.MAX_INPUT_SIDE}")
     write_images(tmp_path / "in", ["ISIC_0000000"])
@@ -686,15 +694,15 @@ LAYER_CASES = {
 def test_model_json_must_agree_with_the_model(case, tiny_model_dir, tmp_path):
     changes, expected = LAYER_CASES[case]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
-    with pytest.raises(modelio.ModelFolderError, match="^model model: model.json ") as err:
-        modelio.ModelFolder(folder).model
+    with pytest.raises(folder.ModelFolderError, match="^model model: model.json ") as err:
+        ModelFolder(folder).model
     assert expected in str(err.value)
 
 
 @pytest.mark.parametrize("temperature", ["abc", -1.0, 0, float("inf"), True])
 def test_a_temperature_that_is_not_a_positive_number_is_refused(temperature, tiny_model_dir, tmp_path):
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), temperature=temperature)
-    with pytest.raises(modelio.ModelFolderError) as err:
+    with pytest.raises(folder.ModelFolderError) as err:
         modelio.read_metadata(folder)
     assert str(err.value) == (f"model model: model.json 'temperature' is {temperature!r}: it must be a positive "
                               "number, or null for none")
@@ -704,7 +712,7 @@ def test_segmenter_metadata_is_bounded(tiny_segmenter_dir, tmp_path):
     for changes, expected in ((dict(image_height=100000), "'image_height' is 100000: a model input side"),
                               (dict(threshold="half"), "'threshold' is 'half': it must be a number (0 to 1; above 1 finds none)")):
         folder = tamper(copy_model(tiny_segmenter_dir, tmp_path / str(len(expected))), **changes)
-        with pytest.raises(modelio.ModelFolderError, match=f"^segmenter {folder.name}: model.json ") as err:
+        with pytest.raises(folder.ModelFolderError, match=f"^segmenter {folder.name}: model.json ") as err:
             segment.Segmenter(folder)
         assert expected in str(err.value)
 
@@ -836,10 +844,10 @@ def test_reordered_classes_without_any_recorded_order_are_refused(tiny_model_dir
     swapped = ["akiec", "bcc", "bkl", "df", "nv", "mel", "vasc"]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), classes=swapped)
     (folder / "predictions_val.csv").unlink()
-    with pytest.raises(modelio.ModelFolderError, match="but predictions_test.csv recorded"):
+    with pytest.raises(folder.ModelFolderError, match="but predictions_test.csv recorded"):
         modelio.read_metadata(folder)
     (folder / "predictions_test.csv").unlink()
-    with pytest.raises(modelio.ModelFolderError) as err:
+    with pytest.raises(folder.ModelFolderError) as err:
         modelio.read_metadata(folder)
     assert str(err.value) == (f"model model: model.json lists classes {swapped}, not in the order training writes "
                               f"({list(CLASSES)}), and no config.json or predictions file records the order: "
@@ -854,7 +862,7 @@ def test_the_order_is_read_from_a_predictions_file_with_its_header_line(tiny_mod
     predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # as runs write it: header first
     (folder / "predictions_test.csv").unlink()
     tamper(folder, classes=list(reversed(CLASSES)))
-    with pytest.raises(modelio.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
+    with pytest.raises(folder.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
         modelio.read_metadata(folder)
 
 
@@ -956,7 +964,7 @@ def test_a_nul_byte_in_a_typed_path_is_a_message(evaluate_env):
 def test_truth_csv_size_is_refused_from_bytes_and_lines_before_parsing():
     big = external.truth_size_problem(42 * 2**20, lambda: pytest.fail("read a file refused by its size"))
     assert big == ("the ground-truth CSV has 42.0 MB, more than the 2 MB this page reads; use "
-                   "`python -m core.evaluate` for large sets.")
+                   "`python -m core.evaluation.evaluate` for large sets.")
     rows = b"image_id,dx\n" + b"I,nv\n" * 1_000_000
     assert "1,000,000 rows in the ground-truth CSV, more than the 2,000" in external.truth_size_problem(
         external.MAX_TRUTH_BYTES, lambda: rows)
@@ -1024,7 +1032,7 @@ def test_run_logs_and_configurations_show_no_server_path_or_traceback(tmp_path, 
     runs_root = tmp_path / "srv" / "runs"
     monkeypatch.setenv("HAM_RUNS_DIR", str(runs_root))
     log = "\n".join([
-        f"launch: {sys.executable} -m core.train --run-dir {runs_root}/r1 --data {tmp_path}/ham",
+        f"launch: {sys.executable} -m core.training.train --run-dir {runs_root}/r1 --data {tmp_path}/ham",
         "Traceback (most recent call last):",
         f'  File "{PROJECT}/core/train.py", line 3, in <module>',
         "    main()",
@@ -1038,7 +1046,7 @@ def test_run_logs_and_configurations_show_no_server_path_or_traceback(tmp_path, 
         "stopped",
     ])
     shown = page_guard.public_text(log)
-    assert shown == ("launch: python -m core.train --run-dir runs/r1 --data ham\n"
+    assert shown == ("launch: python -m core.training.train --run-dir runs/r1 --data ham\n"
                      "(traceback kept on the server) ValueError: meta.csv: no dx column\nstopped")
     config = page_guard.public_config({"run_dir": f"{runs_root}/r1", "data": {"dir": str(tmp_path)}, "epochs": 3})
     assert config == {"run_dir": "runs/r1", "data": {"dir": tmp_path.name}, "epochs": 3}
@@ -1052,7 +1060,7 @@ def test_train_page_shows_a_failed_run_without_paths_or_traceback(tmp_path, monk
     (run / "status.json").write_text(json.dumps({"state": "failed", "pid": dead_pid, "best": None,
                                                  "message": f"OSError: {run}/model.keras: gone"}))
     (run / "config.json").write_text(json.dumps({"arch": "mobilenet_v2", "run_dir": str(run)}))
-    (run / "train.log").write_text(f"{sys.executable} -m core.train --run-dir {run}\nTraceback (most recent call "
+    (run / "train.log").write_text(f"{sys.executable} -m core.training.train --run-dir {run}\nTraceback (most recent call "
                                    f'last):\n  File "{PROJECT}/core/train.py", line 1\nOSError: {run}/x: gone\n')
     monkeypatch.setenv("HAM_RUNS_DIR", str(runs_root))
     monkeypatch.setenv("HAM_READ_ONLY", "1")
@@ -1060,7 +1068,7 @@ def test_train_page_shows_a_failed_run_without_paths_or_traceback(tmp_path, monk
     assert not at.exception, at.exception
     assert at.get("json")[0].proto.body == json.dumps({"arch": "mobilenet_v2", "run_dir": f"runs/{run.name}"})
     log_shown = at.code[0].value
-    assert log_shown == (f"python -m core.train --run-dir runs/{run.name}\n"
+    assert log_shown == (f"python -m core.training.train --run-dir runs/{run.name}\n"
                          f"(traceback kept on the server) OSError: runs/{run.name}/x: gone")
     assert any(e.value == f"OSError: runs/{run.name}/model.keras: gone" for e in at.error)
 

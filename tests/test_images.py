@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import (
+from core.dataset.images import (
     ImageError,
     SkipReport,
     decode_image,
@@ -230,7 +230,7 @@ def test_skip_report_names_each_skipped_entry_on_stderr(capsys):
 
 
 def test_a_broken_zip_is_one_skipped_source_in_folders_and_uploads(tmp_path):
-    from core.images import zip_sources
+    from core.dataset.images import zip_sources
 
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 not really a zip")

@@ -1,11 +1,12 @@
-"""core.int8_rounding: kernels on TFLite's int8 grid, chosen to keep each layer's output, kept by the converter."""
+"""core.serving.int8_rounding: kernels on TFLite's int8 grid, chosen to keep each layer's output, kept by the converter."""
 
 import numpy as np
 import pytest
 from tiny_models import build_bottleneck_model
 
-from core import export, int8_rounding, models
+from core.serving import export, int8_rounding
 
+from core.training import models
 SIZE = (24, 32)
 
 

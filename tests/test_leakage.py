@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import leakage
-from core.splits import SPLIT_FILE, save_splits
+from core.dataset import leakage
+from core.dataset.splits import SPLIT_FILE, save_splits
 
 SPLIT = pd.DataFrame({
     "image_id": ["I1", "I2", "I3", "I4", "I5"],

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from core import lesion_measures as lm
-
+from core.serving import lesion_measures as lm
 SHAPE = (150, 200)
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from core import metrics
-from core.labels import CLASSES
+from core.evaluation import metrics
+from core.contracts.labels import CLASSES
 
 # 3 classes, 7 images: rows are (true, predicted).
 HAND_TRUE = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -214,7 +214,7 @@ def test_agrees_with_isic_challenge_scoring():
 
 
 def test_sample_size_warning_names_different_and_small_n():
-    from core.metrics import sample_size_warning
+    from core.evaluation.metrics import sample_size_warning
 
     assert sample_size_warning({"a": 1431, "b": 1431}) == ""
     both = sample_size_warning({"full": 1431, "tiny": 8})
@@ -225,7 +225,7 @@ def test_sample_size_warning_names_different_and_small_n():
 
 
 def test_threshold_chosen_on_validation_is_read_on_the_other_split():
-    from core.metrics import operating_point, threshold_for_sensitivity, threshold_from_validation
+    from core.evaluation.metrics import operating_point, threshold_for_sensitivity, threshold_from_validation
 
     rng = np.random.default_rng(0)
     val_bin, bin_ = rng.random(400) < 0.2, rng.random(600) < 0.2

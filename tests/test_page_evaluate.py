@@ -14,8 +14,8 @@ import streamlit as st
 from conftest import start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
-from core import metrics
-from core.labels import CLASSES
+from core.evaluation import metrics
+from core.contracts.labels import CLASSES
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
 
@@ -222,10 +222,10 @@ def test_external_split_without_model_file_explains(models):
 
 
 def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_path):
-    from core import evaluate, leakage, predictions
-
-    from core import uploads
-
+    from core.evaluation import evaluate
+    from core.dataset import leakage
+    from core.contracts import predictions
+    from core.dataset import uploads
     (models["default"] / "model.keras").write_bytes(b"")  # listed as predictable; nothing is predicted here
     workspace = uploads.Workspace(prefix="ham-evaluate-")  # the session's private folder, as the page makes it
     out = workspace.fresh("result-fixture")
@@ -252,8 +252,8 @@ def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_
 
 
 def test_an_image_shows_what_predict_gives_and_the_download_says_so(models, media):
-    from core import predictions
-    from core.calibration import calibrate
+    from core.contracts import predictions
+    from core.serving.calibration import calibrate
 
     meta = json.loads((models["default"] / "model.json").read_text())
     (models["default"] / "model.json").write_text(json.dumps({**meta, "temperature": 1.7, "temperature_n": 500}))

@@ -7,8 +7,7 @@ import pytest
 from conftest import write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
-from core import download
-
+from core.dataset import download
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Explore.py")
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -172,7 +171,7 @@ def test_the_downloaded_csv_is_the_filtered_rows_without_local_paths(tiny_datase
 
     import pandas as pd
 
-    from core.data import load_dataset
+    from core.dataset.data import load_dataset
     from ui import explore as view
 
     frame = load_dataset(tiny_dataset_env)

@@ -8,8 +8,7 @@ from conftest import start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 from tiny_models import build_tiny_model, folder_trained_on
 
-from core import export
-
+from core.serving import export
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
 CONVERT = "evaluate_export_convert"
 

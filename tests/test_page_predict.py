@@ -11,8 +11,8 @@ from conftest import start_page, write_tiny_dataset
 from PIL import Image
 from tiny_models import build_tiny_model, save_model_folder
 
-from core import explain as explain_cli
-from core.saliency import DEFAULT_METHOD
+from core.explaining import explain as explain_cli
+from core.explaining.saliency import DEFAULT_METHOD
 from ui import saliency_view
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")
@@ -115,10 +115,9 @@ def test_example_images_are_test_split_images_one_right_per_class_and_one_labell
     for image_id, (dx, path) in examples.items():
         rgb = np.asarray(Image.open(path))
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and path.stat().st_size < 20_000
-    from core.paths import default_model_dir
+    from core.contracts.paths import default_model_dir
 
-    from core import predictions
-
+    from core.contracts import predictions
     test_split = predictions.read_frame(default_model_dir() / predictions.FILES["test"]).set_index("image_id")["dx"]
     assert all(test_split.get(i) == dx for i, (dx, _) in examples.items())  # unseen by the shipped model
     verdicts = example_verdicts(default_model_dir())
@@ -220,7 +219,7 @@ def test_flagged_batch_rows_carry_the_flag(monkeypatch, predict_env, flagging_mo
 def test_dataset_sample_says_its_split_and_warns_on_training_images(monkeypatch, predict_env, tmp_path):
     import pandas as pd
 
-    from core.splits import SPLIT_FILE, save_splits
+    from core.dataset.splits import SPLIT_FILE, save_splits
 
     data = write_tiny_dataset(predict_env / "ham10000")
     monkeypatch.setenv("HAM10000_DIR", str(data))

@@ -196,8 +196,7 @@ def test_form_validation_error_is_shown_with_the_labels_and_nothing_launches(fix
 @pytest.fixture
 def launched(env, monkeypatch) -> list:
     """The options the page hands to the launcher (nothing trains)."""
-    from core import runs
-
+    from core.training import runs
     calls = []
     monkeypatch.setattr(runs, "launch", lambda options, command=None: calls.append(options) or env / "launched")
     return calls
@@ -212,8 +211,7 @@ def test_a_one_epoch_run_with_the_default_warm_up_launches(launched):
 
 
 def test_segmentation_has_its_own_fields_defaults_and_launches_them(launched):
-    from core import options as opts
-
+    from core.training import options as opts
     at = run_page()
     at.selectbox(key="train_opt_task").set_value("segmentation").run()
     assert not [w for w in at.selectbox if w.key == "train_opt_segmentation_arch"]

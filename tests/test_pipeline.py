@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import decode_image, read_model_pixels, to_model_input
-from core.pipeline import epoch_indices, load_or_build_cache, make_augmenter, make_dataset
+from core.dataset.images import decode_image, read_model_pixels, to_model_input
+from core.training.pipeline import epoch_indices, load_or_build_cache, make_augmenter, make_dataset
 
 
 @pytest.fixture

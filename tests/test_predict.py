@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from tiny_models import build_colour_model, build_tiny_model, red_left_green_right, save_model_folder
 
-from core import predictions
-from core.images import decode_image
-from core.labels import CLASSES
-from core.ood import DEFAULT_MSP_THRESHOLD, fit_msp_threshold
-from core.predict import Predictor, available_models, calibrate, main, tta_count, tta_views
+from core.contracts import predictions
+from core.dataset.images import decode_image
+from core.contracts.labels import CLASSES
+from core.serving.ood import DEFAULT_MSP_THRESHOLD, fit_msp_threshold
+from core.serving.predict import Predictor, available_models, calibrate, main, tta_count, tta_views
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -243,7 +243,7 @@ def test_cli_runs_as_module(model_dir, image_tree, tmp_path):
     root, _ = image_tree
     out = tmp_path / "m.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "core.predict", "--model", str(model_dir), "--out", str(out), str(root)],
+        [sys.executable, "-m", "core.serving.predict", "--model", str(model_dir), "--out", str(out), str(root)],
         capture_output=True, text=True, timeout=150, cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr[-2000:]

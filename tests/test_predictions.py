@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import predictions
-from core.labels import CLASSES
+from core.contracts import predictions
+from core.contracts.labels import CLASSES
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from live_server import CHROMIUM, PROJECT, launch_chromium, streamlit_server
 
-from core import private_export
-from core.paths import default_model_dir
+from core.serving import private_export
+from core.contracts.paths import default_model_dir
 from ui import private_mode
 
 EXAMPLE = PROJECT / "ui" / "assets" / "examples" / "mel_ISIC_0024481.jpg"
@@ -37,7 +37,7 @@ def test_only_the_expected_numbers_are_read_back():
 
 
 def test_the_component_args_follow_the_model_folder():
-    from core.modelio import read_metadata
+    from core.serving.modelio import read_metadata
 
     args = private_mode.component_args(default_model_dir(), read_metadata(default_model_dir()))
     assert (args["height"], args["width"], args["classes"]) == (144, 192, 7)
@@ -48,7 +48,7 @@ def test_private_mode_alone_never_imports_tensorflow():
     """What the page does for private mode (reasons, arguments, the verdict's calibration) runs without TensorFlow."""
     code = (
         "import sys; from pathlib import Path; import numpy as np\n"
-        "from ui import private_mode; from core.modelio import read_metadata; from core.predict import calibrate\n"
+        "from ui import private_mode; from core.serving.modelio import read_metadata; from core.serving.predict import calibrate\n"
         "d = Path('models/default'); meta = read_metadata(d)\n"
         "private_mode.component_args(d, meta); assert private_mode.unavailable_reason(d) is None\n"
         "calibrate(np.full(7, 1 / 7), 1.4)\n"
@@ -87,8 +87,8 @@ def test_the_browser_classifies_refuses_a_photo_and_sends_no_image(tmp_path):
     from private_page import Traffic, classify, open_private_mode, verdict_shown
     from sklearn.datasets import load_sample_image
 
-    from core.images import decode_upload
-    from core.predict import Predictor
+    from core.dataset.images import decode_upload
+    from core.serving.predict import Predictor
 
     photo = tmp_path / "holiday_photo.jpg"  # flower.jpg: china.jpg was among the gate's fitting negatives
     Image.fromarray(load_sample_image("flower.jpg")).save(photo, quality=90)
@@ -134,8 +134,8 @@ def test_the_exported_graph_gives_the_servers_probabilities_and_gate_score(tmp_p
     from ai_edge_litert.interpreter import Interpreter
     from tiny_models import save_ood_model_folder, skin_like
 
-    from core import export
-    from core.predict import Predictor
+    from core.serving import export
+    from core.serving.predict import Predictor
 
     folder = save_ood_model_folder(tmp_path / "model")
     exported = private_export.build(folder)
@@ -158,8 +158,7 @@ def test_the_exported_graph_gives_the_servers_probabilities_and_gate_score(tmp_p
 def test_a_folder_without_a_statistics_gate_is_refused(tmp_path):
     import json
 
-    from core import export
-
+    from core.serving import export
     meta = json.loads((default_model_dir() / "model.json").read_text())
     meta["ood"] = {"method": "max_softmax", "threshold": 0.5}
     (tmp_path / "model.keras").write_bytes(b"")

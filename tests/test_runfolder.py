@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core import runfolder as rf
-from core import runs
-
+from core.contracts import runfolder as rf
+from core.training import runs
 PROJECT = Path(__file__).resolve().parent.parent
 FILE_NAMES = [rf.CONFIG_FILE, rf.STATUS_FILE, rf.METRICS_FILE, rf.LOG_FILE, rf.LOCK_FILE, rf.LAUNCH_FILE,
               rf.CHECKPOINT_FILE, rf.STATE_FILE, rf.MODEL_FILE, rf.METADATA_FILE, rf.SPLITS_FILE]
@@ -87,7 +86,7 @@ def test_predictions_file_names():
 
 def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from core.runfolder import RunLock; "
+        [sys.executable, "-c", "import sys; from core.contracts.runfolder import RunLock; "
          "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
         cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -116,8 +115,7 @@ def test_each_run_folder_file_name_is_spelled_in_one_core_module():
 
 
 def test_model_metadata_goes_through_the_one_atomic_writer(tmp_path, monkeypatch):
-    from core import modelio
-
+    from core.serving import modelio
     calls = []
     monkeypatch.setattr(modelio, "write_json_atomic", lambda path, data, **kw: calls.append((path, kw)))
     modelio.write_metadata(tmp_path, {"classes": []})

@@ -14,9 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import runs
-
-# A stand-in for core.train: writes "running", waits for STOP (bounded), writes "stopped".
+from core.training import runs  # A stand-in for core.training.train: writes "running", waits for STOP (bounded), writes "stopped".
 FAKE_TRAINER = r"""
 import json, os, sys, time
 run_dir = sys.argv[sys.argv.index("--run-dir") + 1]
@@ -330,7 +328,7 @@ def test_invalid_options_are_reported(options, fragment):
 
 
 def test_argv_parses_with_the_trainer_cli_to_the_same_values(tmp_path):
-    train = pytest.importorskip("core.train")  # imports no TensorFlow
+    train = pytest.importorskip("core.training.train")  # imports no TensorFlow
     options = {**runs.DEFAULT_OPTIONS, "arch": "efficientnet_b0", "weights": "none", "max_images": 300,
                "finetune_lr": 3e-5, "imbalance": "focal", "dropout": 0.3, "seed": 7}
     assert runs.validate_options(options) == []
@@ -343,7 +341,7 @@ def test_argv_parses_with_the_trainer_cli_to_the_same_values(tmp_path):
 
 def test_build_argv_uses_cli_option_names(tmp_path):
     argv = runs.build_argv(tmp_path, {"warmup_epochs": 2, "finetune_lr": 1e-4, "max_images": None})
-    assert argv[:5] == [sys.executable, "-m", "core.train", "--run-dir", str(tmp_path)]
+    assert argv[:5] == [sys.executable, "-m", "core.training.train", "--run-dir", str(tmp_path)]
     assert argv[5:] == ["--warmup-epochs", "2", "--finetune-lr", "0.0001"]
 
 
@@ -485,7 +483,7 @@ def test_delete_refuses_an_active_run(registry, live_trainer):
 
 
 def test_zombie_trainer_reads_as_crashed(registry):
-    proc = subprocess.Popen([sys.executable, "-c", "pass", "core.train"])
+    proc = subprocess.Popen([sys.executable, "-c", "pass", "core.training.train"])
     # Wait for the exit without reaping, so the pid stays a zombie during the check.
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     run_dir = make_run(registry, "a", {"state": "running", "pid": proc.pid, "updated": iso()})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tiny_models import SIZE, build_colour_model, build_strided_model, build_tiny_model, red_left_green_right
 
-from core.saliency import (
+from core.explaining.saliency import (
     DEFAULT_METHOD,
     METHODS,
     Explainer,
@@ -16,8 +16,8 @@ from core.saliency import (
     normalize_map,
     pointing_game,
 )
-from core.saliency import cam as cams
-from core.saliency import sanity
+from core.explaining.saliency import cam as cams
+from core.explaining.saliency import sanity
 
 pytestmark = pytest.mark.timeout(300)
 

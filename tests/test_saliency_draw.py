@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.images import mask_outline as outline
-from core.saliency.draw import (
+from core.dataset.images import mask_outline as outline
+from core.explaining.saliency.draw import (
     CONTOUR_LEVELS,
     colorize,
     contours,

@@ -1,4 +1,4 @@
-"""The segmenter model, serving and the ``python -m core.segment`` command line, on a tiny untrained U-Net."""
+"""The segmenter model, serving and the ``python -m core.serving.segment`` command line, on a tiny untrained U-Net."""
 
 import io
 
@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 from tiny_segmenter import SIZE, save_tiny_segmenter
 
-from core import segment
-from core.modelio import ModelFolderError
+from core.serving import segment
+from core.training import segmenter
+from core.serving.modelio import ModelFolderError
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -22,7 +23,7 @@ def tiny_folder(tmp_path_factory):
 def test_segmenter_is_a_flat_graph_with_a_sigmoid_mask_at_the_input_size():
     import keras
 
-    model = segment.build_segmenter((64, 96), weights="none")
+    model = segmenter.build_segmenter((64, 96), weights="none")
     assert model.output_shape == (None, 64, 96, 1)
     assert model.layers[-1].name == segment.OUTPUT_LAYER
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # no nested backbone
@@ -32,34 +33,34 @@ def test_segmenter_is_a_flat_graph_with_a_sigmoid_mask_at_the_input_size():
 
 def test_input_sides_must_be_multiples_of_32():
     with pytest.raises(ValueError, match="multiples of 32"):
-        segment.build_segmenter((100, 128), weights="none")
+        segmenter.build_segmenter((100, 128), weights="none")
 
 
 def test_encoder_gets_the_offline_imagenet_weights_of_the_classifier():
-    from core.models import build_model
-    from core.torch_weights import offline_checkpoint_path
+    from core.training.models import build_model
+    from core.training.torch_weights import offline_checkpoint_path
 
     try:
         offline_checkpoint_path()
     except (FileNotFoundError, ImportError, OSError) as err:
         pytest.skip(f"offline MobileNetV2 checkpoint not installed: {err}")
-    seg = segment.build_segmenter(SIZE, weights="offline-imagenet")
+    seg = segmenter.build_segmenter(SIZE, weights="offline-imagenet")
     clf = build_model("mobilenet_v2", SIZE, n_classes=2, weights="offline-imagenet")
     for name in ("Conv1", "block_6_expand", "block_16_project"):
         np.testing.assert_array_equal(seg.get_layer(name).get_weights()[0], clf.get_layer(name).get_weights()[0])
 
 
 def test_freezing_keeps_early_blocks_and_encoder_batchnorm_fixed():
-    model = segment.build_segmenter(SIZE, weights="none")
-    segment.set_encoder_trainable(model, "block_3")
+    model = segmenter.build_segmenter(SIZE, weights="none")
+    segmenter.set_encoder_trainable(model, "block_3")
     assert not model.get_layer("Conv1").trainable and not model.get_layer("block_2_expand").trainable
     assert model.get_layer("block_3_expand").trainable and model.get_layer("block_16_project").trainable
     assert not model.get_layer("block_5_expand_BN").trainable
     assert model.get_layer("up0_bn0").trainable and model.get_layer(segment.OUTPUT_LAYER).trainable
-    segment.set_encoder_trainable(model, "all")
+    segmenter.set_encoder_trainable(model, "all")
     assert not model.get_layer("block_16_project").trainable and model.get_layer("up4_conv1").trainable
     with pytest.raises(ValueError, match="freeze point"):
-        segment.set_encoder_trainable(model, "block_99")
+        segmenter.set_encoder_trainable(model, "block_99")
 
 
 def test_mask_at_resizes_the_probability_to_the_image_and_thresholds():

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from conftest import write_tiny_dataset
 
-from core import options as opts
-from core import runfolder as rf
-from core import runs, segment_train, train_common
-from core.runfolder import RunFolder
-from core.segmentation_metrics import SCORE_COLUMNS, load_scores
-from core.splits import split_hash
+from core.training import options as opts
+from core.contracts import runfolder as rf
+from core.training import runs, segment_train, train_common
+from core.contracts.runfolder import RunFolder
+from core.evaluation.segmentation_metrics import SCORE_COLUMNS, load_scores
+from core.dataset.splits import split_hash
 
 pytestmark = pytest.mark.timeout(900)
 ARGS = ["--image-size", "32", "--image-height", "32", "--epochs", "2", "--batch-size", "8", "--weights", "none",
@@ -97,9 +97,8 @@ def test_resume_options_come_from_the_config_and_a_new_length_keeps_the_planned_
     (tmp_path / "config.json").write_text(json.dumps({**config, "epochs": 4, "planned_epochs": 2}))
     again = parse(["--run-dir", str(tmp_path), "--resume"])
     assert (again.epochs, again.planned_epochs) == (4, 2)
-    # python -m core.train resumes it as a segmentation run too: the task comes from the config
-    from core import train
-
+    # python -m core.training.train resumes it as a segmentation run too: the task comes from the config
+    from core.training import train
     assert train.parse_args(["--run-dir", str(tmp_path), "--resume"]).task == "segmentation"
 
 
@@ -111,14 +110,14 @@ def page_form(**changes) -> dict:
 
 @pytest.mark.timeout(900)
 def test_a_segmentation_run_launched_as_the_page_does_finishes_with_its_run_folder(env, monkeypatch):
-    """The page's launcher (``core.runs.launch``) starts the real trainer process on a 1-epoch run."""
+    """The page's launcher (``core.training.runs.launch``) starts the real trainer process on a 1-epoch run."""
     monkeypatch.setenv("HAM_RUNS_DIR", str(env / "runs"))
     started, popen = [], runs.subprocess.Popen
     monkeypatch.setattr(runs.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
     options = page_form(image_size=32, image_height=32, epochs=1)
     run_dir = runs.launch(options)
     argv = json.loads((run_dir / rf.LAUNCH_FILE).read_text())["argv"]
-    assert argv == runs.build_argv(run_dir, options) and argv[1:3] == ["-m", "core.train"]
+    assert argv == runs.build_argv(run_dir, options) and argv[1:3] == ["-m", "core.training.train"]
     assert started[0].wait(timeout=840) == 0, (run_dir / rf.LOG_FILE).read_text()[-3000:]
     status = runs.read_status(run_dir)
     assert status["state"] == "done" and status["best"]["epoch"] == 1, status

@@ -4,9 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import segmentation_metrics as sm
-
-
+from core.evaluation import segmentation_metrics as sm
 def square(top: int, left: int, side: int = 4, shape=(10, 10)) -> np.ndarray:
     mask = np.zeros(shape, bool)
     mask[top : top + side, left : left + side] = True

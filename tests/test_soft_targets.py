@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from conftest import class_colour
-from core import soft_targets
-from core.calibration import apply_temperature
-from core.data import load_dataset
-from core.images import read_model_pixels
-from core.labels import CLASSES
-from core.splits import load_splits, make_splits, save_splits, split_hash
+from core.training import soft_targets
+from core.serving.calibration import apply_temperature
+from core.dataset.data import load_dataset
+from core.dataset.images import read_model_pixels
+from core.contracts.labels import CLASSES
+from core.dataset.splits import load_splits, make_splits, save_splits, split_hash
 from tiny_models import build_nearest_colour_model, build_tiny_model, save_model_folder
 
 HW = (30, 40)

@@ -1,11 +1,11 @@
-"""core.splits: lesion-grouped, stratified, seeded and reproducible to the byte."""
+"""core.dataset.splits: lesion-grouped, stratified, seeded and reproducible to the byte."""
 
 import pandas as pd
 import pytest
 from conftest import write_tiny_dataset
 
-from core import data, splits
-from core.labels import CLASSES
+from core.dataset import data, splits
+from core.contracts.labels import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_small_classes_still_reach_every_split(tmp_path):
 
 
 def test_the_shipped_model_split_is_reproduced_from_its_seed(real_frame, tmp_path):
-    from core import modelio, paths
-
+    from core.serving import modelio
+    from core.contracts import paths
     if not modelio.is_model_dir(paths.default_model_dir()):
         pytest.skip("no shipped model under models/default")
     meta = modelio.read_metadata(paths.default_model_dir())

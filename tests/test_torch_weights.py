@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from core.torch_weights import LEGACY_MAGIC, CheckpointError, read_legacy_checkpoint
+from core.training.torch_weights import LEGACY_MAGIC, CheckpointError, read_legacy_checkpoint
 
 
 def _write_legacy(path, tensors: dict, storage_global=("torch", "FloatStorage")):

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from core import paths
-from core import predict as core_predict
-from core import saliency
-from core import segment as core_segment
-
+from core.contracts import paths
+from core.serving import predict as core_predict
+from core.explaining import saliency
+from core.serving import segment as core_segment
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -29,7 +28,7 @@ def _counting(monkeypatch, module, name: str) -> list:
 @pytest.mark.timeout(300)
 def test_warm_caches_loads_what_the_first_prediction_needs_once(monkeypatch, clear_streamlit_caches):
     monkeypatch.setenv("HAM_SEGMENTER", str(PROJECT / "models" / "segmenter"))
-    from ui import predict, saliency_view, segment_view, warm
+    from ui import loaders, predict, saliency_view, segment_view, warm
 
     predictors = _counting(monkeypatch, predict, "Predictor")
     explainers = _counting(monkeypatch, saliency, "Explainer")
@@ -40,8 +39,8 @@ def test_warm_caches_loads_what_the_first_prediction_needs_once(monkeypatch, cle
     assert (len(predictors), len(explainers), len(segmenters)) == (1, 1, 1)
 
     # what the page calls for its first prediction comes from the caches the warm start filled
-    predictor = predict.load_predictor(model_dir)
-    saliency_view.warm(model_dir, predict.model_mtime(model_dir))
+    predictor = loaders.load_predictor(model_dir)
+    saliency_view.warm(model_dir, loaders.model_mtime(model_dir))
     segment_view.load_segmenter()
     assert (len(predictors), len(explainers), len(segmenters)) == (1, 1, 1)
     assert isinstance(predictor, core_predict.Predictor)

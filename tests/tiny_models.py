@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import as_hw
-from core.labels import CLASSES
-from core.modelio import write_metadata
+from core.dataset.images import as_hw
+from core.contracts.labels import CLASSES
+from core.serving.modelio import write_metadata
 
 SIZE = 32
 
@@ -129,9 +129,10 @@ def folder_trained_on(folder: Path, dataset: Path, model, save_split: bool = Tru
     The split is the dataset's seed-42 split; with ``save_split=False`` the folder
     keeps only its hash, as the shipped model does.
     """
-    from core import predictions, splits
-    from core.data import load_dataset
-    from core.images import read_model_pixels
+    from core.contracts import predictions
+    from core.dataset import splits
+    from core.dataset.data import load_dataset
+    from core.dataset.images import read_model_pixels
 
     frame = load_dataset(dataset)
     table = splits.make_splits(frame, seed=42)
@@ -163,8 +164,8 @@ def save_ood_model_folder(folder: Path, seed: int = 0) -> Path:
     """A small CNN whose out-of-distribution check is fitted on :func:`skin_like` images."""
     import keras
 
-    from core import ood_fit
-    from core.models import build_model
+    from core.serving import ood_fit
+    from core.training.models import build_model
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)

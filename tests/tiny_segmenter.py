@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core import segment
-
+from core.training import segmenter
 SIZE = (32, 32)
 
 
@@ -19,14 +18,14 @@ def save_tiny_segmenter(folder: Path, threshold: float = 0.5, seed: int = 0) -> 
     keras.utils.set_random_seed(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    segment.build_segmenter(SIZE, weights="none").save(folder / "model.keras")
-    segment.write_segmenter_metadata(folder, segment.metadata(*SIZE, threshold, "fixture-split", "none"))
+    segmenter.build_segmenter(SIZE, weights="none").save(folder / "model.keras")
+    segmenter.write_segmenter_metadata(folder, segmenter.metadata(*SIZE, threshold, "fixture-split", "none"))
     return folder
 
 
 def write_scores(folder: Path, split: str, image_ids, dx, dice) -> Path:
     """A ``scores_<split>.csv`` with consistent Dice, Jaccard and thresholded Jaccard."""
-    from core.segmentation_metrics import ISIC_JACCARD_THRESHOLD, scores_path
+    from core.evaluation.segmentation_metrics import ISIC_JACCARD_THRESHOLD, scores_path
 
     table = pd.DataFrame({"image_id": list(image_ids), "lesion_id": [f"L{i}" for i in range(len(dx))],
                           "dx": list(dx), "dice": list(dice)})

@@ -15,12 +15,12 @@ from plotly.colors import qualitative
 import streamlit as st
 from PIL import Image
 
-from core import download, explore
-from core.predictions import csv_text
-from core.labels import CLASS_NAMES, CLASSES, DX_TYPES
-from core.paths import dataset_dir, read_only
-from core.uploads import redact_paths
-from ui.frame import folder_named
+from core.dataset import download, explore
+from core.contracts.predictions import csv_text
+from core.contracts.labels import CLASS_NAMES, CLASSES, DX_TYPES
+from core.contracts.paths import dataset_dir, read_only
+from core.dataset.uploads import redact_paths
+from ui.text import folder_named
 from ui.text import plain
 
 KEY_CLASSES = "explore_classes"
@@ -116,7 +116,7 @@ def class_figure(classes: pd.DataFrame) -> dict:
 
 
 def age_figure(boxes: pd.DataFrame) -> dict:
-    """Box plot of age by class, drawn from precomputed quartiles and fences (``core.explore.age_boxes``)."""
+    """Box plot of age by class, drawn from precomputed quartiles and fences (``core.dataset.explore.age_boxes``)."""
     traces = [{"type": "box", "x": [dx], "name": dx, "marker": {"color": CLASS_COLORS.get(dx)},
                **{k: [row[k]] for k in ("q1", "median", "q3", "lowerfence", "upperfence")},
                "hovertemplate": f"{dx}: n = {int(row['n']):,} with an age<extra></extra>"}
@@ -281,7 +281,7 @@ def no_dataset_panel(problem: str | None = None) -> None:
         "CC BY-NC 4.0: non-commercial use, cite Tschandl et al. 2018), or **point the app at a copy**: "
         "start it with `HAM10000_DIR=/path/to/ham10000 python -m ui.serve`. Both the publisher's layout "
         "(`HAM10000_images_part_1/`, `HAM10000_metadata`) and `images/` + `HAM10000_metadata.csv` work. "
-        "From a terminal: `python -m core.data download --dest DIR`."
+        "From a terminal: `python -m core.dataset.commands download --dest DIR`."
     )
     if read_only():
         st.caption("This is a read-only demo: the dataset cannot be downloaded from here.")

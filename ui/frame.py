@@ -1,32 +1,25 @@
-"""The frame every page shares (page config, sidebar) and the cached dataset table.
+"""The frame every page shares: page config, sidebar, the dataset's status line.
 
-Kept small and free of TensorFlow, and pandas is only imported when a page
-asks for the table, so the Home page renders fast.
+Kept small and free of TensorFlow and pandas, so the Home page renders fast (the
+cached dataset table is :mod:`ui.loaders`).
 """
 
 from __future__ import annotations
 
 import runpy
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.layout import find_metadata
-from core.paths import dataset_dir, read_only
+from core.contracts.paths import dataset_dir, read_only
+from core.dataset.layout import find_metadata
+from ui.text import NOT_A_DEVICE
 from ui.warm import keep_kernels_between_runs, warm_start
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 _ROOT = Path(__file__).resolve().parent.parent
 PROJECT_NAME = "HAM10000 Lesion Lab"
 FAVICON = _ROOT / "ui" / "assets" / "favicon.png"
-NOT_A_DEVICE = (
-    "Research and teaching tool. **Not a medical device**: it does not diagnose, "
-    "and its output must not guide any treatment."
-)
 # The app's pages in sidebar order: (script, label, icon, what it is for). Streamlit's own
 # navigation is hidden (.streamlit/config.toml) because it would name the Home page "app".
 PAGES = (
@@ -98,35 +91,6 @@ def dataset_status() -> str:
     if not found:
         return f"Dataset: not found at `{root}` (set HAM10000_DIR)"
     return f"Dataset: found at `{root}`"
-
-
-def folder_named(path, variable: str) -> str:
-    """How a message names a configured folder: its path, or in a read-only public app only the variable to set."""
-    return f"the folder set by `{variable}`" if read_only() else f"`{path}`"
-
-
-def dataset_table() -> pd.DataFrame | None:
-    """The image table of the dataset folder, cached; None when there is no dataset.
-
-    The cache key is the folder and the metadata file's modification time, so
-    a replaced dataset is reloaded.
-
-    Raises:
-        core.data.DatasetError: the folder exists but cannot be used.
-    """
-    root = dataset_dir()
-    metadata = find_metadata(root)
-    if metadata is None:
-        return None
-    return _load_table(str(root.resolve()), metadata.stat().st_mtime_ns)
-
-
-@st.cache_data(max_entries=2, show_spinner="Loading the dataset…")
-def _load_table(root: str, metadata_mtime: int) -> pd.DataFrame:
-    """``core.data.load_dataset`` behind the cache; ``metadata_mtime`` is only a key."""
-    from core import data  # pandas: paid by the pages that show data, not by Home
-
-    return data.load_dataset(Path(root))
 
 
 def run_page(script: str) -> None:

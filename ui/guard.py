@@ -18,8 +18,8 @@ import uuid
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import paths
-from core.uploads import redact_paths
+from core.contracts import paths
+from core.dataset.uploads import redact_paths
 
 log = logging.getLogger("ham10000.pages")
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import metrics, predictions
-from core.modelio import ModelFolderError, input_size, is_model_dir, read_metadata
-from core.paths import default_model_dir
+from core.evaluation import metrics
+
+from core.contracts import predictions
+from core.serving.modelio import ModelFolderError, input_size, is_model_dir, read_metadata
+from core.contracts.paths import default_model_dir
 
 
 def shipped_model_summary() -> str | None:

@@ -2,7 +2,7 @@
 
 Uploads stay in memory (Streamlit keeps them in RAM; decoding works on bytes).
 Memory stays bounded under hostile uploads: an image is refused above
-``core.images.INTERACTIVE_MAX_PIXELS`` and reduced to at most
+``core.dataset.images.INTERACTIVE_MAX_PIXELS`` and reduced to at most
 ``DISPLAY_MAX_SIDE`` pixels right after decoding, so maps and overlays are
 drawn at display size; batch files and zip members are decoded one at a time.
 The model and its explainer are cached per (folder, modification time), so a
@@ -19,18 +19,18 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import leakage
-from core import predictions as contract
-from core.data import DatasetError
-from core.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_sources
-from core.images import decode_upload as decode_upload_pixels
-from core.labels import CLASS_NAMES, DESCRIPTIONS
-from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError, input_size, read_metadata
-from core.paths import default_model_dir
-from core.predict import Predictor, available_models, predict_sources, tta_count
-from ui.frame import NOT_A_DEVICE, dataset_table, folder_named
-from ui.guard import guarded, heavy_job, public
-from ui.text import plain
+from core.dataset import leakage
+from core.contracts import predictions as contract
+from core.dataset.data import DatasetError
+from core.dataset.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_sources
+from core.dataset.images import decode_upload as decode_upload_pixels
+from core.contracts.labels import CLASS_NAMES, DESCRIPTIONS
+from core.serving.modelio import ModelFolderError, input_size, read_metadata
+from core.contracts.paths import default_model_dir
+from core.serving.predict import Predictor, available_models, predict_sources, tta_count
+from ui.loaders import dataset_table, load_predictor, model_mtime
+from ui.guard import guarded, heavy_job
+from ui.text import NOT_A_DEVICE, folder_named, plain
 
 # Session-state keys of this page, in one place.
 KEY_MODEL = "predict_model"
@@ -62,40 +62,6 @@ class InputImage:
     def digest(self) -> str:
         """A short content hash: the cache key of maps computed on this image."""
         return hashlib.sha1(self.rgb.tobytes() + str(self.rgb.shape).encode()).hexdigest()[:16]
-
-
-def model_mtime(model_dir: Path) -> int:
-    """Newest modification time (ns) of the model files: part of every cache key."""
-    return max((Path(model_dir) / f).stat().st_mtime_ns for f in (MODEL_FILE, METADATA_FILE))
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def _predictor(path: str, mtime: int) -> Predictor:
-    """The model of a folder, warmed up; ``mtime`` is only a cache key."""
-    predictor = Predictor(Path(path))
-    predictor.warmup()
-    return predictor
-
-
-def load_predictor(model_dir: Path) -> Predictor:
-    """The cached, warmed-up :class:`Predictor` of ``model_dir``; an unusable folder stops the page with a message."""
-    try:
-        return _predictor(str(Path(model_dir).resolve()), model_mtime(model_dir))
-    except ModelFolderError as err:
-        _unusable(err)
-
-
-def check_model(model_dir: Path) -> None:
-    """Stop the page with a message when the folder's metadata is unusable (reads JSON only, no TensorFlow)."""
-    try:
-        read_metadata(model_dir)
-    except ModelFolderError as err:
-        _unusable(err)
-
-
-def _unusable(err: ModelFolderError):
-    st.error(f"This model cannot be used: {public(err)}")
-    st.stop()
 
 
 def _model_label(path: Path) -> str:
@@ -265,7 +231,7 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
     """The out-of-distribution gate, then the verdict: class, description, malignancy, all probabilities.
 
     Returns:
-        The :class:`core.predict.Prediction`, or None when the image was flagged and the user has not
+        The :class:`core.serving.predict.Prediction`, or None when the image was flagged and the user has not
         asked to see the verdict anyway (the page then shows no probabilities and no maps either).
     """
     prediction = predictor.predict(image.rgb, tta=tta)
@@ -334,17 +300,6 @@ def _truth_line(predictor: Predictor, image: InputImage, prediction) -> None:
                    "a match here says nothing about how it does on new images. Pick a test-split image for that.")
     elif split is None:
         st.caption("This model folder carries no split file, so whether it has seen this image is unknown.")
-
-
-@guarded("The saliency map")
-def show_saliency(model_dir: Path, predictor: Predictor, image: InputImage, prediction, predicted_mask=None) -> None:
-    """The saliency section (:mod:`ui.saliency_view`): two methods side by side over the image.
-
-    ``predicted_mask`` (the segmenter's lesion mask) adds each map's energy inside the predicted lesion.
-    """
-    from ui import saliency_view
-
-    saliency_view.show(model_dir, predictor, image, prediction, model_mtime(model_dir), predicted_mask)
 
 
 def upload_sources(files):

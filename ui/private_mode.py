@@ -16,12 +16,12 @@ import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core import export, private_export
-from core.calibration import temperature_status
-from core.images import DISPLAY_MAX_SIDE, INTERACTIVE_MAX_PIXELS
-from core.labels import CLASS_NAMES, DESCRIPTIONS, MALIGNANT
-from core.modelio import MODEL_FILE, input_size, read_metadata
-from core.predict import calibrate
+from core.serving import export, private_export
+from core.serving.calibration import temperature_status
+from core.dataset.images import DISPLAY_MAX_SIDE, INTERACTIVE_MAX_PIXELS
+from core.contracts.labels import CLASS_NAMES, DESCRIPTIONS, MALIGNANT
+from core.serving.modelio import MODEL_FILE, input_size, read_metadata
+from core.serving.predict import calibrate
 
 FRONTEND = Path(__file__).resolve().parent / "private_component"
 RUNTIME = FRONTEND / "node_modules" / "@litertjs" / "core" / "wasm"
@@ -45,7 +45,7 @@ def unavailable_reason(model_dir: Path) -> str | None:
     if not RUNTIME.is_dir():
         return ("Private mode needs its browser runtime, installed by the set-up (`bash .ci/setup`, which runs "
                 "`npm ci` in ui/private_component); npm was not available when this installation was set up.")
-    make = f"make it with `python -m core.private_export --model {model_dir}`."
+    make = f"make it with `python -m core.serving.private_export --model {model_dir}`."
     if not _export_matches(str(model_dir), (Path(model_dir) / MODEL_FILE).stat().st_mtime_ns):
         return f"This model has no private-mode export made from its current model.keras; {make}"
     return None

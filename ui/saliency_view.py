@@ -1,12 +1,12 @@
 """The "Where did the model look?" section of the Predict page: the original beside two methods' maps.
 
-Maps are computed by :mod:`core.saliency` (cached per model, image content,
-method and class) and drawn by :mod:`core.saliency.draw` at the image's own
+Maps are computed by :mod:`core.explaining.saliency` (cached per model, image content,
+method and class) and drawn by :mod:`core.explaining.saliency.draw` at the image's own
 aspect: a heat-map blend over the image by default, or iso-contours, with the
 lesion outline (the dataset's mask, else the segmenter's) on top and a colour-scale
 legend that matches what is drawn. Two images per row, so a map is half the page wide
 (about 330 px in a 1,024-px window). Methods are named in plain words, their
-technical names in the help. Each map downloads as the array ``python -m core.explain``
+technical names in the help. Each map downloads as the array ``python -m core.explaining.explain``
 writes and as the picture shown.
 """
 
@@ -18,11 +18,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from core import faithfulness, saliency
-from core.images import to_model_input
-from core.labels import CLASS_NAMES
-from core.saliency import draw
+from core.explaining import faithfulness, saliency
+from core.dataset.images import to_model_input
+from core.contracts.labels import CLASS_NAMES
+from core.explaining.saliency import draw
 from ui import segment_view
+from ui.guard import guarded
+from ui.loaders import load_predictor, model_mtime
 
 KEY_METHOD = "predict_method"
 KEY_METHOD_B = "predict_method_b"
@@ -36,7 +38,7 @@ COMPARE_METHOD = "Grad-CAM, stride 32"
 CURVE_STEPS = 20
 DISPLAY_WIDTH = 480  # images are drawn at least this wide, so contour lines stay thin
 STYLE_LABELS = {"contours": "Contour lines", "blend": "Heat map"}
-# What each method shows, in the words of a reader who does not know the methods (keys: core.saliency.METHODS).
+# What each method shows, in the words of a reader who does not know the methods (keys: core.explaining.saliency.METHODS).
 PLAIN_NAMES = {
     saliency.DEFAULT_METHOD: "Where the model looked (recommended)",
     "LayerCAM, stride 8": "Fine detail, from early layers",
@@ -57,8 +59,6 @@ PLAIN_NAMES = {
 @st.cache_resource(max_entries=2, show_spinner="Preparing saliency maps…")
 def _explainer(path: str, mtime: int) -> saliency.Explainer:
     """The explainer of a folder's model, the two methods the page opens with traced once."""
-    from ui.predict import load_predictor
-
     predictor = load_predictor(Path(path))
     explainer = saliency.Explainer.of(predictor.folder, predictor.model)
     blank = np.zeros((*predictor.input_size, 3), np.float32)
@@ -80,8 +80,6 @@ def _model_map(path: str, mtime: int, digest: str, method: str, target: int, _x:
 
 @st.cache_data(max_entries=32, show_spinner="Computing deletion and insertion curves…")
 def _curves(path: str, mtime: int, digest: str, method: str, target: int, _x, _map) -> tuple:
-    from ui.predict import load_predictor
-
     predict_fn = load_predictor(Path(path)).predict_fn
     return (faithfulness.deletion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS),
             faithfulness.insertion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS))
@@ -193,7 +191,7 @@ def _legend(options: dict) -> None:
 
 
 def _downloads(image, method: str, model_map: np.ndarray, picture: np.ndarray, key: str) -> None:
-    """A map as float32 ``.npy`` at the image's own size (as ``core.explain`` writes it), and its picture as PNG."""
+    """A map as float32 ``.npy`` at the image's own size (as ``core.explaining.explain`` writes it), and its picture as PNG."""
     stem = f"{Path(image.name).stem}_{method_slug(method)}"
     buffer = io.BytesIO()
     np.save(buffer, draw.resize_map(model_map, image.rgb.shape[:2]))
@@ -239,3 +237,12 @@ def faithfulness_section(base: tuple, options: dict, x: np.ndarray, model_map: n
     if st.toggle("Draw the deletion and insertion curves (42 more forward passes, about a second)", key=KEY_CURVES):
         deletion, insertion = _curves(*base, method, options["target"], _x=x, _map=model_map)
         st.plotly_chart(curves_figure(deletion, insertion), width="stretch", key="predict_curves")
+
+
+@guarded("The saliency map")
+def show_section(model_dir: Path, predictor, image, prediction, predicted_mask=None) -> None:
+    """The saliency section: two methods side by side over ``image`` (a :class:`ui.predict.InputImage`).
+
+    ``predicted_mask`` (the segmenter's lesion mask) adds each map's energy inside the predicted lesion.
+    """
+    show(model_dir, predictor, image, prediction, model_mtime(model_dir), predicted_mask)

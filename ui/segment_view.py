@@ -10,12 +10,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import lesion_measures, paths, segmentation_metrics
-from core.faithfulness import energy_in_mask
-from core.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError
-from core.saliency import draw_outline
-from ui.frame import NOT_A_DEVICE
+from core.serving import lesion_measures
+
+from core.contracts import paths
+
+from core.evaluation import segmentation_metrics
+from core.explaining.faithfulness import energy_in_mask
+from core.serving.modelio import METADATA_FILE, MODEL_FILE, ModelFolderError
+from core.explaining.saliency import draw_outline
 from ui.guard import guarded, public
+from ui.text import NOT_A_DEVICE
 
 KEY_OUTLINE = "predict_segment_outline"
 PREDICTED_COLOUR = (255, 215, 0)  # yellow: the segmenter's outline
@@ -34,7 +38,7 @@ def segmenter_available() -> bool:
 @st.cache_resource(max_entries=1, show_spinner="Loading the lesion segmenter…")
 def _segmenter(path: str, mtime: int):
     """The segmenter of a folder, warmed up; ``mtime`` is only a cache key."""
-    from core.segment import Segmenter
+    from core.serving.segment import Segmenter
 
     segmenter = Segmenter(Path(path))
     segmenter.warmup()
@@ -42,7 +46,7 @@ def _segmenter(path: str, mtime: int):
 
 
 def load_segmenter():
-    """The cached, warmed-up :class:`core.segment.Segmenter` of the shipped segmenter folder."""
+    """The cached, warmed-up :class:`core.serving.segment.Segmenter` of the shipped segmenter folder."""
     folder = paths.segmenter_dir()
     mtime = max((folder / f).stat().st_mtime_ns for f in (MODEL_FILE, METADATA_FILE))
     return _segmenter(str(folder.resolve()), mtime)

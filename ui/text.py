@@ -9,6 +9,8 @@ zip member names, typed paths) goes through :func:`plain` before it meets one of
 
 import re
 
+from core.contracts.paths import read_only
+
 # Every character that can start Markdown or one of Streamlit's directives (":material/…:",
 # ":red[…]", "$…$"), and "@" (an e-mail autolink); CommonMark shows a backslash-escaped one literally.
 _MARKERS = re.compile(r"([\\`*_\[\]<>$~|#{}!@])")
@@ -37,3 +39,14 @@ def plain(text, max_chars: int = MAX_CHARS) -> str:
     text = _SHORTCODE.sub("\u2060", _WWW.sub(r"\1\\.", text))
     return _LEADING.sub(lambda m: m.group(1) + (m.group(2) + "\\" if m.group(2)[0].isdigit() else "\\" + m.group(2)),
                         text, count=1)
+
+
+NOT_A_DEVICE = (
+    "Research and teaching tool. **Not a medical device**: it does not diagnose, "
+    "and its output must not guide any treatment."
+)
+
+
+def folder_named(path, variable: str) -> str:
+    """How a message names a configured folder: its path, or in a read-only public app only the variable to set."""
+    return f"the folder set by `{variable}`" if read_only() else f"`{path}`"

@@ -14,9 +14,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import data, paths, runs
-from core import options as opts
-from core import runfolder as rf
+from core.dataset import data
+
+from core.contracts import paths
+
+from core.training import runs
+from core.training import options as opts
+from core.contracts import runfolder as rf
 from ui.guard import public_config, public_text
 
 SELECTED_RUN = "train_selected_run"
@@ -42,7 +46,7 @@ def dataset_notice() -> bool:
     st.warning(
         f"No HAM10000 dataset found at `{root}`, so training cannot start. Set the environment "
         "variable `HAM10000_DIR` to a folder holding `HAM10000_metadata.csv` and the images "
-        "(or fetch it with `python -m core.data download`), then restart the app."
+        "(or fetch it with `python -m core.dataset.commands download`), then restart the app."
     )
     return False
 
@@ -109,8 +113,8 @@ def options_form(enabled: bool = True) -> dict | None:
     """Draw the options of the chosen task; return valid options when launched, else None.
 
     The task is chosen first: the fields, their defaults and ranges are that
-    task's (:func:`core.options.schema`). Choosing an architecture sets its
-    defaults (:func:`core.options.arch_defaults`). Validation errors, worded
+    task's (:func:`core.training.options.schema`). Choosing an architecture sets its
+    defaults (:func:`core.training.options.arch_defaults`). Validation errors, worded
     with the fields' labels, are shown under the form and None is returned.
     """
     task_option = opts.BY_NAME["task"]
@@ -239,7 +243,7 @@ def _status_line(run_id: str, status: dict) -> None:
         show(public_text(message))
 
 
-# What the monitor calls each phase the trainer writes into status.json (core.runfolder).
+# What the monitor calls each phase the trainer writes into status.json (core.contracts.runfolder).
 PHASE_TEXT = {"warmup": "warm-up (head only)", "finetune": "fine-tuning", "train": "training",
               rf.VALIDATE_PHASE: "scoring validation", "average": "scoring the averaged weights on validation",
               "predict": "predicting the validation and test splits", "calibrate": "fitting the temperature",

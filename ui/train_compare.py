@@ -3,9 +3,10 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import paths, runs
-from core import runfolder as rf
+from core.contracts import paths
 
+from core.training import runs
+from core.contracts import runfolder as rf
 COMPARE_RUNS = "train_compare_runs"
 COMPARE_CURVE = "train_compare_curve"
 COMPARE_SMOOTHING = "train_compare_smoothing"

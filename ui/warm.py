@@ -23,8 +23,8 @@ import streamlit as st
 from streamlit.logger import get_logger
 from streamlit.runtime import Runtime
 
-from core.modelio import is_model_dir
-from core.paths import default_model_dir
+from core.serving.modelio import is_model_dir
+from core.contracts.paths import default_model_dir
 
 log = get_logger(__name__)  # Streamlit's logger: its info lines reach the server log
 THREAD_NAME = "warm-start"
@@ -163,21 +163,21 @@ def warm_caches(model_dir, *, dataset: bool = True) -> None:
     entry, and before the server exists that cache is a throwaway one.
     """
     started = time.monotonic()
-    from ui import predict, saliency_view, segment_view  # pandas, plotly: what the pages import
+    from ui import loaders, predict, saliency_view, segment_view  # noqa: F401  (pandas, plotly: what the pages import)
 
     if dataset:
         _warm_dataset_table()  # what Predict's first run reads besides the model
     _let_pages_run_first()
-    predict.load_predictor(model_dir)  # imports TensorFlow: the slow part
+    loaders.load_predictor(model_dir)  # imports TensorFlow: the slow part
     log.info("warm start: classifier ready after %.1f s", time.monotonic() - started)
-    saliency_view.warm(model_dir, predict.model_mtime(model_dir))
+    saliency_view.warm(model_dir, loaders.model_mtime(model_dir))
     if segment_view.segmenter_available():
         segment_view.load_segmenter()
 
 
 def _warm_dataset_table() -> None:
-    from core.data import DatasetError
-    from ui.frame import dataset_table
+    from core.dataset.data import DatasetError
+    from ui.loaders import dataset_table
 
     try:
         dataset_table()

@@ -1,6 +1,6 @@
 """Streamlit helpers of the Evaluate page, one module per group of tabs.
 
-Every number is computed from a predictions CSV (``core.evaluate``), never by
+Every number is computed from a predictions CSV (``core.evaluation.evaluate``), never by
 running the model, except for an external test set, which is predicted once and
 read from there like any other split, and the parity check of a TFLite export. Cached loaders are keyed by path and
 modification time.

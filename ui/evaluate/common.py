@@ -8,10 +8,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import calibration, evaluate, metrics, modelio, paths, predictions
-from core.data import DatasetError
-from core.labels import metric_help, metric_name
-from ui.frame import dataset_table, folder_named
+from core.serving import calibration, modelio
+
+from core.evaluation import evaluate, metrics
+
+from core.contracts import paths, predictions
+from core.dataset.data import DatasetError
+from core.contracts.labels import metric_help, metric_name
+from ui.loaders import dataset_table
+from ui.text import folder_named
 
 KEY_MODEL = "evaluate_model"
 
@@ -75,7 +80,7 @@ def mtime(path: Path) -> int:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _read_predictions(csv: str, mtime: int, classes: tuple) -> pd.DataFrame:
-    """``core.evaluate.read_predictions`` behind the cache; ``mtime`` is only a key."""
+    """``core.evaluation.evaluate.read_predictions`` behind the cache; ``mtime`` is only a key."""
     return evaluate.read_predictions(Path(csv), classes)
 
 
@@ -100,12 +105,12 @@ def load_source(source: Source) -> pd.DataFrame:
 
 
 def calibration_of(source: Source) -> dict:
-    """What Predict applies to this model's probabilities (``core.calibration.temperature_status``)."""
+    """What Predict applies to this model's probabilities (``core.serving.calibration.temperature_status``)."""
     return calibration.temperature_status(model_metadata(source.model.path), source.model.path)
 
 
 def served_table(source: Source, preds: pd.DataFrame) -> pd.DataFrame:
-    """The predictions as Predict, batch and ``core.predict`` give them: calibrated with the same temperature."""
+    """The predictions as Predict, batch and ``core.serving.predict`` give them: calibrated with the same temperature."""
     return calibration.calibrate_table(preds, classes_of(source), calibration_of(source)["applied"])
 
 

@@ -5,7 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, metrics, predictions
+from core.evaluation import evaluate, metrics
+
+from core.contracts import predictions
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     KEY_COMPARE,

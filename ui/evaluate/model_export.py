@@ -12,9 +12,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import export, modelio, paths
-from core.calibration import format_temperature
-from core.evaluate import Evaluable
+from core.serving import export, modelio
+
+from core.contracts import paths
+from core.serving.calibration import format_temperature
+from core.evaluation.evaluate import Evaluable
 from ui.evaluate.common import SPLIT_LABELS, mtime
 from ui.guard import heavy_job
 
@@ -30,7 +32,7 @@ CHOICES = {
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
-    """``core.export.build`` behind the cache; ``model_mtime`` is only a key.
+    """``core.serving.export.build`` behind the cache; ``model_mtime`` is only a key.
 
     int8's kernel rounding, the long part, shows a progress bar layer by layer; the bar is
     made and emptied here, so that a cached result replays nothing.
@@ -50,7 +52,7 @@ def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _saved(model_dir: str, model_mtime: int, saved_mtime: int, quantize: str) -> export.Export | None:
-    """``core.export.load_saved`` behind the cache; the two mtimes are only keys."""
+    """``core.serving.export.load_saved`` behind the cache; the two mtimes are only keys."""
     return export.load_saved(Path(model_dir), quantize)
 
 
@@ -79,7 +81,7 @@ def _requested(model: Evaluable, quantize: str) -> export.Export | None:
     """The converted file once the user asked for it (kept across reruns), else a button (none in read-only mode)."""
     if paths.read_only():  # a conversion holds a core for minutes and hundreds of MB: not for any visitor
         st.info("This read-only demo converts no model: only the ready-made exports shipped with a model are "
-                "offered here. Where the app is not read-only, or with `python -m core.export`, any quantisation "
+                "offered here. Where the app is not read-only, or with `python -m core.serving.export`, any quantisation "
                 "can be converted.")
         return None
     token = f"{model.path}|{quantize}"

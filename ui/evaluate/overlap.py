@@ -6,7 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, leakage, predictions
+from core.evaluation import evaluate
+
+from core.dataset import leakage
+
+from core.contracts import predictions
 from ui.evaluate.common import Source, fmt_ci, mtime
 
 HEADLINE = ("balanced_accuracy", "macro_auc")

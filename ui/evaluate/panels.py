@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, metrics, predictions
-from core.labels import metric_help, metric_name
-from core.predictions import percent
+from core.evaluation import evaluate, metrics
+
+from core.contracts import predictions
+from core.contracts.labels import metric_help, metric_name
+from core.contracts.predictions import percent
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     KEY_CELL_EVENT,

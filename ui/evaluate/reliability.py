@@ -5,8 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import calibration, evaluate, metrics, modelio, paths
-from core.labels import DX_TYPES
+from core.serving import calibration, modelio
+
+from core.evaluation import evaluate, metrics
+
+from core.contracts import paths
+from core.contracts.labels import DX_TYPES
 from ui import evaluate_figures as figs
 from ui.evaluate.common import (
     SEED,

@@ -12,11 +12,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import paths, segmentation_metrics
-from core.data import DatasetError
-from core.images import decode_image, read_mask
+from core.contracts import paths
+
+from core.evaluation import segmentation_metrics
+from core.dataset.data import DatasetError
+from core.dataset.images import decode_image, read_mask
 from ui.evaluate.common import N_BOOT, SEED, SPLIT_LABELS, fmt_ci, mtime
-from ui.frame import dataset_table
+from ui.loaders import dataset_table
 
 KEY_SPLIT = "evaluate_segmentation_split"
 KEY_WORST = "evaluate_segmentation_worst"

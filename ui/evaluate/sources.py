@@ -1,7 +1,7 @@
 """Evaluate page: predicting an external test set and picking one of this session's results.
 
 External sets come from uploads, or from folders under the roots the operator
-allows (``HAM_EXTERNAL_ROOTS``, see ``core.uploads``; not in read-only mode). Uploads
+allows (``HAM_EXTERNAL_ROOTS``, see ``core.dataset.uploads``; not in read-only mode). Uploads
 and results live in the session's private temporary folder, so one visitor never
 sees another's images, and the folder goes away with the session. Messages show no
 server path. Predicting writes nothing persistent, so uploads stay available in
@@ -9,7 +9,7 @@ read-only mode.
 
 Work per visitor is bounded before anything is parsed: a truth CSV above
 ``MAX_TRUTH_BYTES`` or with more than ``MAX_EXTERNAL_IMAGES`` rows is refused from
-its size and its line count (larger sets belong to ``python -m core.evaluate``);
+its size and its line count (larger sets belong to ``python -m core.evaluation.evaluate``);
 one prediction runs per session, and changing any input or pressing Stop cancels it.
 """
 
@@ -20,13 +20,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, modelio, paths, uploads
-from core.images import decode_upload
+from core.evaluation import evaluate
+
+from core.serving import modelio
+
+from core.contracts import paths
+
+from core.dataset import uploads
+from core.dataset.images import decode_upload
 from ui.evaluate.common import KEY_EXTERNAL, Source, mtime
 from ui.guard import heavy_job
 from ui.text import plain
 
-KEY_WORKSPACE = "evaluate_workspace"  # the session's core.uploads.Workspace
+KEY_WORKSPACE = "evaluate_workspace"  # the session's core.dataset.uploads.Workspace
 KEEP_RESULTS = 3  # results kept per session; older ones (and their uploads) are removed
 MAX_EXTERNAL_IMAGES = 2000  # rows of a truth CSV (each an image to predict) per request from the page
 MAX_TRUTH_BYTES = 2 * 1024 * 1024  # ~10x what 2,000 ISIC one-hot rows take
@@ -87,7 +93,7 @@ def _external_inputs() -> tuple | None:
     modes = ["Upload files"] if paths.read_only() else ["Upload files", SERVER_FOLDER]
     mode = st.radio("Input", modes, horizontal=True, key="evaluate_external_mode")
     st.caption(f"Up to {MAX_EXTERNAL_IMAGES:,} images per set here (truth CSV up to {MAX_TRUTH_BYTES // 2**20} MB); "
-               "larger sets: `python -m core.evaluate`. Changing any input or pressing Stop cancels a prediction.")
+               "larger sets: `python -m core.evaluation.evaluate`. Changing any input or pressing Stop cancels a prediction.")
     if mode == SERVER_FOLDER:
         return _typed_inputs()
     truth_file = st.file_uploader("Ground-truth CSV", type=["csv"], key="evaluate_upload_truth")
@@ -110,7 +116,7 @@ def truth_size_problem(size: int, read) -> str | None:
     """
     if size > MAX_TRUTH_BYTES:
         return (f"the ground-truth CSV has {size / 2**20:,.1f} MB, more than the {MAX_TRUTH_BYTES // 2**20} MB "
-                "this page reads; use `python -m core.evaluate` for large sets.")
+                "this page reads; use `python -m core.evaluation.evaluate` for large sets.")
     content = read()
     rows = content.count(b"\n") - 1 + (not content.endswith(b"\n"))  # lines minus the header
     return _count_problem(rows, "rows in the ground-truth CSV")
@@ -120,7 +126,7 @@ def _count_problem(count: int, what: str = "images") -> str | None:
     if count <= MAX_EXTERNAL_IMAGES:
         return None
     return (f"{count:,} {what}, more than the {MAX_EXTERNAL_IMAGES:,} this page predicts per set; "
-            "use `python -m core.evaluate` for large sets.")
+            "use `python -m core.evaluation.evaluate` for large sets.")
 
 
 def _server_truth_problem(path: Path) -> str | None:

@@ -1,4 +1,4 @@
-// Decode and resize in the browser exactly as the server does (core/images.py with Pillow):
+// Decode and resize in the browser exactly as the server does (core/dataset/images.py with Pillow):
 // upright (EXIF orientation), transparency on white, the longer side reduced to at most max_side,
 // then a bilinear stretch of the whole frame to the model's input. The resampling is Pillow's own
 // algorithm (Resample.c: a triangle filter widened by the scale, 22-bit fixed-point weights,
@@ -75,7 +75,7 @@ export function resize(rgba, width, height, outWidth, outHeight) {
   return data;
 }
 
-// core.images._shrink: the longer side at most maxSide, sides rounded as Python's round() does.
+// core.dataset.images._shrink: the longer side at most maxSide, sides rounded as Python's round() does.
 function shrink(picture, maxSide) {
   const { rgba, width, height } = picture;
   if (!maxSide || Math.max(width, height) <= maxSide) return picture;
