@@ -104,7 +104,7 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
 
 def test_each_run_folder_file_name_is_spelled_in_one_core_module():
     spelled = {}
-    for path in sorted((PROJECT / "core").glob("*.py")):
+    for path in sorted((PROJECT / "core").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
         predictions = [rf.predictions_file(split) for split in ("val", "test", "external")]
         for name in FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.PREDICTIONS_PATTERN] + predictions:
