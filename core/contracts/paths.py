@@ -13,7 +13,7 @@ Environment variables:
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/contracts/paths.py -> the project
 
 
 def _from_env(name: str, default: Path) -> Path:
