@@ -74,8 +74,8 @@ def stat_functions(y_true, probs, val_true, val_probs, classes) -> dict:
     threshold = threshold_for_specificity(val_true == k, val_probs[:, k])
     is_mel, called, y_pred = y_true == k, probs[:, k] >= threshold, metrics.predicted_labels(probs)
     return {
-        "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes),
-        "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes),
+        "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes=n_classes),
+        "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes=n_classes),
         "log-loss": lambda w: calibration.weighted_nll(w, y_true, probs),
         "ECE": lambda w: calibration.weighted_ece(w, y_true, probs),
         "mel sensitivity @ val spec 0.80": lambda w: metrics.weighted_rate(w, called, is_mel),

@@ -86,7 +86,8 @@ def agreement(reference: np.ndarray, probs: np.ndarray, y_true) -> tuple:
 def measure(model_dir: Path, model, quantize: str, pixels, reference, y_true, args, rounding: str = "gptq") -> tuple:
     """Convert, run every image, and return ``(row for the table, export with test figures in its card)``."""
     start = time.perf_counter()
-    result = export.build(model_dir, quantize, args.representative, parity_n=0, model=model, rounding=rounding)
+    result = export.build(model_dir, quantize=quantize, representative=args.representative, parity_n=0, model=model,
+                          rounding=rounding)
     seconds = time.perf_counter() - start
     runner = export.TFLiteRunner(result.content, num_threads=args.threads)
     columns, figures = agreement(reference, runner.predict(pixels), y_true)
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     model_dir = args.model or paths.default_model_dir()
     try:
-        meta = export.check_request(model_dir, "tflite", "none")
+        meta = export.check_request(model_dir, fmt="tflite", quantize="none")
         pixels, y_true = split_images(model_dir, meta, args.split)
     except export.ExportError as err:
         raise SystemExit(f"error: {err}") from err

@@ -76,8 +76,8 @@ def paired_stats(model_dir: Path, split: str, classes) -> tuple:
     _, called = _mel_at_val_threshold(model_dir, y_true, probs, classes)
     y_pred = metrics.predicted_labels(probs)
     stats = {
-        "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes),
-        "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes),
+        "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes=n_classes),
+        "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes=n_classes),
         "mel ROC AUC": lambda w: metrics.weighted_auc(w, is_mel, probs[:, k]),
         "mel sensitivity, val threshold for spec 0.80": lambda w: metrics.weighted_rate(w, called, is_mel),
         "mel specificity, same threshold": lambda w: metrics.weighted_rate(w, ~called, ~is_mel),
@@ -141,7 +141,7 @@ def subgroups(predictions: pd.DataFrame, y_true, probs, classes) -> pd.DataFrame
     joined = predictions[["image_id"]].merge(meta, on="image_id", how="left")
     groups = pd.DataFrame({"sex": joined["sex"], "age_band": metrics.age_band(joined["age"]),
                            "localization": joined["localization"], "dx_type": joined["dx_type"]})
-    return metrics.subgroup_audit(y_true, probs, groups, classes)
+    return metrics.subgroup_audit(y_true, probs, groups, classes=classes)
 
 
 def markdown(table: pd.DataFrame) -> str:

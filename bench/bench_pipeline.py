@@ -87,10 +87,11 @@ def main():
         for arch, weights in (("small_cnn", "none"), ("mobilenet_v2", "offline-imagenet")):
             for name in ("jpeg-per-epoch", "cache"):
                 keras.utils.set_random_seed(0)
-                model = build_model(arch, args.size, len(CLASSES), weights)
+                model = build_model(arch, args.size, len(CLASSES), weights=weights)
                 model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4), loss="categorical_crossentropy")
                 if name == "cache":
-                    ds = make_dataset(images, np.arange(args.n), onehot, None, args.batch_size, augment="light")
+                    ds = make_dataset(images, np.arange(args.n), onehot, sample_weights=None,
+                                      batch_size=args.batch_size, augment="light")
                 else:
                     ds = jpeg_dataset(image_paths, onehot, args.size, args.batch_size)
                 results[arch, name] = timed_epochs(model, ds, args.n)

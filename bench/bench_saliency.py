@@ -97,7 +97,7 @@ def saliency_of(explainer, method: str, x, target: int) -> np.ndarray:
         return gaussian_baseline(x.shape[:2])
     if method == UNIFORM:  # constant, ties broken by one fixed random order of the pixels
         return (1.0 + 1e-6 * np.random.default_rng(0).random(x.shape[:2])).astype(np.float32)
-    return explain(explainer, x, method, target)
+    return explain(explainer, x, method, class_index=target)
 
 
 def score_method(method, images, predictor, explainer, curves: int) -> list:
@@ -115,8 +115,9 @@ def score_method(method, images, predictor, explainer, curves: int) -> list:
         record = {"method": method, "ms": ms, "cpu_ms": cpu_ms, "energy": ff.energy_in_mask(saliency, mask),
                   "pointing": ff.pointing_game(saliency, mask), "deletion": np.nan, "insertion": np.nan}
         if i < curves:
-            record["deletion"] = ff.deletion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
-            record["insertion"] = ff.insertion_curve(predictor.predict_fn, x, saliency, target, steps=10).auc
+            record["deletion"] = ff.deletion_curve(predictor.predict_fn, x, saliency, class_index=target, steps=10).auc
+            record["insertion"] = ff.insertion_curve(predictor.predict_fn, x, saliency, class_index=target,
+                                                     steps=10).auc
         records.append(record)
     return records
 

@@ -38,7 +38,7 @@ def test_the_benchmark_scores_teachers_ensemble_and_v2_on_validation(tmp_path, t
     teachers = [save_model_folder(model, tmp_path / name, temperature=1.0, extra={"split_sha256": split_hash(split_file)})
                 for name, model in (("colour", colour), ("random", build_tiny_model((30, 40), seed=4)))]
     out = tmp_path / "soft.npz"
-    found = soft_targets.build(out, teachers, split_file, tiny_dataset)
+    found = soft_targets.build(out, teachers, split_file, data_dir=tiny_dataset)
     v2 = folder_trained_on(tmp_path / "v2", tiny_dataset, build_tiny_model((30, 40), seed=7))
 
     bench_ensemble.main(["--targets", str(out), "--v2", str(v2), "--ensemble", "colour+random"])

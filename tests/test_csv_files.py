@@ -67,7 +67,7 @@ def test_core_predict_writes_a_plain_csv_with_its_calibration_and_neutralised_na
 def test_core_evaluate_writes_every_output_as_a_plain_csv(model_dir, hostile_images, tmp_path):
     truth = tmp_path / "truth.csv"
     pd.DataFrame({"image_id": list(HOSTILE), "dx": ["mel", "nv", "bcc", "nv", "bkl"]}).to_csv(truth, index=False)
-    written = evaluate.evaluate_external(model_dir, hostile_images, truth, tmp_path / "out")
+    written = evaluate.evaluate_external(model_dir, hostile_images, truth, out_dir=tmp_path / "out")
     preds = read_plain(written["predictions"], numeric=("ood_score", *CLASSES))
     assert sorted(preds["image_id"]) == sorted(HOSTILE.values()) and set(preds["calibration"]) == {"raw"}
     table = read_plain(written["truth"])

@@ -78,7 +78,8 @@ def test_a_student_of_soft_targets_only_learns_its_teachers_swap(tmp_path, tiny_
     split_file = tmp_path / "splits.csv"
     save_splits(make_splits(load_dataset(tiny_dataset), seed=42), split_file)
     targets = tmp_path / "soft.npz"
-    soft_targets.build(targets, [_swapping_teacher(tmp_path, tiny_dataset, split_file)], split_file, tiny_dataset)
+    soft_targets.build(targets, [_swapping_teacher(tmp_path, tiny_dataset, split_file)], split_file,
+                       data_dir=tiny_dataset)
     run_dir = tmp_path / "student"
     cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--split-file", str(split_file),
            "--soft-targets", str(targets), "--distill-weight", "1", "--distill-temperature", "2",

@@ -239,7 +239,7 @@ def test_external_set_reports_overlap_and_metrics_on_the_clean_part(tmp_path, mo
     meta["split_sha256"] = save_splits(split, model_dir / SPLIT_FILE)
     (model_dir / "model.json").write_text(json.dumps(meta))
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))  # ids only: no near-duplicate search
-    written = evaluate.evaluate_external(model_dir, images, truth, tmp_path / "out")
+    written = evaluate.evaluate_external(model_dir, images, truth, out_dir=tmp_path / "out")
     report = pd.read_csv(written["overlap"], dtype=str).fillna("")
     assert report.loc[report["match"] != "", "split"].tolist() == ["train", "train", "train", "val", "test"]
     tidy = pd.read_csv(written["metrics"])
@@ -286,7 +286,8 @@ def test_an_external_evaluation_reads_model_json_once(tmp_path, monkeypatch):
     (model_dir / "model.json").write_text(json.dumps(meta))
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "no_dataset"))
     opened = count_opens(monkeypatch, "model.json")
-    written = evaluate.evaluate_external(model_dir, images, truth, tmp_path / "out")  # predicts, checks overlap, scores
+    written = evaluate.evaluate_external(model_dir, images, truth,
+                                         out_dir=tmp_path / "out")  # predicts, checks overlap, scores
     assert opened == [str(model_dir / "model.json")]
     assert len(evaluate.read_predictions(written["predictions"], CLASSES)) == 7 and written["overlap"] is not None
 

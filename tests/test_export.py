@@ -36,7 +36,7 @@ def wide_folder(wide_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def float_export(wide_folder, wide_model):
-    return export.build(wide_folder, "none", parity_n=0, model=wide_model)
+    return export.build(wide_folder, quantize="none", parity_n=0, model=wide_model)
 
 
 def random_pixels(n: int, size=WIDE, seed: int = 0) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_card_says_how_to_feed_the_file(float_export):
 
 @pytest.mark.parametrize("quantize", ["float16", "dynamic"])
 def test_weight_quantised_variants_stay_close(quantize, wide_folder, wide_model):
-    result = export.build(wide_folder, quantize, parity_n=0, model=wide_model)
+    result = export.build(wide_folder, quantize=quantize, parity_n=0, model=wide_model)
     x = random_pixels(20, seed=1)
     diff = np.abs(export.TFLiteRunner(result.content).predict(x) - wide_model(x, training=False).numpy())
     assert diff.max() < 0.02
@@ -108,18 +108,18 @@ def test_split_of_model_uses_the_folder_file_then_the_dataset_by_hash(tmp_path, 
     frame = load_dataset(tiny_data)
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
     digest = splits.split_hash(folder / splits.SPLIT_FILE)
-    _, origin = splits.split_of_model(folder, frame, digest, {})
+    _, origin = splits.split_of_model(folder, frame, digest, config={})
     assert origin == str(folder / splits.SPLIT_FILE)
     (folder / splits.SPLIT_FILE).unlink()
-    remade, origin = splits.split_of_model(folder, frame, digest, {"seed": 42})
+    remade, origin = splits.split_of_model(folder, frame, digest, config={"seed": 42})
     assert "hash matches" in origin and len(remade) == len(frame)
     with pytest.raises(ValueError, match="neither"):
-        splits.split_of_model(folder, frame, digest, {"seed": 7})
+        splits.split_of_model(folder, frame, digest, config={"seed": 7})
 
 
 def test_int8_calibrates_on_the_training_split(tmp_path, tiny_data, wide_model):
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
-    result = export.build(folder, "int8", representative=14, parity_n=10, model=wide_model)
+    result = export.build(folder, quantize="int8", representative=14, parity_n=10, model=wide_model)
     calibration = result.card["calibration_images"]
     assert calibration["split"] == "train" and calibration["n"] == 14
     assert calibration["split_source"] == f"{splits.SPLIT_FILE} in the model folder"
@@ -138,9 +138,9 @@ def test_int8_rounds_the_kernels_on_the_calibration_images_unless_asked_not_to(t
     real = int8_rounding.round_weights
     monkeypatch.setattr(int8_rounding, "round_weights", lambda model, images, **kw: seen.append(len(images)) or
                         real(model, images, **kw))
-    export.build(folder, "int8", representative=14, parity_n=0, model=wide_model)
+    export.build(folder, quantize="int8", representative=14, parity_n=0, model=wide_model)
     assert seen == [14]
-    plain = export.build(folder, "int8", representative=14, parity_n=0, model=wide_model, rounding="nearest")
+    plain = export.build(folder, quantize="int8", representative=14, parity_n=0, model=wide_model, rounding="nearest")
     assert seen == [14] and plain.card["calibration_images"]["rounding"]["method"] == "nearest"
 
 
@@ -149,7 +149,7 @@ def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide
     table = splits.load_splits(folder / splits.SPLIT_FILE)
     decoded = []
     monkeypatch.setattr(export, "decode_images", lambda image_paths, size: decoded.extend(image_paths) or np.zeros(1))
-    meta = export.check_request(folder, "tflite", "int8")
+    meta = export.check_request(folder, fmt="tflite", quantize="int8")
     export.representative_sample(folder, meta, n=1000)
     used = {Path(p).stem for p in decoded}
     assert used == set(table.loc[table["split"] == "train", "image_id"])
@@ -157,7 +157,7 @@ def test_representative_images_come_only_from_training(tmp_path, tiny_data, wide
 
 def test_float_parity_against_saved_validation_predictions(tmp_path, tiny_data, wide_model):
     folder = folder_trained_on(tmp_path / "m", tiny_data, wide_model)
-    result = export.build(folder, "none", parity_n=1000, model=wide_model)
+    result = export.build(folder, quantize="none", parity_n=1000, model=wide_model)
     parity = result.card["parity"]
     assert parity["n"] == len(predictions.read_frame(folder / "predictions_val.csv"))
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-5
@@ -167,7 +167,7 @@ def test_parity_without_the_dataset_is_reported_not_invented(float_export, wide_
                                                               monkeypatch):
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "absent"))
     (wide_folder / "predictions_val.csv").write_text("image_id,dx\n")
-    result = export.build(wide_folder, "none", parity_n=10, model=wide_model)
+    result = export.build(wide_folder, quantize="none", parity_n=10, model=wide_model)
     assert "n" not in result.card["parity"]
     assert "HAM10000" in result.card["parity"]["not_measured"]
     (wide_folder / "predictions_val.csv").unlink()

@@ -47,8 +47,8 @@ def left_map():
 
 def test_deletion_faithful_map_beats_reversed_map(image):
     predict, calls = calls_counter(bright_left_model)
-    good = deletion_curve(predict, image, left_map(), 0, steps=8, baseline="mean")
-    bad = deletion_curve(predict, image, 1 - left_map(), 0, steps=8, baseline="mean")
+    good = deletion_curve(predict, image, left_map(), class_index=0, steps=8, baseline="mean")
+    bad = deletion_curve(predict, image, 1 - left_map(), class_index=0, steps=8, baseline="mean")
     assert calls == [9, 9]  # one batched call per curve
     assert good.fractions[0] == 0 and good.fractions[-1] == 1 and len(good.scores) == 9
     assert good.scores[0] == pytest.approx(1.0)
@@ -56,8 +56,8 @@ def test_deletion_faithful_map_beats_reversed_map(image):
 
 
 def test_insertion_faithful_map_beats_reversed_map(image):
-    good = insertion_curve(bright_left_model, image, left_map(), 0, steps=8, baseline="mean")
-    bad = insertion_curve(bright_left_model, image, 1 - left_map(), 0, steps=8, baseline="mean")
+    good = insertion_curve(bright_left_model, image, left_map(), class_index=0, steps=8, baseline="mean")
+    bad = insertion_curve(bright_left_model, image, 1 - left_map(), class_index=0, steps=8, baseline="mean")
     assert good.scores[-1] == pytest.approx(1.0)
     assert good.auc > bad.auc
 

@@ -792,14 +792,14 @@ def test_a_linked_image_pointing_outside_the_roots_is_refused_file_by_file(tiny_
     monkeypatch.setenv(uploads.ROOTS_ENV, str(root))
     images_dir, truth_csv = uploads.resolve_external("images"), uploads.resolve_external("truth.csv")
     with pytest.raises(uploads.OutsideRootsError) as err:
-        evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, tmp_path / "out",
+        evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, out_dir=tmp_path / "out",
                                    roots=uploads.external_roots())
     assert str(err.value) == ("ISIC_0000001.jpg links to a file outside the folders this server allows "
                               "(HAM_EXTERNAL_ROOTS); refused.")
     assert not (tmp_path / "out").exists()
     (folder / "ISIC_0000001.jpg").unlink()
     labelled_csv(truth, [("ISIC_0000000", "nv"), ("ISIC_0000002", "nv")])
-    written = evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, tmp_path / "out",
+    written = evaluate.evaluate_external(tiny_model_dir, images_dir, truth_csv, out_dir=tmp_path / "out",
                                          roots=uploads.external_roots())
     assert len(predictions.read_frame(written["predictions"])) == 2
 

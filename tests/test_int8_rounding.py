@@ -92,7 +92,7 @@ def test_gptq_lands_on_the_grid_and_beats_nearest_rounding_on_its_objective():
 def test_the_converter_keeps_the_rounded_codes(rounded, calibration):
     from ai_edge_litert.interpreter import Interpreter
 
-    content = export.convert(rounded, SIZE, "int8", calibration[:16])
+    content = export.convert(rounded, SIZE, quantize="int8", representative=calibration[:16])
     interpreter = Interpreter(model_content=content)
     filters = {}
     for detail in interpreter.get_tensor_details():

@@ -54,7 +54,7 @@ def test_near_duplicates_survive_resizing_and_recompression(tmp_path):
     found = leakage.near_duplicates(table, bank, bank_split)
     assert found["match"].tolist() == ["near-duplicate", ""] and found["split"].tolist() == ["train", ""]
     assert found["similarity"][0] >= leakage.NEAR_DUPLICATE > found["similarity"][1]
-    report = leakage.overlap_report(table, SPLIT, bank, bank_split)
+    report = leakage.overlap_report(table, SPLIT, bank=bank, bank_split=bank_split)
     assert report["match"].tolist() == ["near-duplicate", ""]
 
 

@@ -110,7 +110,7 @@ def test_bootstrap_weights_equal_explicit_resamples():
     pred = probs.argmax(1)
     counts = metrics.bootstrap_counts(len(y), 5, seed=7)
     assert counts.sum(axis=1).tolist() == [200] * 5
-    ba = metrics.weighted_balanced_accuracy(counts, y, pred, 7)
+    ba = metrics.weighted_balanced_accuracy(counts, y, pred, n_classes=7)
     auc = metrics.weighted_auc(counts, y == 4, probs[:, 4])
     for b in range(5):
         idx = np.repeat(np.arange(len(y)), counts[b].astype(int))
@@ -178,7 +178,7 @@ def test_age_bands_and_subgroup_audit():
     y, probs = synthetic(n=400, seed=8)
     sex = np.where(np.arange(400) % 3 == 0, "female", "male")
     groups = pd.DataFrame({"sex": sex, "age_band": ["<30", "75+"] * 200})
-    audit = metrics.subgroup_audit(y, probs, groups, CLASSES, n_boot=100)
+    audit = metrics.subgroup_audit(y, probs, groups, classes=CLASSES, n_boot=100)
     by_sex = audit[audit["grouping"] == "sex"].set_index("group")
     assert by_sex["n"].sum() == 400
     female = sex == "female"
@@ -231,9 +231,9 @@ def test_threshold_chosen_on_validation_is_read_on_the_other_split():
     val_bin, bin_ = rng.random(400) < 0.2, rng.random(600) < 0.2
     val_scores = np.clip(val_bin * 0.3 + rng.random(400) * 0.7, 0, 1)
     scores = np.clip(bin_ * 0.3 + rng.random(600) * 0.7, 0, 1)
-    chosen = threshold_from_validation(val_bin, val_scores, bin_, scores, target=0.9)
+    chosen = threshold_from_validation(val_bin, val_scores, y_bin=bin_, scores=scores, target=0.9)
     assert chosen["threshold"] == threshold_for_sensitivity(val_bin, val_scores, 0.9)
     assert chosen["validation"]["sensitivity"] >= 0.9
     assert chosen["applied"] == operating_point(bin_, scores, chosen["threshold"])
-    none = threshold_from_validation(np.zeros(5, bool), np.ones(5), bin_, scores, target=0.9)
+    none = threshold_from_validation(np.zeros(5, bool), np.ones(5), y_bin=bin_, scores=scores, target=0.9)
     assert np.isnan(none["threshold"]) and none["applied"] is None

@@ -56,7 +56,7 @@ def test_convert_then_download_with_parity_on_validation(model_folder):
 
 
 def test_saved_export_is_offered_with_its_own_figures(model_folder):
-    result = export.build(model_folder, "none", parity_n=0)
+    result = export.build(model_folder, quantize="none", parity_n=0)
     result.card["parity"] = {"n": 1431, "split": "test", "top1_agreement": 1.0, "max_abs_diff": 3e-6,
                              "reference": "the Keras model on the same inputs"}
     export.write(result, export.saved_path(model_folder, "none"))
@@ -68,7 +68,7 @@ def test_saved_export_is_offered_with_its_own_figures(model_folder):
 
 
 def test_saved_int8_export_says_how_it_was_calibrated_and_rounded(model_folder):
-    result = export.build(model_folder, "int8", representative=14, parity_n=0)
+    result = export.build(model_folder, quantize="int8", representative=14, parity_n=0)
     result.card["parity"] = {"n": 1431, "split": "test", "top1_agreement": 0.97, "max_abs_diff": 0.2}
     export.write(result, export.saved_path(model_folder, "int8"))
     at = run_page()

@@ -70,7 +70,7 @@ def test_oversampling_draws_classes_equally():
 def test_dataset_yields_batches_in_the_given_order(tmp_path, image_files):
     cache = load_or_build_cache(image_files, 16, tmp_path / "cache")
     onehot = np.eye(5, dtype=np.float32)
-    batches = list(make_dataset(cache, [4, 0, 2], onehot, np.arange(5, dtype=np.float32), batch_size=2))
+    batches = list(make_dataset(cache, [4, 0, 2], onehot, sample_weights=np.arange(5, dtype=np.float32), batch_size=2))
     x, y, w = (np.concatenate([b[i].numpy() for b in batches]) for i in range(3))
     assert x.shape == (3, 16, 16, 3) and x.dtype == np.float32
     assert np.array_equal(y.argmax(1), [4, 0, 2]) and np.array_equal(w, [4, 0, 2])

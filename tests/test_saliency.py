@@ -37,7 +37,7 @@ def test_each_method_maps_the_target_class_half(explainer, method):
     x = red_left_green_right()
     left, right = slice(0, SIZE // 2), slice(SIZE // 2, SIZE)
     for target, looks_at, ignores in ((0, left, right), (1, right, left)):
-        saliency = explain(explainer, x, method, target)
+        saliency = explain(explainer, x, method, class_index=target)
         assert saliency.shape == (SIZE, SIZE) and saliency.dtype == np.float32
         assert saliency.min() >= 0.0 and saliency.max() == pytest.approx(1.0)
         assert saliency[:, looks_at].mean() > 2 * saliency[:, ignores].mean(), (method, target)
@@ -46,13 +46,13 @@ def test_each_method_maps_the_target_class_half(explainer, method):
 @pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].backend == "fast"])
 def test_fast_methods_keep_a_non_square_input_frame(strided, method):
     x = np.random.default_rng(1).uniform(0, 255, (48, 64, 3)).astype(np.float32)
-    saliency = explain(strided, x, method, 2)
+    saliency = explain(strided, x, method, class_index=2)
     assert saliency.shape == (48, 64) and saliency.dtype == np.float32 and saliency.min() >= 0.0
 
 
 def test_unknown_method_is_rejected(explainer):
     with pytest.raises(ValueError, match="unknown saliency method"):
-        explain(explainer, red_left_green_right(), "Occlusion", 0)
+        explain(explainer, red_left_green_right(), "Occlusion", class_index=0)
     assert DEFAULT_METHOD in METHODS
 
 
@@ -94,7 +94,7 @@ def test_fused_layercam_is_the_maximum_of_scaled_stage_maps(strided):
     x = _random_input((48, 64), seed=4)
     fused, probs = cams.fused_batch(strided, x[None], [1])
     assert fused.shape == (1, 48, 64) and probs.shape == (1, 7)
-    raw, _ = cams.raw_cams(strided, x[None], [1], ["stage8", "stage16", "last_conv"], "layercam")
+    raw, _ = cams.raw_cams(strided, x[None], [1], layers=["stage8", "stage16", "last_conv"], weighting="layercam")
     scaled = [m / m.max() if m.max() > 0 else m for m in raw]
     scaled = [np.tanh(2 * m) for m in scaled[:2]] + scaled[2:]
     expected = normalize_map(np.max([cams.upsample(m, (48, 64))[0] for m in scaled], axis=0))
@@ -105,7 +105,7 @@ def test_agreement_is_the_geometric_mean_of_the_two_scaled_stages(strided):
     x = _random_input((48, 64), seed=4)
     agreed, probs = cams.agreement_batch(strided, x[None], [1])
     assert agreed.shape == (1, 48, 64) and probs.shape == (1, 7)
-    raw, _ = cams.raw_cams(strided, x[None], [1], ["stage8", "stage16"], "layercam")
+    raw, _ = cams.raw_cams(strided, x[None], [1], layers=["stage8", "stage16"], weighting="layercam")
     scaled = [cams.upsample(m / m.max() if m.max() > 0 else m, (48, 64))[0] for m in raw]
     expected = normalize_map(np.sqrt(np.clip(scaled[0], 0, None) * np.clip(scaled[1], 0, None)))
     np.testing.assert_allclose(agreed[0], expected, atol=1e-5)
@@ -150,8 +150,8 @@ def test_stitched_map_finds_a_small_patch_that_the_stride_16_map_smears():
     explainer = Explainer(_red_patch_model(), "last_conv")
     x = np.zeros((48, 64, 3), np.float32)
     x[18:24, 34:40, 0] = 255.0  # a 6 × 6 red patch near the corner of one stride-16 cell
-    stitched = explain(explainer, x, "LayerCAM, stride 16 sampled at 8 (4 shifts)", 0)
-    coarse = explain(explainer, x, "LayerCAM, stride 16", 0)
+    stitched = explain(explainer, x, "LayerCAM, stride 16 sampled at 8 (4 shifts)", class_index=0)
+    coarse = explain(explainer, x, "LayerCAM, stride 16", class_index=0)
     assert stitched.shape == (48, 64) and stitched.max() == pytest.approx(1.0)
     near = np.zeros((48, 64), bool)
     near[14:28, 30:44] = True  # the patch and 4 pixels around it
@@ -181,7 +181,7 @@ def test_tf_keras_vis_explainers_are_cached_and_do_not_touch_the_model(explainer
 def test_explain_image_returns_the_image_own_size(explainer):
     rgb = np.zeros((45, 60, 3), np.uint8)
     rgb[10:35, 5:28, 0] = 255
-    saliency = explain_image(explainer, rgb, DEFAULT_METHOD, 0)
+    saliency = explain_image(explainer, rgb, DEFAULT_METHOD, class_index=0)
     assert saliency.shape == (45, 60) and saliency.dtype == np.float32 and saliency.min() >= 0
     assert saliency[:, :30].mean() > saliency[:, 30:].mean()
 
@@ -226,12 +226,12 @@ def test_randomise_redraws_kernels_on_a_copy_and_keeps_batch_norm(strided):
 def test_randomising_the_colour_model_decorrelates_its_maps():
     model = build_colour_model()
     x = red_left_green_right()
-    trained = explain(Explainer(model, "last_conv"), x, "LayerCAM, stride 32", 0)
+    trained = explain(Explainer(model, "last_conv"), x, "LayerCAM, stride 32", class_index=0)
     clone = sanity.copy_model(model)
     randomised = Explainer(clone, "last_conv")
-    assert sanity.spearman(trained, explain(randomised, x, "LayerCAM, stride 32", 0)) == pytest.approx(1.0)
+    assert sanity.spearman(trained, explain(randomised, x, "LayerCAM, stride 32", class_index=0)) == pytest.approx(1.0)
     for _, _, layers in sanity.weight_groups(clone):
         sanity.randomise(layers, np.random.default_rng(0))
     randomised.weights_changed()
-    assert sanity.spearman(trained, explain(randomised, x, "LayerCAM, stride 32", 0)) < 0.5
+    assert sanity.spearman(trained, explain(randomised, x, "LayerCAM, stride 32", class_index=0)) < 0.5
     assert sanity.spearman(trained, np.zeros_like(trained)) == 0.0

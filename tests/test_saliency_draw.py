@@ -71,12 +71,12 @@ def test_render_keeps_the_image_aspect_and_draws_the_mask():
     mask = np.zeros((450, 600), bool)
     mask[100:300, 200:400] = True
     for style in ("contours", "blend"):
-        out = render(rgb, saliency, style, mask=mask, min_width=480)
+        out = render(rgb, saliency, style=style, mask=mask, min_width=480)
         assert out.shape == (360, 480, 3)
         assert (out == (255, 255, 255)).all(axis=-1).any()  # the lesion border in white
     assert upscale(rgb, 100).shape == rgb.shape
     with pytest.raises(ValueError):
-        render(rgb, saliency, "hatching")
+        render(rgb, saliency, style="hatching")
 
 
 def test_legend_is_a_labelled_colour_bar():
@@ -110,4 +110,4 @@ def test_contour_lines_carry_an_edge_of_the_opposite_lightness():
 def test_the_blend_is_the_default_picture():
     rgb = np.full((30, 40, 3), 100, np.uint8)
     saliency = np.random.default_rng(1).random((6, 8)).astype(np.float32)
-    assert (render(rgb, saliency) == render(rgb, saliency, "blend")).all()
+    assert (render(rgb, saliency) == render(rgb, saliency, style="blend")).all()

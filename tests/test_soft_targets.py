@@ -91,15 +91,15 @@ def test_a_teacher_added_later_is_the_only_one_predicted(tmp_path, tiny_dataset,
     monkeypatch.setattr(soft_targets, "predict_teacher",
                         lambda d, *a, **k: predicted.append(d.name) or real(d, *a, **k))
     out = tmp_path / "soft.npz"
-    alone = soft_targets.build(out, [first], split_file, tiny_dataset)
-    both = soft_targets.build(out, [first, later], split_file, tiny_dataset)
+    alone = soft_targets.build(out, [first], split_file, data_dir=tiny_dataset)
+    both = soft_targets.build(out, [first, later], split_file, data_dir=tiny_dataset)
     assert predicted == ["first", "later"]
     np.testing.assert_array_equal(both.probs[0], alone.probs[0])
     assert soft_targets.read(out).teachers == ["first", "later"]
     # a changed temperature is a different teacher: predicted again
     save_model_folder(build_tiny_model(HW, seed=1), first, temperature=2.0,
                       extra={"split_sha256": split_hash(split_file)})
-    soft_targets.build(out, [first, later], split_file, tiny_dataset)
+    soft_targets.build(out, [first, later], split_file, data_dir=tiny_dataset)
     assert predicted == ["first", "later", "first"]
 
 
@@ -118,13 +118,14 @@ def test_training_targets_follow_the_run_order_at_the_distillation_temperature(t
     monkeypatch.setenv("HAM_CACHE_DIR", str(tmp_path / "cache"))
     teacher = _teacher(tmp_path / "t", build_tiny_model(HW, seed=5), split_file, 1.3)
     out = tmp_path / "soft.npz"
-    found = soft_targets.build(out, [teacher], split_file, tiny_dataset)
+    found = soft_targets.build(out, [teacher], split_file, data_dir=tiny_dataset)
     ids = list(found.image_id[::-1][:10])
-    targets, summary = soft_targets.training_targets(out, ids, found.meta["split_sha256"], 3.0)
+    targets, summary = soft_targets.training_targets(out, ids, split_sha256=found.meta["split_sha256"], temperature=3.0)
     np.testing.assert_allclose(targets, apply_temperature(found.ensemble[::-1][:10], 3.0), atol=1e-6)
     assert summary["teachers"] == [{"name": "t", "arch": "tiny_cnn", "temperature": 1.3}]
     json.dumps(summary)  # goes into the run's config.json
     with pytest.raises(soft_targets.SoftTargetsError, match="made on split"):
-        soft_targets.training_targets(out, ids, "f" * 64, 3.0)
+        soft_targets.training_targets(out, ids, split_sha256="f" * 64, temperature=3.0)
     with pytest.raises(soft_targets.SoftTargetsError, match="1 images have no soft targets"):
-        soft_targets.training_targets(out, ids + ["ISIC_missing"], found.meta["split_sha256"], 3.0)
+        soft_targets.training_targets(out, ids + ["ISIC_missing"], split_sha256=found.meta["split_sha256"],
+                                      temperature=3.0)

@@ -172,7 +172,8 @@ def save_ood_model_folder(folder: Path, seed: int = 0) -> Path:
     model = build_model("small_cnn", image_size=SIZE, n_classes=len(CLASSES))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    entry = ood_fit.fit_for_model(folder, model, skin_like(rng, 300), skin_like(rng, 400), seed=seed, n_negatives=200)
+    entry = ood_fit.fit_for_model(folder, model, train_images=skin_like(rng, 300), val_images=skin_like(rng, 400),
+                                  seed=seed, n_negatives=200)
     return save_model_folder(model, folder, extra={"ood": entry})
 
 

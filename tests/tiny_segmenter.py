@@ -19,7 +19,8 @@ def save_tiny_segmenter(folder: Path, threshold: float = 0.5, seed: int = 0) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     segmenter.build_segmenter(SIZE, weights="none").save(folder / "model.keras")
-    segmenter.write_segmenter_metadata(folder, segmenter.metadata(*SIZE, threshold, "fixture-split", "none"))
+    segmenter.write_segmenter_metadata(folder, segmenter.metadata(*SIZE, threshold=threshold,
+                                                                  split_sha256="fixture-split", weights="none"))
     return folder
 
 

@@ -358,7 +358,8 @@ def _classify_batch(model_dir: Path, files, tta: bool) -> None:
                "their predicted class means nothing.")
     shown = table.astype({contract.OOD_FLAG: bool})
     st.dataframe(shown, hide_index=True, column_config=_batch_columns(predictor.classes))
-    csv = contract.to_csv(table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
+    csv = contract.to_csv(table, predictor.probabilities_kind, temperature=predictor.temperature,
+                          n=predictor.calibration["n"])
     st.download_button("Download predictions (CSV)", csv, file_name="predictions.csv", mime="text/csv",
                        on_click="ignore")
 

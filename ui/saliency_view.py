@@ -63,7 +63,7 @@ def _explainer(path: str, mtime: int) -> saliency.Explainer:
     explainer = saliency.Explainer.of(predictor.folder, predictor.model)
     blank = np.zeros((*predictor.input_size, 3), np.float32)
     for method in (saliency.DEFAULT_METHOD, COMPARE_METHOD):
-        saliency.explain(explainer, blank, method, 0)
+        saliency.explain(explainer, blank, method, class_index=0)
     return explainer
 
 
@@ -75,14 +75,14 @@ def warm(model_dir: Path, mtime: int) -> None:
 @st.cache_data(max_entries=32, show_spinner="Computing the saliency map…")
 def _model_map(path: str, mtime: int, digest: str, method: str, target: int, _x: np.ndarray) -> np.ndarray:
     """One map at the model input's size, cached by model, image content, method and class (``_x`` is not hashed)."""
-    return saliency.explain(_explainer(path, mtime), _x, method, target)
+    return saliency.explain(_explainer(path, mtime), _x, method, class_index=target)
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing deletion and insertion curves…")
 def _curves(path: str, mtime: int, digest: str, method: str, target: int, _x, _map) -> tuple:
     predict_fn = load_predictor(Path(path)).predict_fn
-    return (faithfulness.deletion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS),
-            faithfulness.insertion_curve(predict_fn, _x, _map, target, steps=CURVE_STEPS))
+    return (faithfulness.deletion_curve(predict_fn, _x, _map, class_index=target, steps=CURVE_STEPS),
+            faithfulness.insertion_curve(predict_fn, _x, _map, class_index=target, steps=CURVE_STEPS))
 
 
 def _class_label(code: str) -> str:
@@ -141,8 +141,8 @@ def show(model_dir: Path, predictor, image, prediction, mtime: int, predicted_ma
         _legend(options)
     target_code = predictor.classes[options["target"]]
     for k, (col, method, model_map) in enumerate(zip((top[1], bottom[1]), options["methods"], maps)):
-        picture = draw.render(image.rgb, model_map, options["style"], options["cmap"], options["opacity"],
-                              border, min_width=DISPLAY_WIDTH)
+        picture = draw.render(image.rgb, model_map, style=options["style"], cmap=options["cmap"],
+                              opacity=options["opacity"], mask=border, min_width=DISPLAY_WIDTH)
         col.image(picture, caption=f"{plain_name(method)} · explaining {target_code}", width="stretch")
         with col:
             _scores(model_map, image.mask)

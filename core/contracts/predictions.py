@@ -146,7 +146,7 @@ def kind(temperature) -> str:
     return CALIBRATED if temperature is not None else RAW
 
 
-def with_calibration(table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> pd.DataFrame:
+def with_calibration(table: pd.DataFrame, probabilities: str, *, temperature=None, n=None) -> pd.DataFrame:
     """``table`` with the ``calibration``, ``temperature`` and ``temperature_n`` columns filled on every row."""
     if probabilities not in (RAW, CALIBRATED):
         raise ValueError(f"probabilities must be {RAW!r} or {CALIBRATED!r}, got {probabilities!r}")
@@ -160,14 +160,14 @@ def with_calibration(table: pd.DataFrame, probabilities: str, temperature=None, 
     return out
 
 
-def to_csv(table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> str:
+def to_csv(table: pd.DataFrame, probabilities: str, *, temperature=None, n=None) -> str:
     """A predictions file's text: the table, its calibration columns, probabilities to 6 decimals."""
-    return csv_text(with_calibration(table, probabilities, temperature, n), float_format=f"%.{DECIMALS}f")
+    return csv_text(with_calibration(table, probabilities, temperature=temperature, n=n), float_format=f"%.{DECIMALS}f")
 
 
-def write(path: Path, table: pd.DataFrame, probabilities: str, temperature=None, n=None) -> None:
+def write(path: Path, table: pd.DataFrame, probabilities: str, *, temperature=None, n=None) -> None:
     """Write a predictions file (see :func:`to_csv`); ``probabilities`` is ``"raw"`` or ``"calibrated"``."""
-    Path(path).write_text(to_csv(table, probabilities, temperature, n), encoding="utf-8")
+    Path(path).write_text(to_csv(table, probabilities, temperature=temperature, n=n), encoding="utf-8")
 
 
 def _legacy_line(path: Path) -> str:
@@ -218,7 +218,7 @@ def read_frame(path: Path) -> pd.DataFrame:
         raise PredictionsError(f"{path}: not a readable CSV ({err})") from err
 
 
-def validate(frame: pd.DataFrame, classes, source: str = "predictions", truth: bool = True) -> pd.DataFrame:
+def validate(frame: pd.DataFrame, classes, *, source: str = "predictions", truth: bool = True) -> pd.DataFrame:
     """Check a predictions table against the model's classes and return a clean copy.
 
     Returns:

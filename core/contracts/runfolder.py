@@ -257,7 +257,7 @@ class RunFolder:
         """True once a ``STOP`` file (or SIGTERM, see :func:`listen_for_sigterm`) asks the trainer to stop."""
         return _SIGNALLED["stop"] or (self.dir / STOP_FILE).exists()
 
-    def set_phase(self, phase: str, message: str, total: int | None = None, unit: str = "images") -> None:
+    def set_phase(self, phase: str, message: str, total: int | None = None, *, unit: str = "images") -> None:
         """Record the phase the trainer enters, with a count of ``total`` units to do when it has one."""
         progress = {"done": 0, "total": int(total), "unit": unit} if total else None
         self.update(phase=phase, message=message, progress=progress)

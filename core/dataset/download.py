@@ -73,7 +73,7 @@ def expected_md5(record: dict) -> str | None:
     return (record.get("md5") or "").lower() or None
 
 
-def download_file(base_url: str, record: dict, target: Path, progress: Progress, done: int, total: int) -> int:
+def download_file(base_url: str, record: dict, target: Path, *, progress: Progress, done: int, total: int) -> int:
     """Stream one data file to ``target``, verifying size and MD5.
 
     Args:
@@ -161,7 +161,7 @@ def _fetch_all(base_url: str, records: list, work: Path, progress: Progress) -> 
     total, done = sum(int(r.get("originalFileSize") or r.get("filesize") or 0) for r in records), 0
     for record in records:
         target = downloads / record["filename"]
-        done += download_file(base_url, record, target, progress, done, total)
+        done += download_file(base_url, record, target, progress=progress, done=done, total=total)
         if target.suffix == ".zip":
             progress(done, total, f"extracting {target.name}")
             extract(target, work / target.stem)

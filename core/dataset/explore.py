@@ -186,7 +186,7 @@ def lesion_images(frame: pd.DataFrame, lesion_id: str) -> pd.DataFrame:
     return frame[frame["lesion_id"] == lesion_id].sort_values("image_id")
 
 
-def outlined_image(image_path: str, mask_path: str = "", max_width: int = 400, color=(0, 255, 255)) -> Image.Image:
+def outlined_image(image_path: str, mask_path: str = "", *, max_width: int = 400, color=(0, 255, 255)) -> Image.Image:
     """An RGB image, shrunk to ``max_width``, with its lesion mask's outline drawn on it.
 
     The mask is resized to the image (masks and images may differ in size); an

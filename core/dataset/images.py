@@ -64,7 +64,8 @@ class ImageError(ValueError):
     """An upload that cannot be used as an image, with a message fit for the user."""
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, background=WHITE, max_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, background=WHITE,
+                 max_side: int | None = None) -> np.ndarray:
     """Decode image bytes to an upright 8-bit RGB array.
 
     Args:
@@ -492,7 +493,7 @@ def output_path(out_dir, image_id: str, suffix: str) -> Path:
     return Path(out_dir).joinpath(*folders, stem + suffix)
 
 
-def write_per_image(sources, out_dir, write, on_skip=None) -> list:
+def write_per_image(sources, out_dir, write, *, on_skip=None) -> list:
     """Decode each source, let ``write`` make its files and row, and name the files by image id.
 
     Args:

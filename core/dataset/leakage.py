@@ -120,7 +120,7 @@ def near_duplicates(table: pd.DataFrame, bank: np.ndarray, bank_split: np.ndarra
                          "similarity": np.round(similarity, 4)})
 
 
-def overlap_report(table: pd.DataFrame, split: pd.DataFrame, bank=None, bank_split=None) -> pd.DataFrame:
+def overlap_report(table: pd.DataFrame, split: pd.DataFrame, *, bank=None, bank_split=None) -> pd.DataFrame:
     """One row per image: ``image_id, match, split`` (empty when clean), ids first, then near-duplicates.
 
     Args:

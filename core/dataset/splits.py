@@ -19,7 +19,7 @@ SPLIT_FILE = SPLITS_FILE  # the split a run was trained on, saved in its folder
 
 
 def make_splits(
-    frame: pd.DataFrame, seed: int = 42, val_fraction: float = 0.15, test_fraction: float = 0.15
+    frame: pd.DataFrame, *, seed: int = 42, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> pd.DataFrame:
     """Assign every image to train, val or test, whole lesions at a time.
 
@@ -106,7 +106,7 @@ def split_summary(splits: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(np.int64)
 
 
-def split_of_model(model_dir: Path, frame: pd.DataFrame, split_sha256: str | None, config: dict) -> tuple:
+def split_of_model(model_dir: Path, frame: pd.DataFrame, split_sha256: str | None, *, config: dict) -> tuple:
     """The split a model was trained on, and where it was found.
 
     First the model folder's own ``splits.csv``, then the run's ``split_file``

@@ -115,6 +115,7 @@ def metrics_frame(
     predictions: pd.DataFrame,
     classes,
     split: str,
+    *,
     positive: str = "mel",
     threshold: float = 0.5,
     n_boot: int = 1000,
@@ -194,7 +195,7 @@ def _read_labelled_csv(truth_csv: Path, images_dir: Path) -> pd.DataFrame:
     return frame[["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path", "mask_path"]]
 
 
-def predict_files(predictor, image_paths, batch_size: int = 32, progress=None, decode=None) -> tuple:
+def predict_files(predictor, image_paths, *, batch_size: int = 32, progress=None, decode=None) -> tuple:
     """Raw probabilities and OOD results of image files, decoded by ``core.dataset.images`` as serving does.
 
     Args:
@@ -231,7 +232,7 @@ def _decode(path: Path, decode=None) -> np.ndarray:
         raise ImageError(f"{path}: {err}") from err
 
 
-def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress=None, decode=None) -> pd.DataFrame:
+def predict_table(model_dir, table: pd.DataFrame, *, batch_size: int = 32, progress=None, decode=None) -> pd.DataFrame:
     """Predict every image of an image table with a model folder (a path or a ``ModelFolder``);
     returns a predictions table with truth."""
     folder = ModelFolder.open(model_dir)
@@ -241,7 +242,8 @@ def predict_table(model_dir, table: pd.DataFrame, batch_size: int = 32, progress
         raise PredictionsError(f"truth labels {unknown} are not classes of the model {classes}")
     from core.serving.predict import Predictor
 
-    probs, scores, flags = predict_files(Predictor(folder), table["path"], batch_size, progress, decode)
+    probs, scores, flags = predict_files(Predictor(folder), table["path"], batch_size=batch_size, progress=progress,
+                                         decode=decode)
     # Renormalise away float32 rounding so the file passes its own validation.
     probs = probs / probs.sum(axis=1, keepdims=True)
     return predictions.make_table(table["image_id"], probs, classes, truth=table["dx"], ood_scores=scores,
@@ -267,12 +269,12 @@ def overlap_check(model_dir, table: pd.DataFrame) -> pd.DataFrame | None:
             bank, bank_split = leakage.cached_bank(data.load_dataset(paths.dataset_dir()), split, paths.cache_dir())
         except data.DatasetError:
             return report
-        report = leakage.overlap_report(table, split, bank, bank_split)
+        report = leakage.overlap_report(table, split, bank=bank, bank_split=bank_split)
     return report
 
 
 def evaluate_external(
-    model_dir, images_dir: Path, truth_csv: Path, out_dir: Path, batch_size: int = 32, progress=None, decode=None,
+    model_dir, images_dir: Path, truth_csv: Path, *, out_dir: Path, batch_size: int = 32, progress=None, decode=None,
     roots=None,
 ) -> dict:
     """Predict an external test set and write predictions, truth, overlap, metrics and ISIC submission CSVs.
@@ -341,7 +343,8 @@ def main(argv=None) -> int:
     try:
         batch_size = validation.positive_int(args.batch_size, "--batch-size")
         validation.check_output_folder(args.out, SOURCE_FILE, force=args.force)
-        written = evaluate_external(args.model, args.images, args.truth, args.out, batch_size, report)
+        written = evaluate_external(args.model, args.images, args.truth, out_dir=args.out, batch_size=batch_size,
+                                    progress=report)
     except (ValueError, OSError) as err:  # every input error of the chain is a ValueError subclass
         print(f"\nerror: {validation.one_line(err)}", file=sys.stderr)
         return validation.EXIT_BAD_INPUT

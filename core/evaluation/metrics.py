@@ -236,7 +236,7 @@ def bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     return counts.astype(np.float32)
 
 
-def weighted_balanced_accuracy(w: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+def weighted_balanced_accuracy(w: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> np.ndarray:
     """Balanced accuracy for each row of weights ``w`` (shape (B, n)); one value per row."""
     onehot = np.eye(n_classes)[y_true]
     support = w @ onehot
@@ -265,7 +265,7 @@ def weighted_auc(w: np.ndarray, y_bin: np.ndarray, scores: np.ndarray) -> np.nda
     return _ratio(wins, ws[:, pos].sum(axis=1) * neg_w.sum(axis=1))
 
 
-def weighted_macro_auc(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> np.ndarray:
+def weighted_macro_auc(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray, *, n_classes: int) -> np.ndarray:
     """Mean one-vs-rest AUC over classes, per row of weights; classes without both labels skipped."""
     aucs = np.stack([weighted_auc(w, y_true == k, probs[:, k]) for k in range(n_classes)], axis=1)
     return _nanmean_rows(aucs)
@@ -291,6 +291,7 @@ def headline(
     y_true: np.ndarray,
     probs: np.ndarray,
     classes,
+    *,
     positive: str = "mel",
     threshold: float = 0.5,
     n_boot: int = 1000,
@@ -329,9 +330,10 @@ def _headline_stats(y_true, probs, classes, positive, threshold) -> list:
     n_classes = len(classes)
     y_pred = predicted_labels(probs)
     stats = [
-        ("balanced_accuracy", "Balanced accuracy", lambda w: weighted_balanced_accuracy(w, y_true, y_pred, n_classes)),
+        ("balanced_accuracy", "Balanced accuracy",
+         lambda w: weighted_balanced_accuracy(w, y_true, y_pred, n_classes=n_classes)),
         ("accuracy", "Accuracy", lambda w: weighted_rate(w, y_true == y_pred, np.ones_like(y_true, dtype=bool))),
-        ("macro_auc", "Macro ROC AUC", lambda w: weighted_macro_auc(w, y_true, probs, n_classes)),
+        ("macro_auc", "Macro ROC AUC", lambda w: weighted_macro_auc(w, y_true, probs, n_classes=n_classes)),
     ]
     if positive in classes:
         k = classes.index(positive)
@@ -358,6 +360,7 @@ def subgroup_audit(
     y_true: np.ndarray,
     probs: np.ndarray,
     groups: pd.DataFrame,
+    *,
     classes,
     positive: str = "mel",
     threshold: float = 0.5,
@@ -444,7 +447,7 @@ def sample_size_warning(counts: dict, small: int = SMALL_N) -> str:
     return " ".join(parts)
 
 
-def threshold_from_validation(val_bin, val_scores, y_bin, scores, *, target: float) -> dict:
+def threshold_from_validation(val_bin, val_scores, *, y_bin, scores, target: float) -> dict:
     """Choose the threshold reaching ``target`` sensitivity on validation and apply it to another split.
 
     Returns:

@@ -41,26 +41,26 @@ from core.explaining.saliency.draw import CMAPS, DEFAULT_CMAP, DEFAULT_STYLE, ST
 from core.contracts.validation import check_output_folder, report
 
 
-def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, method: str, target: str | None = None) -> tuple:
+def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, *, method: str, target: str | None = None) -> tuple:
     """``(map at the image's own size, class index, its probability)`` for one decoded image."""
     x = to_model_input(rgb, predictor.input_size)
     probs = predictor.raw_probabilities(x[None])[0]
     index = predictor.classes.index(target) if target else int(np.argmax(probs))
-    return resize_map(explain(explainer, x, method, index), rgb.shape[:2]), index, float(probs[index])
+    return resize_map(explain(explainer, x, method, class_index=index), rgb.shape[:2]), index, float(probs[index])
 
 
-def run(predictor, sources, method: str, out: Path, target=None, style: str = DEFAULT_STYLE, cmap: str = DEFAULT_CMAP,
-        on_skip=None) -> pd.DataFrame:
+def run(predictor, sources, *, method: str, out: Path, target=None, style: str = DEFAULT_STYLE,
+        cmap: str = DEFAULT_CMAP, on_skip=None) -> pd.DataFrame:
     """Write ``.npy`` and ``.png`` per image into ``out``; returns the ``explain.csv`` table."""
     explainer = Explainer.of(predictor.folder, predictor.model)
 
     def write(rgb, path) -> dict:
-        saliency, index, probability = explain_file(predictor, explainer, rgb, method, target)
+        saliency, index, probability = explain_file(predictor, explainer, rgb, method=method, target=target)
         np.save(path(".npy"), saliency)
-        Image.fromarray(render(rgb, saliency, style, cmap)).save(path(".png"))
+        Image.fromarray(render(rgb, saliency, style=style, cmap=cmap)).save(path(".png"))
         return {"method": method, "target": predictor.classes[index], "probability": probability}
 
-    rows = write_per_image(sources, out, write, on_skip)
+    rows = write_per_image(sources, out, write, on_skip=on_skip)
     return pd.DataFrame(rows, columns=["image_id", "method", "target", "probability"])
 
 
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
         if args.target is not None and args.target not in predictor.classes:
             parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
         skipped = SkipReport()
-        table = run(predictor, iter_sources(args.paths), args.method, args.out, args.target, args.style, args.cmap,
-                    skipped)
+        table = run(predictor, iter_sources(args.paths), method=args.method, out=args.out, target=args.target,
+                    style=args.style, cmap=args.cmap, on_skip=skipped)
         write_table(table, args.out / TABLE_FILE, skipped)
     except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
         return report(err)

@@ -82,7 +82,7 @@ def _curve_batch(start: np.ndarray, end: np.ndarray, order: np.ndarray, steps: i
     return fractions, batch
 
 
-def deletion_curve(predict_fn, x, saliency, class_index: int, steps: int = 20, baseline: str = "blur") -> Curve:
+def deletion_curve(predict_fn, x, saliency, *, class_index: int, steps: int = 20, baseline: str = "blur") -> Curve:
     """Class probability as the most salient pixels are replaced by the baseline.
 
     Args:
@@ -99,7 +99,7 @@ def deletion_curve(predict_fn, x, saliency, class_index: int, steps: int = 20, b
     return Curve("deletion", fractions, scores.astype(np.float64))
 
 
-def insertion_curve(predict_fn, x, saliency, class_index: int, steps: int = 20, baseline: str = "blur") -> Curve:
+def insertion_curve(predict_fn, x, saliency, *, class_index: int, steps: int = 20, baseline: str = "blur") -> Curve:
     """Class probability as the most salient pixels are restored on the baseline.
 
     Arguments as in :func:`deletion_curve`.

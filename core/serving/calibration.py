@@ -122,7 +122,7 @@ def _top_label_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int) -> tuple
     return confidence, correct, index
 
 
-def weighted_ece(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+def weighted_ece(w: np.ndarray, y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = N_BINS) -> np.ndarray:
     """Top-label ECE for each row of image weights ``w`` (B, n), e.g. bootstrap counts; one value per row."""
     confidence, correct, index = _top_label_bins(probs, y_true, n_bins)
     in_bin = np.eye(n_bins)[index]

@@ -92,7 +92,7 @@ class Export:
         return json.dumps(self.card, indent=2)
 
 
-def check_request(model_dir: Path, fmt: str = "tflite", quantize: str = "none", rounding: str = "gptq") -> dict:
+def check_request(model_dir: Path, *, fmt: str = "tflite", quantize: str = "none", rounding: str = "gptq") -> dict:
     """Validate a request before any TensorFlow import; returns the model's metadata.
 
     Raises:
@@ -141,13 +141,13 @@ def model_split(model_dir: Path, meta: dict, purpose: str) -> tuple:
     """
     frame = _dataset(purpose)
     try:
-        table, origin = splits.split_of_model(model_dir, frame, meta.get("split_sha256"), _run_config(model_dir))
+        table, origin = splits.split_of_model(model_dir, frame, meta.get("split_sha256"), config=_run_config(model_dir))
     except ValueError as err:
         raise ExportError(f"{purpose}: {err}") from err
     return frame, table, origin
 
 
-def representative_sample(model_dir: Path, meta: dict, n: int = REPRESENTATIVE_IMAGES, seed: int = SEED) -> tuple:
+def representative_sample(model_dir: Path, meta: dict, *, n: int = REPRESENTATIVE_IMAGES, seed: int = SEED) -> tuple:
     """A class-balanced, seeded sample of the model's own training images, decoded as serving does.
 
     Returns:
@@ -201,7 +201,7 @@ def preprocessing_layers(model) -> list:
     return [layer.name for layer in model.layers if type(layer).__name__ in PREPROCESSING_LAYERS]
 
 
-def convert(model, size: tuple, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
+def convert(model, size: tuple, *, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
     """Convert a Keras model to TFLite with TensorFlow's converter; batch 1, NHWC float32 input.
 
     Args:
@@ -301,7 +301,7 @@ def parity(reference: np.ndarray, probs: np.ndarray) -> dict:
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
 
 
-def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARITY_IMAGES, seed: int = SEED) -> dict:
+def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, *, n: int = PARITY_IMAGES, seed: int = SEED) -> dict:
     """Parity with the Keras model's saved validation predictions on a seeded sample of ``n`` images.
 
     Raises:
@@ -322,7 +322,7 @@ def val_parity(runner: TFLiteRunner, model_dir: Path, meta: dict, n: int = PARIT
             "sample_seed": seed}
 
 
-def build(model_dir: Path, quantize: str = "none", representative: int = REPRESENTATIVE_IMAGES,
+def build(model_dir: Path, *, quantize: str = "none", representative: int = REPRESENTATIVE_IMAGES,
           parity_n: int = PARITY_IMAGES, model=None, rounding: str = "gptq", progress=None) -> Export:
     """Convert a model folder in memory; see the module docstring for the card.
 
@@ -336,8 +336,9 @@ def build(model_dir: Path, quantize: str = "none", representative: int = REPRESE
         rounding: a key of :data:`ROUNDINGS`, for ``int8`` only.
         progress: ``progress(done, total, layer)`` while ``int8`` kernels are rounded.
     """
-    meta = check_request(model_dir, "tflite", quantize, rounding)
-    sample, calibration = representative_sample(model_dir, meta, representative) if quantize == "int8" else (None, None)
+    meta = check_request(model_dir, fmt="tflite", quantize=quantize, rounding=rounding)
+    sample, calibration = (representative_sample(model_dir, meta, n=representative) if quantize == "int8"
+                           else (None, None))
     model = model if model is not None else load_keras(model_dir)
     if quantize == "int8":
         calibration["rounding"] = {"method": rounding, "what": ROUNDINGS[rounding]}
@@ -346,19 +347,20 @@ def build(model_dir: Path, quantize: str = "none", representative: int = REPRESE
         started = time.perf_counter()
         model = int8_rounding.round_weights(model, sample, progress=progress)
         calibration["rounding"]["seconds"] = round(time.perf_counter() - started, 1)
-    content = convert(model, modelio.input_size(meta), quantize, sample)
+    content = convert(model, modelio.input_size(meta), quantize=quantize, representative=sample)
     runner = TFLiteRunner(content)
-    card = model_card(meta, content, quantize, runner, preprocessing_layers(model), calibration)
+    card = model_card(meta, content, quantize=quantize, runner=runner, preprocessing=preprocessing_layers(model),
+                      calibration=calibration)
     card["source_model"]["model_sha256"] = model_sha256(model_dir)
     if parity_n:
         try:
-            card["parity"] = val_parity(runner, model_dir, meta, parity_n)
+            card["parity"] = val_parity(runner, model_dir, meta, n=parity_n)
         except ExportError as err:
             card["parity"] = {"not_measured": str(err)}
     return Export(content, card)
 
 
-def model_card(meta: dict, content: bytes, quantize: str, runner: TFLiteRunner, preprocessing: list,
+def model_card(meta: dict, content: bytes, *, quantize: str, runner: TFLiteRunner, preprocessing: list,
                calibration: dict | None) -> dict:
     """The JSON written beside an exported file: everything an app needs to feed it and read it."""
     import tensorflow as tf
@@ -483,8 +485,8 @@ def main(argv=None) -> int:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
         check_out(args.out, args.force)
-        export = build(args.model, args.quantize, args.representative, args.parity, rounding=args.rounding,
-                       progress=_print_progress)
+        export = build(args.model, quantize=args.quantize, representative=args.representative, parity_n=args.parity,
+                       rounding=args.rounding, progress=_print_progress)
         out, card = write(export, args.out)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)

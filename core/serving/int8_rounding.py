@@ -94,7 +94,7 @@ def round_weights(model, images: np.ndarray, *, damp: float = DAMP, rows_per_bat
     return rounded
 
 
-def simulate(model, images: np.ndarray, ranges: dict, before: Callable | None = None) -> np.ndarray:
+def simulate(model, images: np.ndarray, ranges: dict, *, before: Callable | None = None) -> np.ndarray:
     """``model``'s output on ``images`` with the input of each layer named in ``ranges`` fake-quantised
     to 8 bits on its ``(min, max)``: the convolution inputs as the int8 file sees them. A range of
     None leaves that input float.

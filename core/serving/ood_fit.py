@@ -56,7 +56,7 @@ def statistic_layers(model) -> list:
     return [last[key] for key in order]
 
 
-def extract(model, layers, images, batch_size: int = 64) -> tuple:
+def extract(model, layers, images, *, batch_size: int = 64) -> tuple:
     """``(raw probabilities, channel statistics)`` of uint8/float images already at the model's input size."""
     both = ood.feature_model(model, layers)
     probs, feats = [], []
@@ -89,7 +89,7 @@ def fit_statistics(train: np.ndarray, negative: np.ndarray, seed: int = 0) -> oo
                                residual_variance=residual)
 
 
-def threshold_entry(fitted: ood.StatisticsModel, layers, val: np.ndarray, n_train: int, n_negative: int) -> dict:
+def threshold_entry(fitted: ood.StatisticsModel, layers, val: np.ndarray, *, n_train: int, n_negative: int) -> dict:
     """The ``model.json["ood"]`` entry: thresholds from the validation statistics, and what was used."""
     head = max(float(np.percentile(fitted.head(val), PERCENTILE)), HEAD_FLOOR)
     distance = float(np.percentile(fitted.distance(val), PERCENTILE))
@@ -110,7 +110,7 @@ def negative_inputs(size, n: int, seed: int) -> np.ndarray:
 FIT_STEPS = 4  # the steps of fit_for_model that its progress callback counts
 
 
-def fit_for_model(model_dir: Path, model, train_images, val_images, seed: int = 0,
+def fit_for_model(model_dir: Path, model, *, train_images, val_images, seed: int = 0,
                   n_negatives: int = N_NEGATIVES, progress=None) -> dict:
     """Fit, save ``ood.npz`` into ``model_dir`` and return the ``model.json["ood"]`` entry.
 
@@ -134,10 +134,10 @@ def fit_for_model(model_dir: Path, model, train_images, val_images, seed: int = 
     fitted = fit_statistics(train, negative, seed)
     report(4)
     ood.save_statistics(model_dir, fitted)
-    return threshold_entry(fitted, layers, val, len(train), len(negative))
+    return threshold_entry(fitted, layers, val, n_train=len(train), n_negative=len(negative))
 
 
-def split_images(model_dir: Path, data_dir: Path, splits_csv: Path | None, max_train: int, seed: int) -> tuple:
+def split_images(model_dir: Path, *, data_dir: Path, splits_csv: Path | None, max_train: int, seed: int) -> tuple:
     """The folder's training sample and validation images at its input size."""
     from core.contracts import paths
     from core.dataset.data import load_dataset
@@ -154,11 +154,11 @@ def split_images(model_dir: Path, data_dir: Path, splits_csv: Path | None, max_t
     return read(train), read(val)
 
 
-def fit_folder(model_dir: Path, data_dir: Path | None = None, splits_csv: Path | None = None,
+def fit_folder(model_dir: Path, *, data_dir: Path | None = None, splits_csv: Path | None = None,
                max_train: int = MAX_TRAIN, seed: int = 0) -> dict:
     """Fit the scorer of an existing model folder and record it in its ``model.json``."""
-    train, val = split_images(model_dir, data_dir, splits_csv, max_train, seed)
-    entry = fit_for_model(model_dir, load_model(model_dir), train, val, seed=seed)
+    train, val = split_images(model_dir, data_dir=data_dir, splits_csv=splits_csv, max_train=max_train, seed=seed)
+    entry = fit_for_model(model_dir, load_model(model_dir), train_images=train, val_images=val, seed=seed)
     meta = read_metadata(model_dir)
     meta["ood"] = entry
     write_metadata(model_dir, meta)
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     from core.serving.modelio import ModelFolderError
 
     try:
-        entry = fit_folder(args.model, args.data_dir, args.splits, args.max_train, args.seed)
+        entry = fit_folder(args.model, data_dir=args.data_dir, splits_csv=args.splits, max_train=args.max_train,
+                           seed=args.seed)
     except (DatasetError, ModelFolderError, SplitMismatch) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

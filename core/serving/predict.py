@@ -199,12 +199,12 @@ class Predictor:
         return Prediction(self.classes, probs, raw, self.temperature is not None, ood)
 
 
-def predict_paths(predictor: Predictor, paths, tta: bool = False, batch_size: int = 16, on_skip=None):
+def predict_paths(predictor: Predictor, paths, *, tta: bool = False, batch_size: int = 16, on_skip=None):
     """Classify image files, folders and zips; see :func:`predict_sources` for the table."""
     return predict_sources(predictor, iter_sources(paths), tta=tta, batch_size=batch_size, on_skip=on_skip)
 
 
-def predict_sources(predictor: Predictor, sources, tta: bool = False, batch_size: int = 16, on_skip=None,
+def predict_sources(predictor: Predictor, sources, *, tta: bool = False, batch_size: int = 16, on_skip=None,
                     decode=decode_image):
     """Classify ``(name, bytes)`` pairs (bytes may be an ImageError to report).
 
@@ -285,7 +285,8 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        contract.write(args.out, table, predictor.probabilities_kind, predictor.temperature, predictor.calibration["n"])
+        contract.write(args.out, table, predictor.probabilities_kind, temperature=predictor.temperature,
+                       n=predictor.calibration["n"])
     except OSError as err:
         print(f"error: {args.out.name} cannot be written ({err.strerror or err})", file=sys.stderr)
         return EXIT_BAD_INPUT

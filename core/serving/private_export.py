@@ -122,7 +122,7 @@ def build(model_dir: Path, model=None) -> export.Export:
     if (meta.get("ood") or {}).get("method") != ood_scorers.STATISTICS or fitted is None:
         raise export.ExportError(f"{model_dir}: private mode needs a feature_statistics gate (ood.npz)")
     model = model if model is not None else export.load_keras(model_dir)
-    content = export.convert(gate_model(model, meta, fitted), modelio.input_size(meta), "none")
+    content = export.convert(gate_model(model, meta, fitted), modelio.input_size(meta), quantize="none")
     return export.Export(content, card(meta, content, model_dir))
 
 

@@ -68,7 +68,7 @@ def load_segmenter_model(model_dir: Path):
     return model
 
 
-def predict_probs(model, images, idx=None, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
+def predict_probs(model, images, idx=None, *, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
     """Lesion probability maps ``(n, H, W)`` at the model size for ``images[idx]`` (all images when None)."""
     idx = np.arange(len(images)) if idx is None else np.asarray(idx)
     out = [model.predict(np.asarray(images[idx[i : i + chunk]], dtype=np.float32), batch_size=batch_size, verbose=0)
@@ -128,7 +128,7 @@ class Segmenter:
         return mask_at(prob, rgb.shape[:2], self.threshold)
 
 
-def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
+def segment_sources(segmenter: Segmenter, sources, out_dir: Path, *, on_skip=None):
     """Segment ``(name, bytes)`` pairs: write ``<image_id>.png`` masks and return the measurements table.
 
     Args:
@@ -152,7 +152,7 @@ def segment_sources(segmenter: Segmenter, sources, out_dir: Path, on_skip=None):
         Image.fromarray(mask.astype(np.uint8) * 255).save(path(".png"))
         return {"height": rgb.shape[0], "width": rgb.shape[1], **measure(rgb, mask)}
 
-    return pd.DataFrame(write_per_image(sources, out_dir, write, on_skip))
+    return pd.DataFrame(write_per_image(sources, out_dir, write, on_skip=on_skip))
 
 
 MEASUREMENTS_FILE = "measurements.csv"

@@ -40,7 +40,7 @@ PREPROCESSING = {
 }
 
 
-def build_model(arch: str, image_size, n_classes: int, weights: str = "none", dropout: float = 0.2):
+def build_model(arch: str, image_size, n_classes: int, *, weights: str = "none", dropout: float = 0.2):
     """Build a classifier.
 
     Args:

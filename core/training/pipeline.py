@@ -32,7 +32,7 @@ def cache_key(paths: list[str], size) -> str:
 
 
 def load_or_build_cache(
-    paths: list[str], size, cache_root: Path, progress: Callable[[int, int], None] | None = None
+    paths: list[str], size, cache_root: Path, *, progress: Callable[[int, int], None] | None = None
 ) -> np.ndarray:
     """Return all images at ``size`` (a side, or ``(height, width)``) as a read-only memory map, building it if needed.
 
@@ -71,7 +71,7 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, oversample: bool
     return np.array([rng.choice(per_class[c]) for c in picks])
 
 
-def make_dataset(images, order, labels_onehot, sample_weights, batch_size, augment="none", seed=0):
+def make_dataset(images, order, labels_onehot, *, sample_weights, batch_size, augment="none", seed=0):
     """A batched tf.data pipeline over ``images[order]`` yielding (x, y, w).
 
     Args:

@@ -98,7 +98,7 @@ def load_or_build_mask_cache(mask_paths: list[str], size, cache_root: Path) -> n
     return np.load(final, mmap_mode="r")
 
 
-def make_dataset(images, masks, order, batch_size: int, seed: int):
+def make_dataset(images, masks, order, *, batch_size: int, seed: int):
     """Batches ``(x, y)`` of ``images[order]`` and their masks, flipped together (the 4 flips of a 4:3 frame)."""
     import tensorflow as tf
 
@@ -192,14 +192,14 @@ class SegmentTrainer:
                            message=f"epoch {epoch + 1}/{args.epochs}")
         started = time.monotonic()
         callback = make_progress_callback(self.folder, epoch + 1, batches)
-        ds = make_dataset(self.images, self.masks, order, args.batch_size, args.seed + epoch)
+        ds = make_dataset(self.images, self.masks, order, batch_size=args.batch_size, seed=args.seed + epoch)
         history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
         if callback.stopped:
             return False
-        self.end_epoch(epoch, lr, float(history.history["loss"][-1]), time.monotonic() - started)
+        self.end_epoch(epoch, lr=lr, loss=float(history.history["loss"][-1]), seconds=time.monotonic() - started)
         return True
 
-    def end_epoch(self, epoch: int, lr: float, loss: float, seconds: float) -> None:
+    def end_epoch(self, epoch: int, *, lr: float, loss: float, seconds: float) -> None:
         """Score validation, write the epoch record, keep the best model and the resume checkpoint."""
         self.folder.set_phase(rf.VALIDATE_PHASE, f"epoch {epoch + 1}: scoring validation", len(self.idx["val"]))
         val = score_split(self.frame.iloc[self.idx["val"]], self.predict(self.idx["val"]), segment.THRESHOLD)
@@ -223,7 +223,8 @@ class SegmentTrainer:
     def write_model_metadata(self, threshold: float, **extra) -> None:
         """Write ``model.json`` next to the best checkpoint."""
         height, width = input_hw(self.args)
-        meta = segmenter.metadata(height, width, threshold, self.split_sha256, self.args.weights)
+        meta = segmenter.metadata(height, width, threshold=threshold, split_sha256=self.split_sha256,
+                                  weights=self.args.weights)
         meta.update(created=now(), run_id=self.folder.dir.name, best=self.best,
                     training={k: v for k, v in vars(self.args).items() if k in segmenter.RECIPE_OPTIONS}, **extra)
         segmenter.write_segmenter_metadata(self.folder.dir, meta)
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: this command trains the segmenter; use python -m core.training.train for {args.task}",
               file=sys.stderr)
         return common.EXIT_USAGE
-    return common.run_locked(args, args.run_dir, train, PROG)
+    return common.run_locked(args, args.run_dir, train, prog=PROG)
 
 
 if __name__ == "__main__":

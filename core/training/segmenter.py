@@ -98,7 +98,7 @@ def recipe() -> dict:
             "augmentation": "flips (horizontal, vertical, both = 180° turn), image and mask together"}
 
 
-def metadata(height: int, width: int, threshold: float, split_sha256: str, weights: str) -> dict:
+def metadata(height: int, width: int, *, threshold: float, split_sha256: str, weights: str) -> dict:
     """The ``model.json`` of a segmenter folder (without run-specific fields)."""
     from core.training.models import preprocessing_text
 

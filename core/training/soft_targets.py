@@ -106,7 +106,7 @@ def read(path: Path) -> SoftTargets:
     return found
 
 
-def training_targets(path: Path, image_ids, split_sha256: str, temperature: float) -> tuple[np.ndarray, dict]:
+def training_targets(path: Path, image_ids, *, split_sha256: str, temperature: float) -> tuple[np.ndarray, dict]:
     """The distillation targets of ``image_ids``: the ensemble's probabilities softened by ``temperature``.
 
     Returns ``(targets (N, K) float32, a summary for the run's config)``. Refuses a
@@ -154,7 +154,8 @@ def teacher_info(model_dir: Path, split_sha256: str) -> dict:
             "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest()}
 
 
-def predict_teacher(model_dir: Path, frame: pd.DataFrame, info: dict, batch_size: int = 32, progress=None) -> np.ndarray:
+def predict_teacher(model_dir: Path, frame: pd.DataFrame, info: dict, *, batch_size: int = 32,
+                    progress=None) -> np.ndarray:
     """A teacher's probabilities after its temperature, ``(N, 4, K)``, on each flip of each image.
 
     ``progress(name, done, total)`` is called after each batch.
@@ -174,7 +175,7 @@ def predict_teacher(model_dir: Path, frame: pd.DataFrame, info: dict, batch_size
     return out
 
 
-def cached_teacher(cache_dir: Path, model_dir: Path, frame: pd.DataFrame, info: dict, progress=None) -> np.ndarray:
+def cached_teacher(cache_dir: Path, model_dir: Path, frame: pd.DataFrame, *, info: dict, progress=None) -> np.ndarray:
     """:func:`predict_teacher`, read from ``cache_dir`` when the same teacher predicted the same images before."""
     cache = Path(cache_dir) / f"{info['name']}.npz"
     key = json.dumps({**info, "image_id": hashlib.sha256("\n".join(frame["image_id"]).encode()).hexdigest()},
@@ -189,7 +190,7 @@ def cached_teacher(cache_dir: Path, model_dir: Path, frame: pd.DataFrame, info: 
     return probs
 
 
-def build(out: Path, teacher_dirs: list, split_file: Path, data_dir: Path, progress=None) -> SoftTargets:
+def build(out: Path, teacher_dirs: list, split_file: Path, *, data_dir: Path, progress=None) -> SoftTargets:
     """Predict (or read from the cache) every teacher on every image of ``split_file`` and write ``out``."""
     names = [Path(d).name for d in teacher_dirs]
     if len(set(names)) != len(names):
@@ -198,7 +199,8 @@ def build(out: Path, teacher_dirs: list, split_file: Path, data_dir: Path, progr
     infos = [teacher_info(d, digest) for d in teacher_dirs]
     frame = split_frame(split_file, data_dir)
     cache_dir = Path(out).with_name(Path(out).name + CACHE_SUFFIX)
-    probs = np.stack([cached_teacher(cache_dir, d, frame, info, progress) for d, info in zip(teacher_dirs, infos)])
+    probs = np.stack([cached_teacher(cache_dir, d, frame, info=info, progress=progress)
+                      for d, info in zip(teacher_dirs, infos)])
     meta = {"format": FORMAT, "classes": list(CLASSES), "flips": list(FLIPS), "split_sha256": digest,
             "split_file": str(split_file), "teachers": infos, "created": rf.now_iso(),
             "ensemble": "mean over teachers and flips of each teacher's softmax(log p / T_teacher)"}
@@ -233,7 +235,8 @@ def main(argv=None) -> int:
             print(f"{name}: {done}/{total} images x {len(FLIPS)} flips", file=sys.stderr, flush=True)
 
     try:
-        targets = build(args.out, args.teacher, args.split_file, args.data_dir or paths.dataset_dir(), progress)
+        targets = build(args.out, args.teacher, args.split_file, data_dir=args.data_dir or paths.dataset_dir(),
+                        progress=progress)
     except (SoftTargetsError, modelio.ModelFolderError, ValueError) as err:
         print(f"python -m core.training.soft_targets: error: {err}", file=sys.stderr)
         return 2

@@ -195,7 +195,7 @@ def stop_agreed(strategy, folder: RunFolder) -> bool:
     return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
 
 
-def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 128, chunk: int = 1024,
+def predict_probs(model, images: np.ndarray, idx: np.ndarray, *, batch_size: int = 128, chunk: int = 1024,
                   direct: bool = False, progress=None) -> np.ndarray:
     """Model probabilities for ``images[idx]``, a chunk of the cache at a time.
 
@@ -217,7 +217,7 @@ def predict_probs(model, images: np.ndarray, idx: np.ndarray, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def fit_multi_worker(model, ds, callback, strategy):
+def fit_multi_worker(model, ds, *, callback, strategy):
     """One epoch of ``model.fit`` under MultiWorkerMirroredStrategy.
 
     Works around two faults of Keras 3 ``fit`` with this strategy
@@ -250,7 +250,7 @@ def score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
         "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(n_classes)))),
         "accuracy": float(np.mean(predicted == labels)),
         "balanced_accuracy": metrics.balanced_accuracy(labels, predicted, n_classes),
-        "auc": float(metrics.weighted_macro_auc(np.ones((1, len(labels))), labels, probs, n_classes)[0]),
+        "auc": float(metrics.weighted_macro_auc(np.ones((1, len(labels))), labels, probs, n_classes=n_classes)[0]),
     }
 
 
@@ -306,7 +306,7 @@ def write_scalar(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(float(value), dtype=tf.float32), step=step, metadata=metadata)
 
 
-def write_predictions(path: Path, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> None:
+def write_predictions(path: Path, frame: pd.DataFrame, probs: np.ndarray, *, classes: list[str]) -> None:
     """Write the model's own (raw) probabilities of ``frame``'s images in the ``core.contracts.predictions`` format."""
     from core.contracts import predictions
     table = predictions.make_table(frame["image_id"], probs, classes, truth=frame["dx"])
@@ -331,7 +331,8 @@ class Trainer:
         def progress(done, total):
             folder.update(message=f"decoding images into the cache: {done}/{total}")
 
-        self.images = load_or_build_cache(self.frame["path"].tolist(), input_hw(args), paths.cache_dir(), progress)
+        self.images = load_or_build_cache(self.frame["path"].tolist(), input_hw(args), paths.cache_dir(),
+                                          progress=progress)
         train_labels = self.labels[self.idx["train"]]
         weights = class_weights(train_labels, self.k) if args.imbalance == "class_weight" else np.ones(self.k, np.float32)
         self.sample_weights = weights[self.labels]
@@ -351,8 +352,8 @@ class Trainer:
         from core.training.soft_targets import training_targets
 
         args = self.args
-        soft, summary = training_targets(args.soft_targets, self.frame["image_id"], self.split_sha256,
-                                         args.distill_temperature)
+        soft, summary = training_targets(args.soft_targets, self.frame["image_id"], split_sha256=self.split_sha256,
+                                         temperature=args.distill_temperature)
         self.onehot = np.concatenate([self.onehot, soft], axis=1)
         log.info("distilling %s at T=%g, soft share %g", [t["name"] for t in summary["teachers"]],
                  args.distill_temperature, args.distill_weight)
@@ -381,7 +382,8 @@ class Trainer:
                 self.restore(state)
             else:
                 keras.utils.set_random_seed(self.args.seed)
-                self.model = build_model(self.args.arch, input_hw(self.args), self.k, self.args.weights, self.args.dropout)
+                self.model = build_model(self.args.arch, input_hw(self.args), self.k, weights=self.args.weights,
+                                         dropout=self.args.dropout)
                 self.start_epoch, self.best = 0, None
         log.info("strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
 
@@ -423,19 +425,20 @@ class Trainer:
         rng = np.random.default_rng(args.seed * 1000 + epoch)
         train = self.idx["train"]
         order = train[epoch_indices(self.labels[train], rng, oversample=args.imbalance == "oversample")]
-        ds = make_dataset(self.images, order, self.onehot, self.sample_weights, args.batch_size, args.augment, args.seed + epoch)
+        ds = make_dataset(self.images, order, self.onehot, sample_weights=self.sample_weights,
+                          batch_size=args.batch_size, augment=args.augment, seed=args.seed + epoch)
         batches = -(-len(order) // args.batch_size)
         self.folder.update(epoch=epoch + 1, epochs=args.epochs, phase=phase, batch=0, batches=batches,
                            message=f"epoch {epoch + 1}/{args.epochs} ({phase})")
         started = time.monotonic()
         callback = make_progress_callback(self.folder, epoch + 1, batches, distributed=self.distributed)
         if self.distributed:
-            history = fit_multi_worker(self.model, ds, callback, self.strategy)
+            history = fit_multi_worker(self.model, ds, callback=callback, strategy=self.strategy)
         else:
             history = self.model.fit(ds, epochs=1, verbose=0, callbacks=[callback])
         if callback.stopped:
             return False
-        self.end_epoch(epoch, phase, lr, history.history, time.monotonic() - started)
+        self.end_epoch(epoch, phase=phase, lr=lr, history=history.history, seconds=time.monotonic() - started)
         return not (self.distributed and stop_agreed(self.strategy, self.folder))
 
     @property
@@ -443,7 +446,7 @@ class Trainer:
         """True under a multi-worker strategy, where stops are agreed at epoch ends."""
         return cluster_workers() > 1
 
-    def end_epoch(self, epoch: int, phase: str, lr: float, history: dict, seconds: float) -> None:
+    def end_epoch(self, epoch: int, *, phase: str, lr: float, history: dict, seconds: float) -> None:
         self.folder.set_phase(rf.VALIDATE_PHASE, f"epoch {epoch + 1}: scoring validation", len(self.idx["val"]))
         probs = predict_probs(self.model, self.images, self.idx["val"], direct=self.distributed,
                               progress=self.folder.advance)
@@ -538,7 +541,8 @@ class Trainer:
                 continue
             probs = predict_probs(best, self.images, idx, progress=lambda n, before=done: self.folder.advance(before + n))
             done += len(idx)
-            write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs, self.classes)
+            write_predictions(self.folder.path(rf.predictions_file(split)), self.frame.iloc[idx], probs,
+                              classes=self.classes)
             if split == "val":
                 self.calibrate(probs, self.labels[idx])
                 self.folder.set_phase("predict", "predicting val and test with the best checkpoint", total)
@@ -557,8 +561,9 @@ class Trainer:
         train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
         self.folder.set_phase("ood", f"fitting the out-of-distribution scorer on {len(train)} training images",
                               ood_fit.FIT_STEPS, unit="steps")
-        entry = ood_fit.fit_for_model(self.folder.dir, model, self.images[train], self.images[self.idx["val"]],
-                                      seed=self.args.seed, progress=self.folder.advance)
+        entry = ood_fit.fit_for_model(self.folder.dir, model, train_images=self.images[train],
+                                      val_images=self.images[self.idx["val"]], seed=self.args.seed,
+                                      progress=self.folder.advance)
         meta = read_metadata(self.folder.dir)
         meta["ood"] = entry
         write_metadata(self.folder.dir, meta)
@@ -586,7 +591,7 @@ def main(argv=None) -> int:
     chief = is_chief()
     run_dir = args.run_dir if chief else worker_dir()
     try:
-        return common.run_locked(args, run_dir, _run, PROG)
+        return common.run_locked(args, run_dir, _run, prog=PROG)
     finally:
         if not chief and not os.environ.get(WORKER_DIR_ENV):
             shutil.rmtree(run_dir, ignore_errors=True)

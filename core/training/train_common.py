@@ -98,7 +98,7 @@ def parse_args(argv=None, *, prog: str, default_task: str = options.CLASSIFY, de
     return args
 
 
-def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, keep=(), epochs: int | None = None):
+def load_resume_args(parser: argparse.ArgumentParser, run_dir: Path, *, keep=(), epochs: int | None = None):
     """The options a run was started with, read back from its config file.
 
     ``keep`` names recorded values that are not options of ``parser`` but are carried
@@ -135,7 +135,7 @@ def _mark_failed(run_dir: Path, message: str) -> None:
 # ---------------------------------------------------------------- running in a folder
 
 
-def run_locked(args, run_dir: Path, work, prog: str) -> int:
+def run_locked(args, run_dir: Path, work, *, prog: str) -> int:
     """Lock ``run_dir`` and run ``work(args, folder)`` there; any failure ends up in the folder's status.
 
     Returns ``work``'s exit code, 1 when it raised, or :data:`EXIT_USAGE` when
@@ -230,7 +230,7 @@ def split_indices(frame: pd.DataFrame, split_sha256: str) -> dict:
 # ---------------------------------------------------------------- training
 
 
-def make_progress_callback(folder: RunFolder, epoch: int, batches: int, every_seconds: float = 2.0,
+def make_progress_callback(folder: RunFolder, epoch: int, batches: int, *, every_seconds: float = 2.0,
                            distributed: bool = False):
     """A Keras callback that writes batch progress and the heartbeat, and honours STOP.
 

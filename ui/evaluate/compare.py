@@ -102,7 +102,8 @@ def _predictions_csv(source: Source, preds: pd.DataFrame) -> str:
     """The predictions file of what Predict shows: calibrated as the model folder says, with its columns saying so."""
     status = calibration_of(source)
     applied = status["applied"]
-    return predictions.to_csv(served_table(source, preds), predictions.kind(applied), applied, status["n"])
+    return predictions.to_csv(served_table(source, preds), predictions.kind(applied), temperature=applied,
+                              n=status["n"])
 
 
 def export_panel(source: Source, preds: pd.DataFrame) -> None:

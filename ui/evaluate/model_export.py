@@ -38,14 +38,14 @@ def _build(model_dir: str, model_mtime: int, quantize: str) -> export.Export:
     made and emptied here, so that a cached result replays nothing.
     """
     if quantize != "int8":
-        return export.build(Path(model_dir), quantize)
+        return export.build(Path(model_dir), quantize=quantize)
     bar = st.progress(0.0, text="Rounding the int8 kernels…")
 
     def progress(done: int, total: int, layer: str) -> None:
         bar.progress(done / total, text=f"Rounding the int8 kernels: layer {done} of {total} ({layer})")
 
     try:
-        return export.build(Path(model_dir), quantize, progress=progress)
+        return export.build(Path(model_dir), quantize=quantize, progress=progress)
     finally:
         bar.empty()
 

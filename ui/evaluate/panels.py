@@ -216,8 +216,8 @@ def _validation_point(source: Source, positive: str, target: float, y_bin, score
         return
     val = load_source(Source(source.model, "val", source.model.path / evaluate.SPLIT_FILES["val"]))
     val_bin = (val[predictions.TRUTH] == positive).to_numpy()
-    chosen = metrics.threshold_from_validation(val_bin, val[positive].to_numpy(dtype=np.float64), y_bin, scores,
-                                               target=target)
+    chosen = metrics.threshold_from_validation(val_bin, val[positive].to_numpy(dtype=np.float64), y_bin=y_bin,
+                                               scores=scores, target=target)
     if chosen["validation"] is None:
         return
     t = chosen["threshold"]

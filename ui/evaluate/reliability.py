@@ -109,7 +109,7 @@ def _val_rows(source: Source) -> int:
 @st.cache_data(max_entries=16, show_spinner="Auditing subgroups…")
 def _subgroups(preds: pd.DataFrame, groups: pd.DataFrame, classes: tuple, positive: str, t: float) -> pd.DataFrame:
     y_true, probs = evaluate.arrays(preds, classes)
-    return metrics.subgroup_audit(y_true, probs, groups, classes, positive=positive, threshold=t, seed=SEED)
+    return metrics.subgroup_audit(y_true, probs, groups, classes=classes, positive=positive, threshold=t, seed=SEED)
 
 
 def subgroup_panel(source: Source, preds: pd.DataFrame) -> None:

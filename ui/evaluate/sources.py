@@ -201,7 +201,7 @@ def _run_external(model_dir: Path, first, second) -> Path | None:
     try:
         typed = isinstance(first, Path)
         images, truth = (first, second) if typed else _save_uploads(out / "upload", first, second)
-        evaluate.evaluate_external(model_dir, images, truth, out, progress=progress, decode=decode_upload,
+        evaluate.evaluate_external(model_dir, images, truth, out_dir=out, progress=progress, decode=decode_upload,
                                    roots=uploads.external_roots() if typed else None)
     except (OSError, ValueError) as err:
         bar.empty()

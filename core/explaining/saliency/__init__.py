@@ -136,7 +136,7 @@ METHODS = {m.name: m for m in _METHODS}
 DEFAULT_METHOD = STITCHED
 
 
-def explain(explainer: Explainer, x: np.ndarray, method: str, class_index: int) -> np.ndarray:
+def explain(explainer: Explainer, x: np.ndarray, method: str, *, class_index: int) -> np.ndarray:
     """The map of the method named ``method`` (a key of :data:`METHODS`) on one model input."""
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose from {list(METHODS)}")
@@ -144,7 +144,7 @@ def explain(explainer: Explainer, x: np.ndarray, method: str, class_index: int) 
     return np.clip(np.asarray(saliency, dtype=np.float32), 0.0, None)
 
 
-def explain_image(explainer: Explainer, rgb: np.ndarray, method: str, class_index: int) -> np.ndarray:
+def explain_image(explainer: Explainer, rgb: np.ndarray, method: str, *, class_index: int) -> np.ndarray:
     """The map of ``method`` for an RGB image of any size, returned at that image's own ``(H, W)``.
 
     The image is stretched to the model input exactly as for prediction; the
@@ -152,7 +152,7 @@ def explain_image(explainer: Explainer, rgb: np.ndarray, method: str, class_inde
     """
     from core.dataset.images import to_model_input
 
-    saliency = explain(explainer, to_model_input(rgb, explainer.input_size), method, class_index)
+    saliency = explain(explainer, to_model_input(rgb, explainer.input_size), method, class_index=class_index)
     return resize_map(saliency, np.shape(rgb)[:2])
 
 

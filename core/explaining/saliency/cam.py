@@ -48,7 +48,7 @@ def _build(explainer: Explainer, layers: tuple, weighting: str):
     return cams
 
 
-def raw_cams(explainer: Explainer, batch: np.ndarray, class_indices, layers, weighting: str = "gradcam") -> tuple:
+def raw_cams(explainer: Explainer, batch: np.ndarray, class_indices, *, layers, weighting: str = "gradcam") -> tuple:
     """``([(N, h, w) map per layer at its native size], probabilities (N, C))``, not normalised."""
     import tensorflow as tf
 
@@ -75,7 +75,7 @@ def _per_image(fn, maps: np.ndarray) -> np.ndarray:
     return np.stack([fn(m) for m in maps]).astype(np.float32)
 
 
-def cam_batch(explainer: Explainer, batch: np.ndarray, class_indices, layer: str | None = None,
+def cam_batch(explainer: Explainer, batch: np.ndarray, class_indices, *, layer: str | None = None,
               weighting: str = "gradcam") -> tuple:
     """Fast Grad-CAM or LayerCAM at one layer: ``(maps (N, H, W) in [0, 1], probabilities (N, C))``.
 
@@ -86,11 +86,12 @@ def cam_batch(explainer: Explainer, batch: np.ndarray, class_indices, layer: str
         layer: the layer to explain at (default: the explainer's ``last_conv_layer``).
         weighting: ``"gradcam"`` (channel-mean gradient) or ``"layercam"`` (element-wise positive gradient).
     """
-    (maps,), probs = raw_cams(explainer, batch, class_indices, [layer or explainer.last_conv_layer], weighting)
+    (maps,), probs = raw_cams(explainer, batch, class_indices, layers=[layer or explainer.last_conv_layer],
+                              weighting=weighting)
     return _per_image(normalize_map, upsample(maps, explainer.input_size)), probs
 
 
-def fused_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=None,
+def fused_batch(explainer: Explainer, batch: np.ndarray, class_indices, *, strides=None,
                 gamma: float = LAYERCAM_GAMMA) -> tuple:
     """LayerCAM's multi-layer fusion (Jiang et al., 2021, sec. III-C): ``(maps, probabilities)``.
 
@@ -100,7 +101,7 @@ def fused_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=
     """
     stages = explainer.stage_layers()
     strides = sorted(strides or stages)
-    maps, probs = raw_cams(explainer, batch, class_indices, [stages[s] for s in strides], "layercam")
+    maps, probs = raw_cams(explainer, batch, class_indices, layers=[stages[s] for s in strides], weighting="layercam")
     deepest = len(strides) - 1
     fused = None
     for depth, stage in enumerate(maps):
@@ -113,7 +114,7 @@ def fused_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=
     return _per_image(normalize_map, fused), probs
 
 
-def agreement_batch(explainer: Explainer, batch: np.ndarray, class_indices, strides=(8, 16)) -> tuple:
+def agreement_batch(explainer: Explainer, batch: np.ndarray, class_indices, *, strides=(8, 16)) -> tuple:
     """LayerCAM at two stages fused by their geometric mean: ``(maps, probabilities)``.
 
     Each stage's LayerCAM is divided by its maximum and upsampled to the input
@@ -123,7 +124,7 @@ def agreement_batch(explainer: Explainer, batch: np.ndarray, class_indices, stri
     :func:`fused_batch` keeps every stage's stray peaks, the product drops them.
     """
     layers = [explainer.stage_layer(s) for s in strides]  # a model without these stages uses its last conv
-    maps, probs = raw_cams(explainer, batch, class_indices, layers, "layercam")
+    maps, probs = raw_cams(explainer, batch, class_indices, layers=layers, weighting="layercam")
     product = None
     for stage in maps:
         peak = stage.max(axis=(1, 2), keepdims=True)
@@ -159,7 +160,8 @@ def interleave(maps: np.ndarray) -> np.ndarray:
     return woven
 
 
-def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, stride: int = STITCH_STRIDE) -> np.ndarray:
+def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, *,
+                   stride: int = STITCH_STRIDE) -> np.ndarray:
     """LayerCAM at the stride-``stride`` stage sampled every ``stride / 2`` pixels: maps ``(N, H, W)`` in [0, 1].
 
     Shift-and-stitch (Sermanet et al., OverFeat, 2014; Long et al., FCN, 2015): the stage's cells lie
@@ -173,7 +175,7 @@ def stitched_batch(explainer: Explainer, batch: np.ndarray, class_indices, strid
     shift = max(1, stride // 4)
     copies = np.concatenate([shifted_copies(x, shift)[0] for x in np.asarray(batch, dtype=np.float32)])
     classes = np.repeat(np.asarray(class_indices, dtype=np.int32).reshape(-1), 4)
-    (raw,), _ = raw_cams(explainer, copies, classes, [layer], "layercam")
+    (raw,), _ = raw_cams(explainer, copies, classes, layers=[layer], weighting="layercam")
     woven = np.stack([interleave(raw[i: i + 4]) for i in range(0, len(raw), 4)])
     return _per_image(normalize_map, upsample(woven, explainer.input_size))
 
@@ -194,7 +196,7 @@ def _tfkv_layer_args(explainer: Explainer) -> dict:
     return {"penultimate_layer": explainer.last_conv_layer, "seek_penultimate_conv_layer": False}
 
 
-def tfkv_cam(explainer: Explainer, x: np.ndarray, class_index: int, name: str, **options) -> np.ndarray:
+def tfkv_cam(explainer: Explainer, x: np.ndarray, class_index: int, *, name: str, **options) -> np.ndarray:
     """One tf-keras-vis CAM (``gradcam``, ``gradcam++``, ``layercam``, ``scorecam``) at the last conv layer."""
     with quiet():
         cam = explainer.tfkv(name)(class_score(class_index), x[None], **_tfkv_layer_args(explainer), **options)
@@ -203,21 +205,21 @@ def tfkv_cam(explainer: Explainer, x: np.ndarray, class_index: int, name: str, *
 
 def gradcam(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM via tf-keras-vis ``Gradcam`` on the linear-output clone (reference for the fast one)."""
-    return tfkv_cam(explainer, x, class_index, "gradcam")
+    return tfkv_cam(explainer, x, class_index, name="gradcam")
 
 
 def gradcam_plus_plus(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al., 2018): channel weights from positive
     second-order gradient terms, which localises several instances of a class better."""
-    return tfkv_cam(explainer, x, class_index, "gradcam++")
+    return tfkv_cam(explainer, x, class_index, name="gradcam++")
 
 
 def layercam(explainer: Explainer, x: np.ndarray, class_index: int) -> np.ndarray:
     """LayerCAM (Jiang et al., 2021) at the last conv layer via tf-keras-vis (reference for the fast one)."""
-    return tfkv_cam(explainer, x, class_index, "layercam")
+    return tfkv_cam(explainer, x, class_index, name="layercam")
 
 
-def scorecam(explainer: Explainer, x: np.ndarray, class_index: int, max_n: int = SCORECAM_MAX_N) -> np.ndarray:
+def scorecam(explainer: Explainer, x: np.ndarray, class_index: int, *, max_n: int = SCORECAM_MAX_N) -> np.ndarray:
     """Faster Score-CAM (Wang et al., 2020): gradient-free. The ``max_n`` activation
     maps with the largest spatial variance mask the input; each is weighted by the
     softmax score of the class on its masked input."""
@@ -228,7 +230,7 @@ def scorecam(explainer: Explainer, x: np.ndarray, class_index: int, max_n: int =
     interactive = keras.config.is_interactive_logging_enabled()
     keras.config.disable_interactive_logging()  # Score-CAM calls predict(): no progress bars
     try:
-        return tfkv_cam(explainer, x, class_index, "scorecam", max_N=n, batch_size=n)
+        return tfkv_cam(explainer, x, class_index, name="scorecam", max_N=n, batch_size=n)
     finally:
         if interactive:
             keras.config.enable_interactive_logging()

@@ -62,7 +62,7 @@ def colorize(saliency: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     return lut(cmap)[index]
 
 
-def overlay(rgb: np.ndarray, saliency: np.ndarray, opacity: float = 0.5, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+def overlay(rgb: np.ndarray, saliency: np.ndarray, *, opacity: float = 0.5, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """Blend the heat map of ``saliency`` over ``rgb`` (the map is resized to the image).
 
     Args:
@@ -77,7 +77,7 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, opacity: float = 0.5, cmap: s
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def draw_outline(rgb: np.ndarray, mask: np.ndarray, color=LESION_COLOUR, width: int = 2) -> np.ndarray:
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, *, color=LESION_COLOUR, width: int = 2) -> np.ndarray:
     """Draw the outline of a mask (resized to the image, nearest neighbour) on a copy of ``rgb``."""
     edge = mask_outline(resize_mask(mask, rgb.shape[:2]), width)
     out = np.array(rgb, dtype=np.uint8, copy=True)
@@ -85,7 +85,7 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, color=LESION_COLOUR, width: 
     return out
 
 
-def contours(rgb: np.ndarray, saliency: np.ndarray, levels=CONTOUR_LEVELS, cmap: str = DEFAULT_CMAP,
+def contours(rgb: np.ndarray, saliency: np.ndarray, *, levels=CONTOUR_LEVELS, cmap: str = DEFAULT_CMAP,
              width: int = 2, dim: float = 0.0) -> np.ndarray:
     """Iso-contours of the map over the image: one line per level, in that level's colour.
 
@@ -129,7 +129,7 @@ def _luma(colour) -> float:
     return 0.299 * red + 0.587 * green + 0.114 * blue
 
 
-def render(rgb: np.ndarray, saliency: np.ndarray, style: str = DEFAULT_STYLE, cmap: str = DEFAULT_CMAP,
+def render(rgb: np.ndarray, saliency: np.ndarray, *, style: str = DEFAULT_STYLE, cmap: str = DEFAULT_CMAP,
            opacity: float = 0.5, mask: np.ndarray | None = None, min_width: int = 0) -> np.ndarray:
     """The picture of a map over its image, as the page shows it and ``core.explaining.explain`` saves it.
 
@@ -146,7 +146,7 @@ def render(rgb: np.ndarray, saliency: np.ndarray, style: str = DEFAULT_STYLE, cm
         raise ValueError(f"unknown style {style!r}: use one of {STYLES}")
     rgb = upscale(rgb, min_width)
     if style == "blend":
-        out = overlay(rgb, saliency, opacity, cmap)
+        out = overlay(rgb, saliency, opacity=opacity, cmap=cmap)
     else:
         out = contours(rgb, saliency, cmap=cmap, width=line_width(rgb))
     if mask is not None:
@@ -168,7 +168,7 @@ def upscale(rgb: np.ndarray, min_width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize(size, Image.Resampling.BICUBIC))
 
 
-def legend(cmap: str = DEFAULT_CMAP, width: int = 320, height: int = 16, levels=CONTOUR_LEVELS,
+def legend(cmap: str = DEFAULT_CMAP, *, width: int = 320, height: int = 16, levels=CONTOUR_LEVELS,
            discrete: bool = False) -> np.ndarray:
     """A colour-scale bar with tick labels 0 … 1 (share of the map's maximum), ``levels`` marked.
 

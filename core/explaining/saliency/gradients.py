@@ -48,7 +48,7 @@ def input_gradients(explainer: Explainer, batch: np.ndarray, class_indices) -> n
     return fn(x, idx).numpy()
 
 
-def integrated_gradients(explainer: Explainer, x: np.ndarray, class_index: int, steps: int = IG_STEPS,
+def integrated_gradients(explainer: Explainer, x: np.ndarray, class_index: int, *, steps: int = IG_STEPS,
                          sigma: float = 2.0) -> np.ndarray:
     """Integrated gradients from a blurred baseline; the positive evidence, smoothed.
 
@@ -69,7 +69,8 @@ def integrated_gradients(explainer: Explainer, x: np.ndarray, class_index: int, 
     return normalize_map(attribution)
 
 
-def smoothgrad(explainer: Explainer, x: np.ndarray, class_index: int, samples: int = SMOOTHGRAD_SAMPLES) -> np.ndarray:
+def smoothgrad(explainer: Explainer, x: np.ndarray, class_index: int, *,
+               samples: int = SMOOTHGRAD_SAMPLES) -> np.ndarray:
     """SmoothGrad via tf-keras-vis: |d(logit_c)/d(pixel)| averaged over copies of the
     image with Gaussian noise (20 % of the value range), max over channels."""
     with quiet():
