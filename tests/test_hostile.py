@@ -371,7 +371,7 @@ def test_order_is_checked_against_the_runs_config(tiny_model_dir, tmp_path):
     folder = copy_model(tiny_model_dir, tmp_path / "run")
     (folder / "predictions_val.csv").unlink()
     (folder / "config.json").write_text(json.dumps({"classes": list(reversed(CLASSES))}))
-    with pytest.raises(folder.ModelFolderError, match="but config.json recorded"):
+    with pytest.raises(modelio.ModelFolderError, match="but config.json recorded"):
         modelio.read_metadata(folder)
 
 
@@ -663,7 +663,7 @@ SIZE_CASES = {
 def test_input_sizes_out_of_bounds_are_refused_from_model_json(case, tiny_model_dir, tmp_path, capsys):
     changes, expected = SIZE_CASES[case]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
-    with pytest.raises(folder.ModelFolderError) as err:
+    with pytest.raises(modelio.ModelFolderError) as err:
         ModelFolder(folder)  # what the Predict page opens a run folder with
     assert str(err.value) == (f"model model: model.json {expected}: a model input side must be a whole number "
                               f"of pixels from {modelio.MIN_INPUT_SIDE} to {modelio.MAX_INPUT_SIDE}")
@@ -694,7 +694,7 @@ LAYER_CASES = {
 def test_model_json_must_agree_with_the_model(case, tiny_model_dir, tmp_path):
     changes, expected = LAYER_CASES[case]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), **changes)
-    with pytest.raises(folder.ModelFolderError, match="^model model: model.json ") as err:
+    with pytest.raises(modelio.ModelFolderError, match="^model model: model.json ") as err:
         ModelFolder(folder).model
     assert expected in str(err.value)
 
@@ -702,7 +702,7 @@ def test_model_json_must_agree_with_the_model(case, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("temperature", ["abc", -1.0, 0, float("inf"), True])
 def test_a_temperature_that_is_not_a_positive_number_is_refused(temperature, tiny_model_dir, tmp_path):
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), temperature=temperature)
-    with pytest.raises(folder.ModelFolderError) as err:
+    with pytest.raises(modelio.ModelFolderError) as err:
         modelio.read_metadata(folder)
     assert str(err.value) == (f"model model: model.json 'temperature' is {temperature!r}: it must be a positive "
                               "number, or null for none")
@@ -712,7 +712,7 @@ def test_segmenter_metadata_is_bounded(tiny_segmenter_dir, tmp_path):
     for changes, expected in ((dict(image_height=100000), "'image_height' is 100000: a model input side"),
                               (dict(threshold="half"), "'threshold' is 'half': it must be a number (0 to 1; above 1 finds none)")):
         folder = tamper(copy_model(tiny_segmenter_dir, tmp_path / str(len(expected))), **changes)
-        with pytest.raises(folder.ModelFolderError, match=f"^segmenter {folder.name}: model.json ") as err:
+        with pytest.raises(modelio.ModelFolderError, match=f"^segmenter {folder.name}: model.json ") as err:
             segment.Segmenter(folder)
         assert expected in str(err.value)
 
@@ -844,10 +844,10 @@ def test_reordered_classes_without_any_recorded_order_are_refused(tiny_model_dir
     swapped = ["akiec", "bcc", "bkl", "df", "nv", "mel", "vasc"]
     folder = tamper(copy_model(tiny_model_dir, tmp_path / "model"), classes=swapped)
     (folder / "predictions_val.csv").unlink()
-    with pytest.raises(folder.ModelFolderError, match="but predictions_test.csv recorded"):
+    with pytest.raises(modelio.ModelFolderError, match="but predictions_test.csv recorded"):
         modelio.read_metadata(folder)
     (folder / "predictions_test.csv").unlink()
-    with pytest.raises(folder.ModelFolderError) as err:
+    with pytest.raises(modelio.ModelFolderError) as err:
         modelio.read_metadata(folder)
     assert str(err.value) == (f"model model: model.json lists classes {swapped}, not in the order training writes "
                               f"({list(CLASSES)}), and no config.json or predictions file records the order: "
@@ -862,7 +862,7 @@ def test_the_order_is_read_from_a_predictions_file_with_its_header_line(tiny_mod
     predictions.write(folder / "predictions_val.csv", table, predictions.RAW)  # as runs write it: header first
     (folder / "predictions_test.csv").unlink()
     tamper(folder, classes=list(reversed(CLASSES)))
-    with pytest.raises(folder.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
+    with pytest.raises(modelio.ModelFolderError, match=r"but predictions_val.csv recorded \['akiec'"):
         modelio.read_metadata(folder)
 
 
