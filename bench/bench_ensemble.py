@@ -1,6 +1,6 @@
 """Teachers, their ensemble and other candidates against v2, from a soft-targets file.
 
-Reads the file ``python -m core.training.soft_targets`` wrote (each teacher's probabilities
+Reads the file ``lesionlab soft-targets`` wrote (each teacher's probabilities
 after its own temperature, on the 4 flips of every image of the split) and prints,
 on the validation split, for every candidate: balanced accuracy, macro ROC AUC,
 log-loss, ECE (15 bins, top label), melanoma sensitivity and specificity at the
@@ -129,7 +129,7 @@ def candidates_on(found, split: str, args) -> tuple:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", type=Path, required=True, help="the soft-targets file (python -m core.training.soft_targets)")
+    parser.add_argument("--targets", type=Path, required=True, help="the soft-targets file (lesionlab soft-targets)")
     parser.add_argument("--ensemble", action="append", default=[], metavar="A+B",
                         help="also score the ensemble of these teachers (names joined by +); repeatable")
     parser.add_argument("--model", type=Path, action="append", default=[],

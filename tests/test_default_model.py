@@ -49,7 +49,7 @@ def test_cli_predicts_with_no_dataset_present(tmp_path):
     Image.fromarray(image).save(tmp_path / "lesion_like.jpg")
     env = {**os.environ, "HAM10000_DIR": str(tmp_path / "no_dataset_here"), "PYTHONPATH": str(PROJECT)}
     out = tmp_path / "out.csv"
-    cmd = [sys.executable, "-m", "core.serving.predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
+    cmd = [sys.executable, "-m", "core", "predict", "--model", str(DEFAULT), "--out", str(out), str(tmp_path / "lesion_like.jpg")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out)  # a plain CSV: pandas' defaults read it

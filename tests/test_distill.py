@@ -81,7 +81,7 @@ def test_a_student_of_soft_targets_only_learns_its_teachers_swap(tmp_path, tiny_
     soft_targets.build(targets, [_swapping_teacher(tmp_path, tiny_dataset, split_file)], split_file,
                        data_dir=tiny_dataset)
     run_dir = tmp_path / "student"
-    cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--split-file", str(split_file),
+    cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(run_dir), "--split-file", str(split_file),
            "--soft-targets", str(targets), "--distill-weight", "1", "--distill-temperature", "2",
            "--arch", "small_cnn", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--epochs", "30",
            "--warmup-epochs", "0", "--lr", "0.003", "--finetune-lr", "0.003", "--imbalance", "none", "--augment", "light"]

@@ -171,7 +171,7 @@ def test_cli_predicts_an_external_set_end_to_end(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     result = subprocess.run(
-        [sys.executable, "-m", "core.evaluation.evaluate", "--model", str(model_dir), "--images", str(images),
+        [sys.executable, "-m", "core", "evaluate", "--model", str(model_dir), "--images", str(images),
          "--truth", str(truth), "--out", str(out), "--batch-size", "4"],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=170,
     )
@@ -199,7 +199,7 @@ def test_cli_reports_bad_inputs(tmp_path, capsys):
     code = evaluate.main(["--model", str(tmp_path / "nomodel"), "--images", str(images),
                           "--truth", str(truth), "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "model metadata not found" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "error: --model nomodel: no such folder"
 
 
 def test_read_truth_accepts_an_image_id_dx_table(tmp_path):

@@ -252,10 +252,10 @@ def test_int8_with_an_unknown_split_is_refused(tmp_path, tiny_data, wide_model, 
 
 
 def test_module_entry_point_refuses_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "core.serving.export", "--model", str(tmp_path), "--out", str(tmp_path / "x")],
+    proc = subprocess.run([sys.executable, "-m", "core", "export", "--model", str(tmp_path), "--out", str(tmp_path / "x")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {tmp_path}: not a model folder (it needs model.keras and model.json)"
+    assert proc.stderr.strip() == f"error: --model {tmp_path.name}: not a model folder (it needs model.keras and model.json)"
 
 
 def test_the_shipped_int8_file_belongs_to_the_shipped_model_and_runs():

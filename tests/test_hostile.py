@@ -317,11 +317,11 @@ TRUTH_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(TRUTH_CASES))
-def test_evaluate_cli_answers_bad_truth_with_one_line_and_exit_2(case, tmp_path, capsys):
+def test_evaluate_cli_answers_bad_truth_with_one_line_and_exit_2(case, tiny_model_dir, tmp_path, capsys):
     write_images(tmp_path / "images", ["ISIC_0000000", "ISIC_0000001"])
     make, expected = TRUTH_CASES[case]
     make(tmp_path / "truth.csv")
-    code = evaluate.main(["--model", str(tmp_path / "model"), "--images", str(tmp_path / "images"),
+    code = evaluate.main(["--model", str(tiny_model_dir), "--images", str(tmp_path / "images"),
                           "--truth", str(tmp_path / "truth.csv"), "--out", str(tmp_path / "out")])
     assert code == 2
     line = stderr_line(capsys)
@@ -543,9 +543,9 @@ from core.contracts import predictions
 CLI_TIMEOUT = 900  # generous: a loaded machine has taken minutes to import TensorFlow
 
 
-def run_cli(module: str, *args) -> subprocess.CompletedProcess:
-    """``python -m core.<module> ARGS`` in a real process, from the project root."""
-    return subprocess.run([sys.executable, "-m", f"core.{module}", *map(str, args)], cwd=PROJECT,
+def run_cli(command: str, *args) -> subprocess.CompletedProcess:
+    """``python -m core <command> ARGS`` (``lesionlab <command> ARGS``) in a real process, from the project root."""
+    return subprocess.run([sys.executable, "-m", "core", command, *map(str, args)], cwd=PROJECT,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT)
 
 
@@ -731,8 +731,8 @@ def test_explain_answers_a_tampered_model_json_and_a_bad_layer_with_one_line(tin
 
 def test_explain_and_segment_with_no_readable_image_say_so_in_one_line(tiny_model_dir, tiny_segmenter_dir, tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 broken")
-    for module, model in (("explain", tiny_model_dir), ("segment", tiny_segmenter_dir)):
-        proc = run_cli(module, "--model", model, "--out", tmp_path / module, tmp_path / "junk.jpg")
+    for command, model in (("explain", tiny_model_dir), ("segment", tiny_segmenter_dir)):
+        proc = run_cli(command, "--model", model, "--out", tmp_path / command, tmp_path / "junk.jpg")
         assert one_error_line(proc) == "error: no readable image among the paths given (skipped 1)"
         assert "skipped " in proc.stderr and "junk.jpg" in proc.stderr
 
@@ -964,7 +964,7 @@ def test_a_nul_byte_in_a_typed_path_is_a_message(evaluate_env):
 def test_truth_csv_size_is_refused_from_bytes_and_lines_before_parsing():
     big = external.truth_size_problem(42 * 2**20, lambda: pytest.fail("read a file refused by its size"))
     assert big == ("the ground-truth CSV has 42.0 MB, more than the 2 MB this page reads; use "
-                   "`python -m core.evaluation.evaluate` for large sets.")
+                   "`lesionlab evaluate` for large sets.")
     rows = b"image_id,dx\n" + b"I,nv\n" * 1_000_000
     assert "1,000,000 rows in the ground-truth CSV, more than the 2,000" in external.truth_size_problem(
         external.MAX_TRUTH_BYTES, lambda: rows)

@@ -67,7 +67,7 @@ def cli_accepts(tmp_path, options: dict, capsys) -> bool:
     except SystemExit as stop:
         assert stop.code == 2
         message = capsys.readouterr().err
-        assert message.count("\n") == 1 and message.startswith("python -m core.training.train: error: "), message
+        assert message.count("\n") == 1 and message.startswith("lesionlab train: error: "), message
         return False
     return True
 

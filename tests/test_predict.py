@@ -243,7 +243,7 @@ def test_cli_runs_as_module(model_dir, image_tree, tmp_path):
     root, _ = image_tree
     out = tmp_path / "m.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "core.serving.predict", "--model", str(model_dir), "--out", str(out), str(root)],
+        [sys.executable, "-m", "core", "predict", "--model", str(model_dir), "--out", str(out), str(root)],
         capture_output=True, text=True, timeout=150, cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -333,7 +333,7 @@ def test_argv_parses_with_the_trainer_cli_to_the_same_values(tmp_path):
                "finetune_lr": 3e-5, "imbalance": "focal", "dropout": 0.3, "seed": 7}
     assert runs.validate_options(options) == []
     argv = runs.build_argv(tmp_path, options)
-    args = train.build_parser().parse_args(argv[3:])
+    args = train.build_parser().parse_args(argv[4:])
     assert train.validate_args(args) == []
     for key, value in options.items():
         assert getattr(args, key) == value, key
@@ -341,8 +341,20 @@ def test_argv_parses_with_the_trainer_cli_to_the_same_values(tmp_path):
 
 def test_build_argv_uses_cli_option_names(tmp_path):
     argv = runs.build_argv(tmp_path, {"warmup_epochs": 2, "finetune_lr": 1e-4, "max_images": None})
-    assert argv[:5] == [sys.executable, "-m", "core.training.train", "--run-dir", str(tmp_path)]
-    assert argv[5:] == ["--warmup-epochs", "2", "--finetune-lr", "0.0001"]
+    assert argv[:6] == [sys.executable, "-m", "core", "train", "--run-dir", str(tmp_path)]
+    assert argv[6:] == ["--warmup-epochs", "2", "--finetune-lr", "0.0001"]
+
+
+@pytest.mark.parametrize("cmdline, trainer", [
+    ([sys.executable, "-m", "core", "train", "--run-dir", "r"], True),
+    ([sys.executable, "/venv/bin/lesionlab", "segment-train", "--run-dir", "r"], True),
+    ([sys.executable, "-m", "core.training.train", "--run-dir", "r"], True),
+    ([sys.executable, "-m", "core", "predict", "--out", "train"], False),
+    ([sys.executable, "-m", "streamlit", "run", "app.py"], False),
+    (["/usr/bin/train"], False),
+])
+def test_a_trainer_is_recognised_by_its_command_line(cmdline, trainer):
+    assert runs.is_trainer_cmdline(cmdline) is trainer
 
 
 # ---------------------------------------------------------------- launching

@@ -117,7 +117,7 @@ def test_a_segmentation_run_launched_as_the_page_does_finishes_with_its_run_fold
     options = page_form(image_size=32, image_height=32, epochs=1)
     run_dir = runs.launch(options)
     argv = json.loads((run_dir / rf.LAUNCH_FILE).read_text())["argv"]
-    assert argv == runs.build_argv(run_dir, options) and argv[1:3] == ["-m", "core.training.train"]
+    assert argv == runs.build_argv(run_dir, options) and argv[1:4] == ["-m", "core", "train"]
     assert started[0].wait(timeout=840) == 0, (run_dir / rf.LOG_FILE).read_text()[-3000:]
     status = runs.read_status(run_dir)
     assert status["state"] == "done" and status["best"]["epoch"] == 1, status

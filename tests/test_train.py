@@ -35,7 +35,7 @@ def _epochs(run_dir: Path) -> list[dict]:
 @pytest.mark.timeout(240)
 def test_subprocess_run_writes_the_whole_run_folder(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--epochs", "3", *TINY]
+    cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(run_dir), "--epochs", "3", *TINY]
     done = subprocess.run(cmd, cwd=PROJECT, env=_env(tmp_path, tiny_dataset), timeout=200, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     status = json.loads((run_dir / "status.json").read_text())
@@ -74,11 +74,11 @@ def test_bad_options_are_refused_with_a_message(tmp_path, capsys):
 def test_option_checks_fail_at_once_on_the_console(tmp_path):
     # Before the data loads: a dataset folder that does not exist would fail later, not first.
     for bad in (["--dropout", "1.5"], ["--val-fraction", "0.45", "--test-fraction", "0.4"]):
-        cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(tmp_path / "r"), *bad]
+        cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(tmp_path / "r"), *bad]
         done = subprocess.run(cmd, cwd=PROJECT, env=_env(tmp_path, tmp_path / "no-data"), timeout=120,
                               capture_output=True, text=True)
         assert done.returncode == 2
-        assert done.stderr.count("\n") == 1 and done.stderr.startswith("python -m core.training.train: error: "), done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("lesionlab train: error: "), done.stderr
         assert not (tmp_path / "r").exists()
 
 
@@ -98,7 +98,7 @@ def test_a_second_trainer_in_a_locked_folder_exits_at_once_and_changes_nothing(t
     (run_dir / rf.STOP_FILE).write_text("")
     with rf.RunLock(run_dir):  # this process stands for the trainer that holds the folder
         before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
-        cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--epochs", "1", *TINY]
+        cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(run_dir), "--epochs", "1", *TINY]
         done = subprocess.run(cmd, cwd=PROJECT, env=_env(tmp_path, tiny_dataset), timeout=120,
                               capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -278,7 +278,7 @@ def test_same_config_and_seed_give_the_same_split_and_metrics(tmp_path, tiny_dat
 @pytest.mark.timeout(240)
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--epochs", "2", "--logical-cpus", "2", *TINY]
+    cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(run_dir), "--epochs", "2", "--logical-cpus", "2", *TINY]
     done = subprocess.run(cmd, cwd=PROJECT, env=_env(tmp_path, tiny_dataset), timeout=200, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
@@ -327,7 +327,7 @@ def test_two_workers_under_multi_worker_mirrored_strategy_end_with_the_same_weig
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "core.training.train", "--run-dir", str(run_dir), "--epochs", "1", *TINY,
+    cmd = [sys.executable, "-m", "core", "train", "--run-dir", str(run_dir), "--epochs", "1", *TINY,
            "--warmup-epochs", "0"]
     workers, logs = [], [tmp_path / f"worker-{index}.err" for index in range(2)]
     for index in range(2):
@@ -389,7 +389,7 @@ def test_weight_averaging_survives_a_resume_and_is_scored_once(tmp_path, tiny_da
 
 
 def test_averaging_from_beyond_the_last_epoch_is_refused(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "core.training.train", "--run-dir", str(tmp_path / "r"), "--epochs", "3",
+    completed = subprocess.run([sys.executable, "-m", "core", "train", "--run-dir", str(tmp_path / "r"), "--epochs", "3",
                                 "--average-from", "4"], capture_output=True, text=True, cwd=PROJECT, timeout=120)
     assert completed.returncode == 2
     assert "--average-from cannot exceed --epochs" in completed.stderr

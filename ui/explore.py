@@ -281,7 +281,7 @@ def no_dataset_panel(problem: str | None = None) -> None:
         "CC BY-NC 4.0: non-commercial use, cite Tschandl et al. 2018), or **point the app at a copy**: "
         "start it with `HAM10000_DIR=/path/to/ham10000 python -m ui.serve`. Both the publisher's layout "
         "(`HAM10000_images_part_1/`, `HAM10000_metadata`) and `images/` + `HAM10000_metadata.csv` work. "
-        "From a terminal: `python -m core.dataset.commands download --dest DIR`."
+        "From a terminal: `lesionlab data download --dest DIR`."
     )
     if read_only():
         st.caption("This is a read-only demo: the dataset cannot be downloaded from here.")

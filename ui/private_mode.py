@@ -45,7 +45,7 @@ def unavailable_reason(model_dir: Path) -> str | None:
     if not RUNTIME.is_dir():
         return ("Private mode needs its browser runtime, installed by the set-up (`bash .ci/setup`, which runs "
                 "`npm ci` in ui/private_component); npm was not available when this installation was set up.")
-    make = f"make it with `python -m core.serving.private_export --model {model_dir}`."
+    make = f"make it with `lesionlab private-export --model {model_dir}`."
     if not _export_matches(str(model_dir), (Path(model_dir) / MODEL_FILE).stat().st_mtime_ns):
         return f"This model has no private-mode export made from its current model.keras; {make}"
     return None

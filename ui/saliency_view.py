@@ -6,7 +6,7 @@ aspect: a heat-map blend over the image by default, or iso-contours, with the
 lesion outline (the dataset's mask, else the segmenter's) on top and a colour-scale
 legend that matches what is drawn. Two images per row, so a map is half the page wide
 (about 330 px in a 1,024-px window). Methods are named in plain words, their
-technical names in the help. Each map downloads as the array ``python -m core.explaining.explain``
+technical names in the help. Each map downloads as the array ``lesionlab explain``
 writes and as the picture shown.
 """
 

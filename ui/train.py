@@ -46,7 +46,7 @@ def dataset_notice() -> bool:
     st.warning(
         f"No HAM10000 dataset found at `{root}`, so training cannot start. Set the environment "
         "variable `HAM10000_DIR` to a folder holding `HAM10000_metadata.csv` and the images "
-        "(or fetch it with `python -m core.dataset.commands download`), then restart the app."
+        "(or fetch it with `lesionlab data download`), then restart the app."
     )
     return False
 

@@ -1,6 +1,6 @@
 """The run folder: its file names, its record keys, the one atomic JSON writer and its readers.
 
-A run folder is written by ``python -m core.training.train --run-dir DIR`` (or another
+A run folder is written by ``lesionlab train --run-dir DIR`` (or another
 trainer started through it, such as segmentation) and read by the run registry
 (:mod:`core.training.runs`), the Train page and evaluation. Every file name of a run
 folder is spelled here and nowhere else:

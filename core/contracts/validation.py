@@ -201,6 +201,22 @@ def model_folder_of(path: Path) -> Path | None:
     return None
 
 
+def check_model_folder(path: Path, option: str = "--model") -> Path:
+    """``path`` when it is a model folder (it holds ``model.keras`` and ``model.json``), before any work.
+
+    Only the files' presence is checked here; what they hold is checked when they are read.
+
+    Raises:
+        InputError: no such folder, or a folder without both files (one line naming the folder by its name).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{option} {path.name}: " + ("a file, not a folder" if path.exists() else "no such folder"))
+    if not all((path / name).is_file() for name in MODEL_FOLDER_FILES):
+        raise InputError(f"{option} {path.name}: not a model folder (it needs {MODEL_FILE} and {METADATA_FILE})")
+    return path
+
+
 def check_output_file(path: Path, option: str = "--out", *, force: bool = False, owned=None) -> Path:
     """Refuse an output file a command must not write, before any work is done.
 

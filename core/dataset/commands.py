@@ -1,8 +1,8 @@
 """The dataset's command line: download HAM10000, validate a folder, write a lesion-grouped split.
 
-    python -m core.dataset.commands download [--dest DIR]
-    python -m core.dataset.commands validate [DIR] [--decode]
-    python -m core.dataset.commands split [--data-dir DIR] [--seed N] [--out FILE]
+    lesionlab data download [--dest DIR]
+    lesionlab data validate [DIR] [--decode]
+    lesionlab data split [--data-dir DIR] [--seed N] [--out FILE]
 
 Apart from :mod:`core.dataset.data`, so that the loader and the downloader (which
 checks what it fetched with the loader) do not import each other.
@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.contracts import cli_args
 from core.dataset.data import DatasetError, data_facts, load_dataset, validate_dataset
 
 
@@ -59,8 +60,8 @@ def _cli_split(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``python -m core.dataset.commands``."""
-    parser = argparse.ArgumentParser(prog="python -m core.dataset.commands", description=__doc__.split("\n")[0])
+    """Entry point of ``lesionlab data``."""
+    parser = argparse.ArgumentParser(prog=cli_args.prog("data"), description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     down = commands.add_parser("download", help="fetch HAM10000 from Harvard Dataverse")
     down.add_argument("--dest", help="target folder (default: HAM10000_DIR or data/ham10000)")

@@ -7,7 +7,7 @@ and ``predictions_test.csv`` in the predictions-file format of ``core.contracts.
 Only an external test set (a folder of images with an ISIC ground-truth CSV) is
 predicted here, with TensorFlow imported on first use.
 
-External outputs (``python -m core.evaluation.evaluate --model DIR --images DIR --truth CSV --out DIR``):
+External outputs (``lesionlab evaluate [--model DIR] --images DIR --truth CSV --out DIR``):
 
 * ``predictions_external.csv``: the predictions format, with ``ood_flag`` and ``ood_score``.
 * ``truth_external.csv``: the image table of the test set (labels, metadata, paths).
@@ -43,7 +43,7 @@ from core.evaluation import metrics
 from core.serving import modelio
 from core.serving.folder import ModelFolder
 
-from core.contracts import paths, predictions, validation
+from core.contracts import cli_args, paths, predictions, validation
 from core.dataset.images import ImageError
 
 SPLIT_FILES = predictions.FILES
@@ -327,8 +327,8 @@ def external_metrics(found: pd.DataFrame, classes, report: pd.DataFrame | None) 
 
 def main(argv=None) -> int:
     """Command line: predict an external test set and write its CSVs."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("evaluate"), description=__doc__.splitlines()[0])
+    cli_args.add_model_argument(parser)
     parser.add_argument("--images", required=True, type=Path, help="folder of test images")
     parser.add_argument("--truth", required=True, type=Path, help="ground-truth CSV (ISIC one-hot or image_id,dx)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -343,8 +343,8 @@ def main(argv=None) -> int:
     try:
         batch_size = validation.positive_int(args.batch_size, "--batch-size")
         validation.check_output_folder(args.out, SOURCE_FILE, force=args.force)
-        written = evaluate_external(args.model, args.images, args.truth, out_dir=args.out, batch_size=batch_size,
-                                    progress=report)
+        written = evaluate_external(validation.check_model_folder(args.model), args.images, args.truth, out_dir=args.out,
+                                    batch_size=batch_size, progress=report)
     except (ValueError, OSError) as err:  # every input error of the chain is a ValueError subclass
         print(f"\nerror: {validation.one_line(err)}", file=sys.stderr)
         return validation.EXIT_BAD_INPUT

@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m core.explaining.explain --model DIR [--method NAME] [--target CODE] --out DIR PATH...
+    lesionlab explain [--model DIR] [--method NAME] [--target CODE] --out DIR PATH...
 
 PATHs are image files, folders (searched recursively) or zip files, decoded
 by ``core.dataset.images.decode_image`` at full size. For each image it writes
@@ -38,7 +38,8 @@ from PIL import Image
 from core.dataset.images import SkipReport, iter_sources, to_model_input, write_per_image, write_table
 from core.explaining.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.explaining.saliency.draw import CMAPS, DEFAULT_CMAP, DEFAULT_STYLE, STYLES, render
-from core.contracts.validation import check_output_folder, report
+from core.contracts import cli_args
+from core.contracts.validation import check_model_folder, check_output_folder, report
 
 
 def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, *, method: str, target: str | None = None) -> tuple:
@@ -71,8 +72,8 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
     from core.serving.predict import Predictor
 
-    parser = argparse.ArgumentParser(prog="python -m core.explaining.explain", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("explain"), description=__doc__.split("\n")[0])
+    cli_args.add_model_argument(parser)
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), metavar="NAME",
                         help=f"saliency method (default: {DEFAULT_METHOD!r}); one of: {', '.join(METHODS)}")
     parser.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         check_output_folder(args.out, TABLE_FILE, force=args.force)
-        predictor = Predictor(args.model)
+        predictor = Predictor(check_model_folder(args.model))
         if args.target is not None and args.target not in predictor.classes:
             parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
         skipped = SkipReport()

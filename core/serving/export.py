@@ -24,8 +24,8 @@ Quantisations:
 
 Command line::
 
-    python -m core.serving.export --model DIR --format tflite [--quantize none|float16|dynamic|int8] --out FILE
-                          [--representative N] [--parity N] [--rounding gptq|nearest]
+    lesionlab export [--model DIR] --format tflite [--quantize none|float16|dynamic|int8] --out FILE
+                     [--representative N] [--parity N] [--rounding gptq|nearest]
 
 A request that cannot be served (unknown format, quantisation or rounding, a folder
 that is not a model, int8 without the dataset, an ``--out`` it must not write) exits
@@ -54,7 +54,7 @@ from core.dataset import data, splits
 
 from core.serving import modelio
 
-from core.contracts import paths, predictions, runfolder, validation
+from core.contracts import cli_args, paths, predictions, runfolder, validation
 from core.dataset.images import ImageError, read_model_pixels
 
 FORMATS = ("tflite",)
@@ -104,14 +104,9 @@ def check_request(model_dir: Path, *, fmt: str = "tflite", quantize: str = "none
         raise ExportError(f"unknown quantisation {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
     if rounding not in ROUNDINGS:
         raise ExportError(f"unknown rounding {rounding!r}: expected one of {', '.join(ROUNDINGS)}")
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ExportError(f"{model_dir}: no such folder")
-    if not modelio.is_model_dir(model_dir):
-        raise ExportError(f"{model_dir}: not a model folder (it needs {modelio.MODEL_FILE} and {modelio.METADATA_FILE})")
     try:
-        return modelio.read_metadata(model_dir)
-    except modelio.ModelFolderError as err:
+        return modelio.read_metadata(validation.check_model_folder(model_dir, "model"))
+    except (validation.InputError, modelio.ModelFolderError) as err:
         raise ExportError(str(err)) from err
 
 
@@ -456,8 +451,8 @@ def check_out(out: Path, force: bool = False) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.serving.export", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("export"), description=__doc__.split("\n")[0])
+    cli_args.add_model_argument(parser)
     parser.add_argument("--format", default="tflite", help="export format: " + ", ".join(FORMATS))
     parser.add_argument("--quantize", default="none", help="one of " + ", ".join(QUANTIZATIONS) + " (default none)")
     parser.add_argument("--out", required=True, type=Path, help="the file to write (its JSON card goes beside it)")
@@ -485,10 +480,11 @@ def main(argv=None) -> int:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
         check_out(args.out, args.force)
-        export = build(args.model, quantize=args.quantize, representative=args.representative, parity_n=args.parity,
-                       rounding=args.rounding, progress=_print_progress)
+        export = build(validation.check_model_folder(args.model), quantize=args.quantize,
+                       representative=args.representative, parity_n=args.parity, rounding=args.rounding,
+                       progress=_print_progress)
         out, card = write(export, args.out)
-    except ExportError as err:
+    except (ExportError, validation.InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

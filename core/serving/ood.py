@@ -11,7 +11,7 @@ Every scorer has one interface (:class:`OodScorer`):
 :func:`load_scorer` picks the scorer a model folder was fitted with
 (``model.json["ood"]["method"]``):
 
-``feature_statistics`` (:class:`FeatureStatistics`, fitted by ``python -m core.serving.ood_fit fit``)
+``feature_statistics`` (:class:`FeatureStatistics`, fitted by ``lesionlab ood fit``)
     The mean and standard deviation of every channel of the last layer at each
     resolution of the network (the normalised pixels, then each stage up to the
     last convolution), scored two ways: a logistic "dermatoscopic or not" head

@@ -3,7 +3,7 @@
 The trainer calls :func:`fit_for_model` when a run ends; an existing model
 folder is fitted with::
 
-    python -m core.serving.ood_fit fit --model DIR [--data-dir DIR] [--splits CSV] [--max-train 2000] [--seed 0]
+    lesionlab ood fit [--model DIR] [--data-dir DIR] [--splits CSV] [--max-train 2000] [--seed 0]
 
 which reads the dataset and the folder's ``splits.csv`` (the split the model was
 trained on; its SHA-256 must match ``model.json["split_sha256"]``), writes
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.contracts import cli_args
+from core.contracts.validation import InputError, check_model_folder
 from core.serving import ood
 from core.dataset.images import read_model_pixels, to_model_input
 from core.serving.modelio import input_size, load_model, read_metadata, write_metadata
@@ -166,11 +168,11 @@ def fit_folder(model_dir: Path, *, data_dir: Path | None = None, splits_csv: Pat
 
 
 def main(argv=None) -> int:
-    """``python -m core.serving.ood_fit fit --model DIR``: fit and record the out-of-distribution scorer."""
-    parser = argparse.ArgumentParser(prog="python -m core.serving.ood_fit", description=__doc__.splitlines()[0])
+    """``lesionlab ood fit [--model DIR]``: fit and record the out-of-distribution scorer."""
+    parser = argparse.ArgumentParser(prog=cli_args.prog("ood"), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit the scorer of a model folder")
-    fit.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    cli_args.add_model_argument(fit)
     fit.add_argument("--data-dir", type=Path, default=None, help="HAM10000 folder (default: HAM10000_DIR)")
     fit.add_argument("--splits", type=Path, default=None, help="split CSV (default: the folder's splits.csv)")
     fit.add_argument("--max-train", type=int, default=MAX_TRAIN, help="training images sampled as positives")
@@ -181,9 +183,9 @@ def main(argv=None) -> int:
     from core.serving.modelio import ModelFolderError
 
     try:
-        entry = fit_folder(args.model, data_dir=args.data_dir, splits_csv=args.splits, max_train=args.max_train,
-                           seed=args.seed)
-    except (DatasetError, ModelFolderError, SplitMismatch) as err:
+        entry = fit_folder(check_model_folder(args.model), data_dir=args.data_dir, splits_csv=args.splits,
+                           max_train=args.max_train, seed=args.seed)
+    except (DatasetError, ModelFolderError, SplitMismatch, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"fitted {entry['method']} on {entry['n_train']} training images and {entry['n_negatives']} negatives; "

@@ -13,7 +13,7 @@ from ``model.json["ood"]``. The flag is a hint, not a guarantee.
 
 Command line::
 
-    python -m core.serving.predict --model DIR --out FILE.csv [--tta] PATH...
+    lesionlab predict [--model DIR] --out FILE.csv [--tta] PATH...
 
 PATHs are image files, folders (searched recursively) or zip files. One row per
 image in the predictions-file format of ``core.contracts.predictions``: ``image_id`` (the
@@ -43,7 +43,8 @@ from core.contracts.labels import MALIGNANT
 from core.serving.folder import ModelFolder
 from core.serving.modelio import MODEL_FILE, compiled_forward, is_model_dir
 from core.contracts.paths import default_model_dir, runs_dir
-from core.contracts.validation import EXIT_BAD_INPUT, check_output_file, one_line, positive_int
+from core.contracts import cli_args
+from core.contracts.validation import EXIT_BAD_INPUT, check_model_folder, check_output_file, one_line, positive_int
 
 
 @dataclass(frozen=True)
@@ -261,8 +262,8 @@ def _is_predictions_file(path: Path) -> bool:
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
-    parser = argparse.ArgumentParser(prog="python -m core.serving.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("predict"), description=__doc__.split("\n")[0])
+    cli_args.add_model_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
     try:
         check_output_file(args.out, force=args.force, owned=_is_predictions_file)
         batch_size = positive_int(args.batch_size, "--batch-size")
-        predictor = Predictor(args.model)
+        predictor = Predictor(check_model_folder(args.model))
         table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=skipped)
     except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
         print(f"error: {one_line(err)}", file=sys.stderr)

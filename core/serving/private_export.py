@@ -20,7 +20,7 @@ its thresholds were fitted with; it is written beside the other exports as
 
 Command line::
 
-    python -m core.serving.private_export --model DIR [--out FILE]
+    lesionlab private-export [--model DIR] [--out FILE]
 """
 
 import argparse
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.contracts import cli_args, validation
 from core.serving import export, modelio
 from core.serving import ood as ood_scorers
 FILE_STEM = "model_private"
@@ -144,13 +145,14 @@ def card(meta: dict, content: bytes, model_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     """Command-line entry point: 0 on success, 2 for a folder that cannot be exported."""
-    parser = argparse.ArgumentParser(prog="python -m core.serving.private_export", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="model folder (model.keras + model.json + ood.npz)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("private-export"), description=__doc__.split("\n")[0])
+    cli_args.add_model_argument(parser, needs=(ood_scorers.OOD_FILE,))
     parser.add_argument("--out", type=Path, help="the file to write (default: export/model_private.tflite)")
     args = parser.parse_args(argv)
     try:
-        out, card_file = export.write(build(args.model), args.out or private_path(args.model))
-    except export.ExportError as err:
+        model_dir = validation.check_model_folder(args.model)
+        out, card_file = export.write(build(model_dir), args.out or private_path(model_dir))
+    except (export.ExportError, validation.InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {card_file}")

@@ -1,6 +1,6 @@
 """Lesion segmentation: loading a segmenter folder, segmenting images, and the command line.
 
-``python -m core.serving.segment --model DIR --out DIR PATH...`` writes one
+``lesionlab segment [--model DIR] --out DIR PATH...`` writes one
 ``<image_id>.png`` mask (0/255, the input image's own size) per image and a
 ``measurements.csv`` of lesion measurements (``core.serving.lesion_measures``). Image ids
 are named as for ``core.explaining.explain``: the file stem, or ``a/x`` (written as ``a/x.png``)
@@ -161,10 +161,11 @@ MEASUREMENTS_FILE = "measurements.csv"
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
     from core.dataset.images import SkipReport, iter_sources, write_table
-    from core.contracts.validation import check_output_folder, report
+    from core.contracts import cli_args
+    from core.contracts.validation import check_model_folder, check_output_folder, report
 
-    parser = argparse.ArgumentParser(prog="python -m core.serving.segment", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
+    parser = argparse.ArgumentParser(prog=cli_args.prog("segment"), description=__doc__.split("\n")[0])
+    cli_args.add_model_argument(parser, kind="segmenter")
     parser.add_argument("--out", required=True, type=Path,
                         help=f"folder for <image_id>.png masks (0/255, the image's own size) and {MEASUREMENTS_FILE}")
     parser.add_argument("--force", action="store_true", help="write into --out even when it holds other files "
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     skipped = SkipReport()
     try:
         check_output_folder(args.out, MEASUREMENTS_FILE, force=args.force)
-        segmenter = Segmenter(args.model)
+        segmenter = Segmenter(check_model_folder(args.model))
         table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
         write_table(table, args.out / MEASUREMENTS_FILE, skipped)
     except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors

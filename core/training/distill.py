@@ -1,6 +1,6 @@
 """Knowledge distillation for the trainer: the loss and the label metrics of a student (TensorFlow).
 
-A student run (``python -m core.training.train --soft-targets FILE``) feeds each image a
+A student run (``lesionlab train --soft-targets FILE``) feeds each image a
 target of ``2K`` columns: its one-hot label, then the teachers' ensemble
 probabilities already softened by the distillation temperature ``T``
 (:func:`core.training.soft_targets.training_targets`). The model itself is the same flat

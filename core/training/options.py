@@ -82,10 +82,10 @@ class Option:
 
 C = (CLASSIFY,)  # options of the classifier only
 
-# ---- distillation: a student trained on teachers' probabilities (python -m core.training.soft_targets writes the file)
+# ---- distillation: a student trained on teachers' probabilities (lesionlab soft-targets writes the file)
 DISTILL_OPTIONS = (
     Option("soft_targets", Path, None, "distil: train on the teachers' ensemble probabilities in this file "
-           "(python -m core.training.soft_targets, made on the run's split) as well as on the labels", tasks=C),
+           "(lesionlab soft-targets, made on the run's split) as well as on the labels", tasks=C),
     Option("distill_temperature", float, 2.0, "distillation temperature T: the teachers' and the student's "
            "probabilities are softened by it in the soft loss, which is scaled by T squared",
            low=1.0, high=20.0, tasks=C),

@@ -1,7 +1,7 @@
 """The run registry: launch, watch, stop, resume and delete training runs.
 
 A run is a folder under :func:`core.contracts.paths.runs_dir` written by
-``python -m core.training.train --run-dir DIR`` (its files: :mod:`core.contracts.runfolder`). The
+``lesionlab train --run-dir DIR`` (its files: :mod:`core.contracts.runfolder`). The
 folder is the only truth: this module reads the status, the metrics records and
 the log and never keeps state of its own, so a reloaded page or a restarted
 server sees the same runs.
@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.training import options as opts
-from core.contracts import paths
+from core.contracts import cli_args, paths
 from core.contracts.runfolder import (
     BATCH_RECORD,
     CONFIG_FILE,
@@ -49,7 +48,7 @@ from core.contracts.runfolder import (
 # The registry's own lock, in runs_dir (each run folder has its trainer's lock, core.contracts.runfolder.LOCK_FILE).
 REGISTRY_LOCK_FILE = ".lock"
 
-TRAINER_MODULE = "core.training.train"
+TRAINER_COMMANDS = ("train", "segment-train")  # the lesionlab commands that write a run folder
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
 # The trainer writes a heartbeat at least every batch; a silence this long means it hangs.
@@ -151,8 +150,8 @@ def pid_alive(pid, argv: list | None = None) -> bool:
 
     A pid may be reused by an unrelated process after the trainer died, so the
     process must also be the trainer: its command line equals ``argv`` (what the
-    launcher started) or mentions ``core.training.train``. A zombie has an empty command
-    line and counts as dead.
+    launcher started) or is a trainer's (:func:`is_trainer_cmdline`). A zombie has an
+    empty command line and counts as dead.
     """
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
@@ -171,7 +170,21 @@ def pid_alive(pid, argv: list | None = None) -> bool:
         return _is_user_process(pid)
     if argv and cmdline == [str(a) for a in argv]:
         return True
-    return any(TRAINER_MODULE in part for part in cmdline)
+    return is_trainer_cmdline(cmdline)
+
+
+def is_trainer_cmdline(cmdline: list) -> bool:
+    """True for a trainer's command line: ``lesionlab train ...``, ``python -m core train ...``
+    (``segment-train`` alike), or one that names a trainer's module (``python -m core.training.train``)."""
+    modules = [cli_args.COMMANDS[command].module for command in TRAINER_COMMANDS]
+    if any(module in part for part in cmdline for module in modules):
+        return True
+    return any(part in TRAINER_COMMANDS and _runs_the_dispatcher(cmdline[:k]) for k, part in enumerate(cmdline))
+
+
+def _runs_the_dispatcher(argv: list) -> bool:
+    """True when ``argv`` ends by naming the dispatcher: ``... -m core`` or ``.../lesionlab``."""
+    return argv[-2:] == ["-m", cli_args.PACKAGE] or (bool(argv) and Path(argv[-1]).name == cli_args.PROGRAM)
 
 
 def read_status(run_dir: Path, now: datetime | None = None) -> dict:
@@ -472,7 +485,7 @@ def validate_options(options: dict) -> list:
 
 def build_argv(run_dir: Path, options: dict, command: list | None = None) -> list:
     """The trainer's command line for ``options`` (None values are left out)."""
-    argv = list(command or [sys.executable, "-m", TRAINER_MODULE])
+    argv = list(command or cli_args.python_argv("train"))
     return argv + ["--run-dir", str(run_dir)] + opts.to_argv(options)
 
 
@@ -503,7 +516,7 @@ def launch(options: dict, command: list | None = None) -> Path:
 
     Args:
         options: trainer options (CLI names with underscores), validated first.
-        command: the program to run instead of ``python -m core.training.train``; the
+        command: the program to run instead of ``python -m core train``; the
             run's ``--run-dir`` and options are appended to it.
 
     Raises:

@@ -1,8 +1,8 @@
 """Train the lesion segmenter into a run folder.
 
-``python -m core.training.train --task segmentation --run-dir DIR [options]`` (as the Train
-page launches it) hands the run to :func:`train`; ``python -m core.training.segment_train
---run-dir DIR [options]`` is the same with segmentation as the default task. The
+``lesionlab train --task segmentation --run-dir DIR [options]`` (as the Train page
+launches it) hands the run to :func:`train`; ``lesionlab segment-train --run-dir DIR
+[options]`` is the same with segmentation as the default task. The
 options are the segmentation schema of :mod:`core.training.options`. It writes the run-folder contract of
 ``core.training.train``: ``config.json``, ``status.json``, ``metrics.jsonl`` (one line per
 epoch with ``val_dice``), ``train.log``, ``last.keras`` + ``state.json`` (resume),
@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 
 from core.training import options  # noqa: E402
 
-from core.contracts import paths
+from core.contracts import cli_args, paths
 from core.serving import segment  # noqa: E402
 from core.training import segmenter  # noqa: E402
 from core.training import train_common as common  # noqa: E402
@@ -49,7 +49,7 @@ log = logging.getLogger("core.training.segment_train")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidates for the mask threshold, chosen on validation
 
 
-PROG = "python -m core.training.segment_train"
+PROG = cli_args.prog("segment-train")
 DESCRIPTION = "Train the HAM10000 lesion segmenter into a run folder."
 
 
@@ -266,10 +266,10 @@ def train(args, folder) -> int:
 
 
 def main(argv=None) -> int:
-    """Run ``python -m core.training.segment_train``; returns the exit code."""
+    """Run ``lesionlab segment-train``; returns the exit code."""
     args = common.parse_args(argv, prog=PROG, default_task=options.SEGMENT, description=DESCRIPTION)
     if args.task != options.SEGMENT:
-        print(f"{PROG}: error: this command trains the segmenter; use python -m core.training.train for {args.task}",
+        print(f"{PROG}: error: this command trains the segmenter; use {cli_args.prog('train')} for {args.task}",
               file=sys.stderr)
         return common.EXIT_USAGE
     return common.run_locked(args, args.run_dir, train, prog=PROG)

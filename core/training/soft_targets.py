@@ -1,6 +1,6 @@
 """The soft-targets file: teachers' probabilities on every image of a split file, for distillation.
 
-``python -m core.training.soft_targets --out FILE --split-file SPLITS --teacher DIR [--teacher DIR ...]``
+``lesionlab soft-targets --out FILE --split-file SPLITS --teacher DIR [--teacher DIR ...]``
 predicts every image of the split file (train, val and test, so the ensemble can be
 scored too) with every teacher model folder, and writes one ``.npz`` file:
 
@@ -20,7 +20,7 @@ Each teacher is predicted once and kept in a cache folder beside the file
 (``FILE.teachers/<name>.npz``), keyed by its model file's SHA-256, its temperature
 and the split, so a teacher that finishes later is added by running the command
 again with the longer list; the others are read back. The student trainer reads
-the file with :func:`training_targets` (``core.training.train --soft-targets FILE``).
+the file with :func:`training_targets` (``lesionlab train --soft-targets FILE``).
 
 Images are decoded by ``core.dataset.images`` through the trainer's own cache
 (``core.training.pipeline``). Only the prediction functions import TensorFlow.
@@ -38,7 +38,7 @@ import pandas as pd
 
 from core.serving import calibration, modelio
 
-from core.contracts import paths
+from core.contracts import cli_args, paths
 from core.contracts import runfolder as rf
 from core.contracts.labels import CLASSES
 from core.dataset.splits import load_splits, split_hash
@@ -214,8 +214,8 @@ def build(out: Path, teacher_dirs: list, split_file: Path, *, data_dir: Path, pr
 
 
 def main(argv=None) -> int:
-    """Run ``python -m core.training.soft_targets``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m core.training.soft_targets", description=__doc__,
+    """Run ``lesionlab soft-targets``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog=cli_args.prog("soft-targets"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="the soft-targets file to write (.npz)")
     parser.add_argument("--teacher", type=Path, action="append", required=True,
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         targets = build(args.out, args.teacher, args.split_file, data_dir=args.data_dir or paths.dataset_dir(),
                         progress=progress)
     except (SoftTargetsError, modelio.ModelFolderError, ValueError) as err:
-        print(f"python -m core.training.soft_targets: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     counts = pd.Series(targets.split).value_counts().to_dict()
     print(f"{args.out}: {len(targets.image_id)} images {counts}, teachers {targets.teachers}, "

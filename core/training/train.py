@@ -1,4 +1,4 @@
-"""Train a model into a run folder: ``python -m core.training.train --run-dir DIR [options]``.
+"""Train a model into a run folder: ``lesionlab train --run-dir DIR [options]``.
 
 This command is the only way a model trains; the Train page launches exactly it
 as a subprocess. The run folder (its files are listed in :mod:`core.contracts.runfolder`)
@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 
 from core.training import options  # noqa: E402
 
-from core.contracts import paths
+from core.contracts import cli_args, paths
 from core.contracts import runfolder as rf  # noqa: E402
 from core.training import train_common as common  # noqa: E402
 from core.contracts.labels import CLASSES  # noqa: E402
@@ -54,7 +54,7 @@ from core.training.train_common import (  # noqa: E402, F401  (shared with core.
 )
 
 log = logging.getLogger("core.training.train")
-PROG = "python -m core.training.train"
+PROG = cli_args.prog("train")
 WORKER_DIR_ENV = "HAM_WORKER_DIR"
 
 
@@ -586,7 +586,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    """Run ``python -m core.training.train``; returns the exit code."""
+    """Run ``lesionlab train``; returns the exit code."""
     args = parse_args(argv)
     chief = is_chief()
     run_dir = args.run_dir if chief else worker_dir()
@@ -616,7 +616,7 @@ def _segment(args, folder: RunFolder) -> int:
         message = "segmentation training is not available in this version (core.training.segment_train is missing)"
         log.error(message)
         folder.update(state="failed", finished=now(), message=message)
-        print(f"python -m core.training.train: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return segment_train.train(args, folder)
 

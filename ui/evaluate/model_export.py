@@ -81,7 +81,7 @@ def _requested(model: Evaluable, quantize: str) -> export.Export | None:
     """The converted file once the user asked for it (kept across reruns), else a button (none in read-only mode)."""
     if paths.read_only():  # a conversion holds a core for minutes and hundreds of MB: not for any visitor
         st.info("This read-only demo converts no model: only the ready-made exports shipped with a model are "
-                "offered here. Where the app is not read-only, or with `python -m core.serving.export`, any quantisation "
+                "offered here. Where the app is not read-only, or with `lesionlab export`, any quantisation "
                 "can be converted.")
         return None
     token = f"{model.path}|{quantize}"

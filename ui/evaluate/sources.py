@@ -9,7 +9,7 @@ read-only mode.
 
 Work per visitor is bounded before anything is parsed: a truth CSV above
 ``MAX_TRUTH_BYTES`` or with more than ``MAX_EXTERNAL_IMAGES`` rows is refused from
-its size and its line count (larger sets belong to ``python -m core.evaluation.evaluate``);
+its size and its line count (larger sets belong to ``lesionlab evaluate``);
 one prediction runs per session, and changing any input or pressing Stop cancels it.
 """
 
@@ -93,7 +93,7 @@ def _external_inputs() -> tuple | None:
     modes = ["Upload files"] if paths.read_only() else ["Upload files", SERVER_FOLDER]
     mode = st.radio("Input", modes, horizontal=True, key="evaluate_external_mode")
     st.caption(f"Up to {MAX_EXTERNAL_IMAGES:,} images per set here (truth CSV up to {MAX_TRUTH_BYTES // 2**20} MB); "
-               "larger sets: `python -m core.evaluation.evaluate`. Changing any input or pressing Stop cancels a prediction.")
+               "larger sets: `lesionlab evaluate`. Changing any input or pressing Stop cancels a prediction.")
     if mode == SERVER_FOLDER:
         return _typed_inputs()
     truth_file = st.file_uploader("Ground-truth CSV", type=["csv"], key="evaluate_upload_truth")
@@ -116,7 +116,7 @@ def truth_size_problem(size: int, read) -> str | None:
     """
     if size > MAX_TRUTH_BYTES:
         return (f"the ground-truth CSV has {size / 2**20:,.1f} MB, more than the {MAX_TRUTH_BYTES // 2**20} MB "
-                "this page reads; use `python -m core.evaluation.evaluate` for large sets.")
+                "this page reads; use `lesionlab evaluate` for large sets.")
     content = read()
     rows = content.count(b"\n") - 1 + (not content.endswith(b"\n"))  # lines minus the header
     return _count_problem(rows, "rows in the ground-truth CSV")
@@ -126,7 +126,7 @@ def _count_problem(count: int, what: str = "images") -> str | None:
     if count <= MAX_EXTERNAL_IMAGES:
         return None
     return (f"{count:,} {what}, more than the {MAX_EXTERNAL_IMAGES:,} this page predicts per set; "
-            "use `python -m core.evaluation.evaluate` for large sets.")
+            "use `lesionlab evaluate` for large sets.")
 
 
 def _server_truth_problem(path: Path) -> str | None:
