@@ -543,9 +543,12 @@ from core.contracts import predictions
 CLI_TIMEOUT = 900  # generous: a loaded machine has taken minutes to import TensorFlow
 
 
+CLI_PACKAGES = {"predict": "serving", "segment": "serving", "explain": "explaining"}
+
+
 def run_cli(module: str, *args) -> subprocess.CompletedProcess:
-    """``python -m core.<module> ARGS`` in a real process, from the project root."""
-    return subprocess.run([sys.executable, "-m", f"core.{module}", *map(str, args)], cwd=PROJECT,
+    """``python -m core.<package>.<module> ARGS`` in a real process, from the project root."""
+    return subprocess.run([sys.executable, "-m", f"core.{CLI_PACKAGES[module]}.{module}", *map(str, args)], cwd=PROJECT,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT)
 
 

@@ -160,8 +160,7 @@ MEASUREMENTS_FILE = "measurements.csv"
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
-    from core.dataset.images import SkipReport, iter_sources, write_table
-    from core.contracts.validation import check_output_folder, report
+    from core.dataset.images import run_per_image_command
 
     parser = argparse.ArgumentParser(prog="python -m core.serving.segment", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="segmenter folder (model.keras + model.json)")
@@ -171,16 +170,9 @@ def main(argv=None) -> int:
                         "or lies inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    skipped = SkipReport()
-    try:
-        check_output_folder(args.out, MEASUREMENTS_FILE, force=args.force)
-        segmenter = Segmenter(args.model)
-        table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
-        write_table(table, args.out / MEASUREMENTS_FILE, skipped)
-    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
-        return report(err)
-    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
-    return 0
+    return run_per_image_command(
+        args.paths, args.out, MEASUREMENTS_FILE, force=args.force, what="masks",
+        make_table=lambda sources, skipped: segment_sources(Segmenter(args.model), sources, args.out, on_skip=skipped))
 
 
 if __name__ == "__main__":
