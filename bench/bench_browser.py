@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_server import IDLE, launch_chromium, streamlit_server  # noqa: E402
+from live_server import IDLE, WATCH_RUNS, launch_chromium, streamlit_server  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "ui" / "assets" / "examples").glob("*.jpg"))
 PILLS = ["MEL", "NV", "BKL", "MEL", "BCC", "NV", "BKL", "BCC", "DF", "DF", "AKIEC", "AKIEC"]
@@ -114,15 +114,7 @@ def prediction_times(page, image: Path) -> tuple:
         delete.first.click()
         page.wait_for_function("!document.body.innerText.includes('Malignant (mel + bcc + akiec)')", timeout=WAIT_MS)
         _idle(page)
-    # Note every script run from now on, so the wait below cannot end on the page as it was before the upload.
-    page.evaluate("""() => {
-        clearInterval(window.__watch);
-        window.__ran = false;
-        const app = document.querySelector('[data-testid="stApp"]');
-        window.__watch = setInterval(() => {
-            if (app.getAttribute('data-test-script-state') === 'running') window.__ran = true;
-        }, 2);
-    }""")
+    page.evaluate(WATCH_RUNS)  # the waits below cannot end on the page as it was before the upload
     start = time.perf_counter()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(image))
     page.get_by_text(image.name).first.wait_for(timeout=WAIT_MS)

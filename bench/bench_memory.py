@@ -53,7 +53,7 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))
 
-from live_server import free_port, server_command, stop, wait_healthy  # noqa: E402
+from live_server import WATCH_RUNS, free_port, server_command, stop, wait_healthy  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
@@ -169,14 +169,6 @@ VERDICT_OR_GATE = "() => /Malignant \\(mel \\+ bcc \\+ akiec\\)|does not look li
 # The script has run since the upload, is idle now, and nothing on the page is stale: the full result is drawn.
 SETTLED = """() => window.__ran && !document.querySelector('[data-stale="true"]') &&
     document.querySelector('[data-testid="stApp"]').getAttribute('data-test-script-state') === 'notRunning'"""
-WATCH_RUNS = """() => {
-    clearInterval(window.__watch);
-    window.__ran = false;
-    const app = document.querySelector('[data-testid="stApp"]');
-    window.__watch = setInterval(() => {
-        if (app.getAttribute('data-test-script-state') === 'running') window.__ran = true;
-    }, 5);
-}"""
 
 
 async def predict_original(page, path: Path) -> tuple:

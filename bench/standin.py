@@ -23,11 +23,10 @@ def model_folder(requested: Path | None, stand_in_size: int = 128) -> tuple:
 
 
 def _stand_in(size: int) -> Path:
-    from core.training.models import LAST_CONV, build_model
+    from core.training.models import build_model, model_facts
 
     folder = Path(tempfile.mkdtemp(prefix="bench_model_"))
     build_model("mobilenet_v2", size, len(CLASSES), weights="none").save(folder / "model.keras")
-    write_metadata(folder, {"classes": list(CLASSES), "image_size": size, "arch": "mobilenet_v2",
-                            "preprocessing": "x / 127.5 - 1 inside the model", "last_conv_layer": LAST_CONV["mobilenet_v2"],
+    write_metadata(folder, {"classes": list(CLASSES), "image_size": size, **model_facts("mobilenet_v2", "none"),
                             "temperature": None, "run_id": "bench-stand-in"})
     return folder

@@ -16,6 +16,16 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+# For page.evaluate before an action: from then on window.__ran turns true once a script run starts, so a wait
+# that requires it cannot end on the page as it was before the action.
+WATCH_RUNS = """() => {
+    clearInterval(window.__watch);
+    window.__ran = false;
+    const app = document.querySelector('[data-testid="stApp"]');
+    window.__watch = setInterval(() => {
+        if (app.getAttribute('data-test-script-state') === 'running') window.__ran = true;
+    }, 2);
+}"""
 
 
 def free_port() -> int:

@@ -101,6 +101,14 @@ def test_unreadable_image_found_only_by_decode_check(tiny_dataset):
         data.validate_dataset(frame, check_images=True)
 
 
+def test_an_unreadable_mask_is_found_by_the_decode_check(tiny_dataset):
+    frame = data.load_dataset(tiny_dataset)
+    victim = Path(next(p for p in frame["mask_path"] if p))
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(DatasetError, match=f"{victim}: unreadable image"):
+        data.validate_dataset(frame, check_images=True)
+
+
 def test_data_facts_count_missing_and_unknown_values(tiny_dataset):
     source = pd.read_csv(tiny_dataset / "HAM10000_metadata.csv")
     facts = data.data_facts(data.load_dataset(tiny_dataset))

@@ -125,6 +125,16 @@ def test_outlined_image_resizes_mask_and_draws(tmp_path):
     assert green[16, 30] and not green[30, 40] and not green[0, 0]
     small = explore.outlined_image(str(tmp_path / "i.png"), max_width=40)
     assert small.size == (40, 30)
+    (tmp_path / "bad.png").write_bytes(b"not a mask")
+    assert "unreadable" in explore.outlined_image(str(tmp_path / "i.png"), str(tmp_path / "bad.png")).info["mask_error"]
+
+
+def test_the_gallery_decodes_as_training_and_serving_do(tmp_path):
+    from core.dataset.images import read_image
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    rgba[..., 0], rgba[:15, :, 3] = 200, 255  # half transparent: composited on white, as an upload is
+    Image.fromarray(rgba).save(tmp_path / "t.png")
+    assert np.array_equal(np.asarray(explore.outlined_image(str(tmp_path / "t.png"))), read_image(tmp_path / "t.png"))
 
 
 def test_real_filter_and_aggregates(real_dataset_dir):

@@ -1,12 +1,16 @@
 """Decoding uploads: every kind of bad or unusual file, generated in memory."""
 
 import io
+import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from core.contracts.validation import EXIT_BAD_INPUT
 from core.dataset.images import (
     ImageError,
     SkipReport,
@@ -14,7 +18,10 @@ from core.dataset.images import (
     decode_sources,
     distinct_ids,
     iter_sources,
+    read_image,
     read_mask,
+    require_rows,
+    run_image_command,
     resize_mask,
     to_model_input,
     write_per_image,
@@ -139,6 +146,45 @@ def test_masks_resize_and_read(tmp_path):
     assert read_mask(tmp_path / "m.png").sum() == 200
     small = resize_mask(mask, (15, 20))
     assert small.dtype == bool and small.sum() == 50
+
+
+def test_masks_are_read_through_the_one_opener_with_its_errors(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
+    with pytest.raises(ImageError, match="not an image|truncated|could not be read"):
+        read_mask(tmp_path / "broken.png")
+    os.mkfifo(tmp_path / "pipe.png")  # nobody writes: opening it would block forever
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_mask(tmp_path / "pipe.png")
+
+
+def test_every_reader_opens_image_files_through_the_one_opener():
+    project = Path(__file__).resolve().parent.parent
+    files = [project / "app.py", *(p for top in ("core", "ui", "pages") for p in (project / top).rglob("*.py"))]
+    openers = [str(p.relative_to(project)) for p in files if "Image.open(" in p.read_text(encoding="utf-8")]
+    assert openers == ["core/dataset/images.py"]
+
+
+def test_read_image_decodes_a_file_as_an_upload(tmp_path):
+    data = encode(gradient_rgb(), "PNG")
+    (tmp_path / "i.png").write_bytes(data)
+    assert np.array_equal(read_image(tmp_path / "i.png"), decode_image(data))
+    assert read_image(tmp_path / "i.png", decode=lambda raw: len(raw)) == len(data)
+
+
+def test_an_image_command_says_bad_input_in_one_line_and_counts_the_skipped(capsys):
+    def work(skipped):
+        list(decode_sources([("a.png", encode(gradient_rgb(), "PNG")), ("b.jpg", b"junk")], on_skip=skipped))
+        return "done"
+
+    assert run_image_command(work, lambda result, skipped: f"{result}; skipped {skipped}") == 0
+    assert capsys.readouterr().out == "done; skipped 1\n"
+
+    def nothing_readable(skipped):
+        skipped("b.jpg", "junk")
+        require_rows(pd.DataFrame(), skipped)
+
+    assert run_image_command(nothing_readable, str) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines()[-1] == "error: no readable image among the paths given (skipped 1)"
 
 
 def test_zip_members_and_sources_skip_bad_entries(tmp_path):

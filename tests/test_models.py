@@ -4,29 +4,47 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.training.models import ARCHITECTURES, LAST_CONV, build_model
+from core.serving.export import preprocessing_layers
+from core.training import models
+from core.training.models import BACKBONES, build_model
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_every_architecture_is_flat_with_a_named_last_conv(arch):
-    model = build_model(arch, image_size=64, n_classes=7)
-    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 7)
-    last = model.get_layer(LAST_CONV[arch])
-    assert len(last.output.shape) == 4
+@pytest.mark.parametrize("backbone", BACKBONES.values(), ids=BACKBONES)
+def test_every_registered_backbone_builds_flat_with_the_facts_its_model_json_records(backbone):
+    side = backbone.min_side  # the smallest input it promises to take
+    model = build_model(backbone.name, image_size=(side, side + backbone.multiple), n_classes=7)
+    assert model.name == backbone.name
+    assert model.input_shape == (None, side, side + backbone.multiple, 3) and model.output_shape == (None, 7)
+    facts = models.model_facts(backbone.name, "none")
+    assert facts == {"arch": backbone.name, "weights": "none", "preprocessing": backbone.preprocessing,
+                     "last_conv_layer": backbone.last_conv_layer}
+    assert len(model.get_layer(facts["last_conv_layer"]).output.shape) == 4
+    assert preprocessing_layers(model), "the preprocessing its model.json describes is not inside the model"
     assert not any(hasattr(layer, "layers") for layer in model.layers), "a backbone is nested as one layer"
-    probs = model.predict(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"), verbose=0)
-    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    images = np.random.default_rng(0).uniform(0, 255, (2, side, side + backbone.multiple, 3)).astype("float32")
+    assert np.allclose(model.predict(images, verbose=0).sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_architecture_tables_are_derived_from_the_registry():
+    assert models.ARCHITECTURES == tuple(BACKBONES)
+    assert models.OFFLINE_IMAGENET == ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2")
+    assert models.preprocessing_text("mobilenet_v2", "offline-imagenet").startswith("torchvision ImageNet")
+    assert models.preprocessing_text("mobilenet_v2", "none") == BACKBONES["mobilenet_v2"].preprocessing
+    assert BACKBONES["small_cnn"].weights == ("none",) and not BACKBONES["small_cnn"].pretrained
+    assert BACKBONES["efficientnet_lite0"].weights == ("none", "offline-imagenet")
 
 
 def test_invalid_combinations_are_refused():
     with pytest.raises(ValueError, match="from scratch"):
         build_model("small_cnn", 64, 7, weights="imagenet")
-    with pytest.raises(ValueError, match="offline ImageNet weights exist for mobilenet_v2, efficientnet_lite0"):
+    with pytest.raises(ValueError, match="offline-imagenet weights exist for mobilenet_v2, efficientnet_lite0"):
         build_model("efficientnet_b0", 64, 7, weights="offline-imagenet")
     with pytest.raises(ValueError, match="no keras.applications download"):
         build_model("efficientnet_lite0", 64, 7, weights="imagenet")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet", 64, 7)
+    with pytest.raises(ValueError, match="at least 32 px a side"):
+        build_model("small_cnn", (16, 64), 7)
 
 
 def _torchvision_view(img: Image.Image, size: int = 224) -> np.ndarray:
@@ -89,6 +107,6 @@ def test_efficientnet_lite_plan_matches_its_checkpoint_and_keeps_a_4_by_3_frame(
     assert len(blocks) == len(efficientnet_lite.block_plan(efficientnet_lite.VARIANTS["efficientnet_lite0"]))
     model = build_model("efficientnet_lite0", image_size=(144, 192), n_classes=7, weights="offline-imagenet")
     assert model.input_shape == (None, 144, 192, 3)
-    assert model.get_layer(LAST_CONV["efficientnet_lite0"]).output.shape[1:3] == (5, 6)
+    assert model.get_layer(models.last_conv_layer("efficientnet_lite0")).output.shape[1:3] == (5, 6)
     kernel = model.get_layer("top_conv").get_weights()[0]
     assert np.array_equal(kernel, state["_conv_head.weight"].transpose(2, 3, 1, 0))

@@ -1,6 +1,7 @@
 """The option schema of both tasks: the form, the command line and the validator accept and refuse the same
 option sets, and the defaults of each task launch its smallest run."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,54 @@ def test_arch_defaults_are_valid_for_every_architecture(monkeypatch):
     for arch in models.ARCHITECTURES:
         assert opts.validate({"arch": arch, **opts.arch_defaults(arch)}) == [], arch
     assert opts.arch_defaults("small_cnn")["weights"] == "none"
-    # the list of offline checkpoints is read when asked, so a new one is picked up
-    monkeypatch.setattr(models, "OFFLINE_IMAGENET", ("mobilenet_v2", "efficientnet_b0"))
+    assert opts.validate({"arch": "efficientnet_lite0", "weights": "imagenet"}) == [
+        "efficientnet_lite0 has no keras.applications download: choose weights 'offline-imagenet'"]
+    # the registry is read when asked, so an offline checkpoint given to an entry is picked up
+    b0 = models.BACKBONES["efficientnet_b0"]
+    monkeypatch.setitem(models.BACKBONES, "efficientnet_b0", replace(b0, offline_weights=lambda model: None))
     assert opts.arch_defaults("efficientnet_b0")["weights"] == "offline-imagenet"
     assert opts.validate({"arch": "efficientnet_b0"}) == []
     assert opts.allowed_weights("efficientnet_b0") == models.WEIGHTS
+    assert "efficientnet_b0" in opts.by_name()["weights"].help
+
+
+def _squeezed(text: str) -> str:
+    """``text`` without whitespace: argparse wraps help lines (and breaks words at hyphens)."""
+    return "".join(text.split())
+
+
+def test_the_help_lists_every_registered_backbone():
+    from core.training import train
+    text = _squeezed(train.build_parser().format_help())
+    assert "{" + ",".join(models.BACKBONES) + "}" in text
+    for backbone in models.BACKBONES.values():
+        assert _squeezed(f"{backbone.name}: {backbone.blurb}") in text, backbone.name
+
+
+FAKE = models.Backbone("fake_net", builder=lambda inputs, weights: inputs, last_conv_layer="image",
+                       preprocessing="none", blurb="a registry test double", keras_imagenet=False, multiple=64)
+
+
+def test_a_registered_backbone_becomes_a_choice_with_its_own_rules(monkeypatch, tmp_path, capsys):
+    from core.training import train
+    monkeypatch.setitem(models.BACKBONES, FAKE.name, FAKE)
+    arch = opts.by_name()["arch"]
+    assert arch.choices[-1] == "fake_net" and "fake_net: a registry test double" in arch.help
+    assert _squeezed("fake_net: a registry test double") in _squeezed(train.build_parser().format_help())
+    good = {"arch": "fake_net", **opts.arch_defaults("fake_net"), "image_size": 128, "image_height": 64}
+    assert good["weights"] == "none" and opts.validate(good) == []
+    assert cli_accepts(tmp_path, good, capsys)
+    assert opts.validate({**good, "image_size": 96}) == [
+        "fake_net needs input sides that are multiples of 64, got 64 x 96"]
+    assert opts.validate({**good, "weights": "imagenet"}) == [
+        "fake_net has no pretrained weights (it trains from scratch): choose weights 'none'"]
+
+
+def test_a_registered_backbone_is_offered_by_the_form(monkeypatch, form_env):
+    monkeypatch.setitem(models.BACKBONES, FAKE.name, FAKE)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert "fake_net" in at.selectbox(key="train_opt_classification_arch").options
 
 
 def test_help_text_shows_ranges_and_choices():

@@ -20,7 +20,7 @@ def test_status_round_trip_through_the_registry_reader(tmp_path):
     status = runs.read_status(folder.dir)
     assert status["state"] == status["stored_state"] == "done"
     assert status["best"] == {"epoch": 2, rf.BEST_KEY: 0.5} and status["pid"] is not None
-    assert not list(folder.dir.glob(".*.tmp"))  # the atomic writer leaves no temp file
+    assert not list(folder.dir.glob(f"*{rf.TEMP_MARK}*"))  # the atomic writer leaves no temp file
 
 
 def test_a_resumed_folder_keeps_its_start_and_best(tmp_path):
@@ -70,6 +70,61 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["average.npz"]
 
 
+def test_the_atomic_writer_shows_the_old_file_until_the_new_one_is_whole(tmp_path):
+    path = tmp_path / "status.json"
+    rf.write_text_atomic(path, "the old file")
+    seen = []
+
+    def write(tmp):
+        tmp.write_text("the new ")
+        seen.append((tmp, path.read_text(), sorted(p.name for p in tmp_path.iterdir())))
+        with open(tmp, "a") as handle:
+            handle.write("file")
+
+    rf.write_atomic(path, write)
+    rf.write_atomic(path, write)
+    (first, during, listing), (second, _, _) = seen
+    assert during == "the old file"  # a reader during the write sees the whole old file
+    assert first.parent == tmp_path and first.name.startswith(".") and rf.TEMP_MARK in first.name
+    assert first.suffix == ".json" and first != second  # the suffix kept, a new name per call
+    assert listing == sorted([first.name, "status.json"])
+    assert path.read_text() == "the new file" and [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+@pytest.mark.parametrize("failure", ["while writing", "while renaming"])
+def test_a_failed_atomic_write_keeps_the_old_file_and_cleans_its_temporary_file(tmp_path, monkeypatch, failure):
+    path = tmp_path / rf.METADATA_FILE
+    rf.write_json_atomic(path, {"version": 1})
+
+    def write(tmp):
+        tmp.write_bytes(b'{"version": ')
+        if failure == "while writing":
+            raise OSError(28, "No space left on device")
+
+    def refuse(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    if failure == "while renaming":
+        monkeypatch.setattr(rf.os, "replace", refuse)
+    with pytest.raises(OSError):
+        rf.write_atomic(path, write)
+    assert rf.read_json(path) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [rf.METADATA_FILE]
+
+
+def test_bytes_text_and_json_go_through_the_one_writer(tmp_path, monkeypatch):
+    written = []
+    real = rf.write_atomic
+    monkeypatch.setattr(rf, "write_atomic", lambda path, write: written.append(path) or real(path, write))
+    rf.write_bytes_atomic(tmp_path / "a.bin", b"\x00\x01")
+    rf.write_text_atomic(tmp_path / "b.txt", "é")
+    rf.write_json_atomic(tmp_path / "c.json", {"b": 1, "a": 2}, sort_keys=True)
+    rf.write_npz_atomic(tmp_path / "d.npz", {"x": [1, 2]}, compressed=False)
+    assert written == [tmp_path / name for name in ("a.bin", "b.txt", "c.json", "d.npz")]
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01" and (tmp_path / "b.txt").read_bytes() == "é".encode()
+    assert (tmp_path / "c.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}'
+
+
 def test_stop_request_round_trip(tmp_path):
     folder = rf.RunFolder(tmp_path)
     assert not folder.stop_requested()
@@ -103,15 +158,19 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
 
 
 def test_each_run_folder_file_name_is_spelled_in_one_core_module():
+    splits = ("val", "test", "external")
+    patterns = [rf.PREDICTIONS_PATTERN, rf.SCORES_PATTERN, rf.EXPORT_PATTERN]
+    names = FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.OOD_FILE, rf.EXPORT_DIR] + patterns
+    instances = [rf.predictions_file(s) for s in splits] + [rf.scores_file(s) for s in splits] + [
+        rf.export_file(variant) for variant in ("none", "float16", "int8", "private")]
     spelled = {}
     for path in sorted((PROJECT / "core").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
-        predictions = [rf.predictions_file(split) for split in ("val", "test", "external")]
-        for name in FILE_NAMES + [rf.STOP_FILE, rf.TENSORBOARD_DIR, rf.PREDICTIONS_PATTERN] + predictions:
-            if re.search(r"[\"']" + re.escape(name) + r"[\"']", text):
+        for name in names + instances:
+            if re.search(r"[\"'/]" + re.escape(name) + r"[\"'/]", text):
                 spelled.setdefault(name, []).append(path.name)
     assert all(modules == ["runfolder.py"] for modules in spelled.values()), spelled
-    assert len(spelled) == len(FILE_NAMES) + 3
+    assert set(spelled) == set(names)  # the constants themselves, each found once
 
 
 def test_model_metadata_goes_through_the_one_atomic_writer(tmp_path, monkeypatch):

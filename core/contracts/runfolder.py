@@ -1,4 +1,4 @@
-"""The run folder: its file names, its record keys, the one atomic JSON writer and its readers.
+"""The run folder: its file names, its record keys, the one atomic writer and its readers.
 
 A run folder is written by ``lesionlab train --run-dir DIR`` (or another
 trainer started through it, such as segmentation) and read by the run registry
@@ -20,6 +20,9 @@ folder is spelled here and nowhere else:
 ``splits.csv``         the lesion-grouped split the run used
 ``predictions_*.csv``  the best model's predictions, one file per split
 ``tensorboard/``       TensorBoard event files (``train/`` and ``validation/``)
+``ood.npz``            the out-of-distribution gate's fitted statistics
+``scores_*.csv``       a segmenter's per-image scores, one file per split
+``export/``            ready-made TFLite exports (``model_<variant>.tflite``) and their cards
 =====================  ==========================================================
 
 This module imports neither TensorFlow nor Streamlit.
@@ -29,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +56,11 @@ METADATA_FILE = "model.json"
 SPLITS_FILE = "splits.csv"
 TENSORBOARD_DIR = "tensorboard"
 PREDICTIONS_PATTERN = "predictions_{split}.csv"
+OOD_FILE = "ood.npz"  # the fitted out-of-distribution gate's statistics, in a model folder
+SCORES_PATTERN = "scores_{split}.csv"  # a segmenter folder's per-image scores of one split
+EXPORT_DIR = "export"  # inside a model folder: ready-made exports (export_file) and their JSON cards
+EXPORT_PATTERN = "model_{variant}.tflite"
+TEMP_MARK = ".tmp"  # in the name of write_atomic's temporary files
 
 # metrics.jsonl records
 EPOCH_RECORD = "epoch"
@@ -85,6 +94,16 @@ def predictions_file(split: str) -> str:
     return PREDICTIONS_PATTERN.format(split=split)
 
 
+def scores_file(split: str) -> str:
+    """The file name of a segmenter's per-image scores of a split, e.g. ``scores_val.csv``."""
+    return SCORES_PATTERN.format(split=split)
+
+
+def export_file(variant: str) -> str:
+    """The file name of a ready-made export in :data:`EXPORT_DIR`: a quantisation (``model_int8.tflite``) or ``private``."""
+    return EXPORT_PATTERN.format(variant=variant)
+
+
 def now_iso() -> str:
     """The current UTC time as the run folder writes it (ISO 8601, seconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -93,35 +112,56 @@ def now_iso() -> str:
 # ---------------------------------------------------------------- reading and writing
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Call ``write(binary file)`` on a hidden temporary file beside ``path``, then rename it over ``path``:
-    a reader sees the old file or the whole new one, never half of it; a failed write leaves no temporary file."""
+def write_atomic(path: Path, write) -> None:
+    """Make ``path`` with ``write(temporary path)``, then rename the temporary file over ``path``.
+
+    The one atomic writer: a reader sees the old file or the whole new one, never
+    half of it. The temporary file is hidden, in ``path``'s own folder (a rename
+    within one file system is atomic), named uniquely per call (two writers of one
+    file never share it) and keeps ``path``'s suffix (``np.save`` and Keras choose
+    the format by it); whatever happens in ``write``, it does not outlive the call.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}{path.suffix}")
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+
+
+def _through_file(write_file):
+    """``write(temporary path)`` for :func:`write_atomic` from ``write_file(binary file)``."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as fh:
+            write_file(fh)
+    return write
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes so a reader never sees half a file."""
+    write_atomic(path, _through_file(lambda fh: fh.write(data)))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text so a reader never sees half a file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: dict, *, sort_keys: bool = False) -> None:
     """Write JSON so a reader never sees half a file."""
-    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=float)
-    _replace_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=float))
 
 
 def write_arrays_atomic(path: Path, arrays: list, count: int) -> None:
     """Save numbered arrays and a count as ``.npz`` so a reader never sees half a file."""
-    numbered = {f"a{i}": a for i, a in enumerate(arrays)}
-    _replace_atomically(path, lambda fh: np.savez(fh, count=np.int64(count), **numbered))
+    write_npz_atomic(path, {"count": np.int64(count), **{f"a{i}": a for i, a in enumerate(arrays)}}, compressed=False)
 
 
-def write_npz_atomic(path: Path, arrays: dict) -> None:
-    """Save named arrays as a compressed ``.npz`` so a reader never sees half a file."""
-    _replace_atomically(path, lambda fh: np.savez_compressed(fh, **arrays))
+def write_npz_atomic(path: Path, arrays: dict, *, compressed: bool = True) -> None:
+    """Save named arrays as an ``.npz`` (compressed unless told) so a reader never sees half a file."""
+    save = np.savez_compressed if compressed else np.savez
+    write_atomic(path, _through_file(lambda fh: save(fh, **arrays)))
 
 
 def read_arrays(path: Path) -> tuple[list, int] | None:

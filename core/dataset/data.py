@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
 from core.contracts.labels import CLASSES
+from core.dataset.images import ImageError, read_image, read_mask
 from core.dataset.layout import IMAGE_DIRS, MASK_DIRS, MASK_SUFFIX, METADATA_NAMES, find_metadata
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
@@ -213,13 +212,12 @@ def validate_dataset(
 
 
 def _decode_all(frame: pd.DataFrame, source) -> None:
-    """Decode every image and mask; raise naming the first unreadable file."""
-    paths = list(frame["path"]) + [p for p in frame["mask_path"] if p]
-    for path in paths:
+    """Decode every image and mask as training does; raise naming the first unreadable file."""
+    reads = [(path, read_image) for path in frame["path"]] + [(path, read_mask) for path in frame["mask_path"] if path]
+    for path, read in reads:
         try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            read(path)
+        except (ImageError, OSError) as err:
             raise DatasetError(f"{path}: unreadable image ({err}) (listed in {source})") from err
 
 

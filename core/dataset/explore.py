@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.dataset.images import mask_outline
+from core.dataset.images import mask_outline, read_image, read_mask, resize_mask
 from core.contracts.labels import CLASSES
 
 
@@ -196,16 +196,14 @@ def outlined_image(image_path: str, mask_path: str = "", *, max_width: int = 400
     Raises:
         OSError, ValueError: the image itself cannot be read.
     """
-    with Image.open(image_path) as raw:
-        image = raw.convert("RGB")
+    image = Image.fromarray(read_image(image_path))
     if image.width > max_width:
         image = image.resize((max_width, round(image.height * max_width / image.width)), Image.BILINEAR)
     if not mask_path:
         return image
     try:
-        with Image.open(mask_path) as raw:
-            mask = np.asarray(raw.convert("L").resize(image.size, Image.NEAREST)) > 127
-    except (OSError, ValueError, SyntaxError) as err:
+        mask = resize_mask(read_mask(mask_path), (image.height, image.width))
+    except (OSError, ValueError) as err:
         image.info["mask_error"] = f"mask {Path(mask_path).name} unreadable ({type(err).__name__})"
         return image
     pixels = np.asarray(image).copy()

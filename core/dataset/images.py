@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.contracts.predictions import write_csv
-from core.contracts.validation import InputError, read_regular
+from core.contracts.validation import InputError, check_output_folder, read_regular, report
 
 MAX_PIXELS = 40_000_000
 # The app decodes at most one image above this size at a time, whatever the number of
@@ -86,7 +86,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, background=WHITE,
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
+        image = open_image(data, max_pixels)
         with _decode_slot(image.size, max_side):
             _load(image, max_side)
             turn = _orientation(image)
@@ -122,8 +122,15 @@ def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
     return image.resize(size, resample=resample, reducing_gap=2.0 if smooth else None)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open the file and check its size from the header; no pixel is decoded yet."""
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open encoded image bytes and check the size from the header; no pixel is decoded yet.
+
+    The one place a file becomes a Pillow image: images (:func:`decode_image`) and
+    masks (:func:`read_mask`), for training, serving, evaluation and the explorer.
+
+    Raises:
+        ImageError: unrecognised, unreadable or larger than ``max_pixels``.
+    """
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
@@ -245,11 +252,24 @@ def model_pixels(rgb: np.ndarray, size) -> np.ndarray:
 
 def read_model_pixels(path, size) -> np.ndarray:
     """Decode an image file exactly as an upload is decoded, then resize it to the model's input (uint8)."""
+    return model_pixels(read_image(path), size)
+
+
+def read_image(path, decode=decode_image) -> np.ndarray:
+    """Decode an image file exactly as an upload is decoded (``decode``: the app passes :func:`decode_upload`).
+
+    Raises:
+        ImageError: not an image, or not a regular file (a FIFO or device is refused unopened).
+        OSError: the file cannot be read.
+    """
+    return decode(_file_bytes(path))
+
+
+def _file_bytes(path) -> bytes:
     try:
-        data = read_regular(path)
-    except InputError as err:  # a FIFO or device: refused unopened, an ImageError as for any unusable file
+        return read_regular(path)
+    except InputError as err:  # an ImageError as for any unusable file
         raise ImageError(f"{err}.") from err
-    return model_pixels(decode_image(data), size)
 
 
 def resize_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:
@@ -275,9 +295,15 @@ def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a binary lesion mask file as a bool ``(H, W)`` array."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 127
+    """Read a binary lesion mask file as a bool ``(H, W)`` array (grey level above 127).
+
+    Raises:
+        ImageError: not an image, or not a regular file.
+        OSError: the file cannot be read.
+    """
+    image = open_image(_file_bytes(path))
+    _load(image, None)
+    return np.asarray(image.convert("L")) > 127
 
 
 def is_image_name(name: str) -> bool:
@@ -535,14 +561,62 @@ def write_per_image(sources, out_dir, write, *, on_skip=None) -> list:
     return [{"image_id": image_id, **row} for image_id, row in zip(ids, rows)]
 
 
-def write_table(table, path: Path, skipped: SkipReport) -> None:
-    """Write a command line's per-image table as CSV (6 decimals), refusing an empty one.
+def run_image_command(work, summary) -> int:
+    """The frame of a command line that walks images and skips those it cannot decode.
+
+    Args:
+        work: ``work(skipped)`` does the command's work, giving ``skipped`` (a
+            :class:`SkipReport`) as the ``on_skip`` of :func:`decode_sources`, and returns a result.
+        summary: ``summary(result, number skipped)`` is the line printed when it is done.
+
+    Returns:
+        0, or :data:`core.contracts.validation.EXIT_BAD_INPUT` after saying ``error: ...``
+        in one line for bad input (a model folder, an option, an output, no readable image).
+    """
+    skipped = SkipReport()
+    try:
+        result = work(skipped)
+    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
+        return report(err)
+    print(summary(result, len(skipped.names)))
+    return 0
+
+
+def run_per_image_command(paths, out: Path, table_file: str, make_table, what: str, *, force: bool = False) -> int:
+    """A command line writing files per image into the folder ``out`` and their table ``out/table_file``.
+
+    Args:
+        paths: image files, folders and zips (:func:`iter_sources`).
+        out: the output folder, checked first (``core.contracts.validation.check_output_folder``).
+        table_file: the name of the per-image table in ``out``.
+        make_table: ``make_table(sources, on_skip)`` writes the files of each decodable source
+            (through :func:`write_per_image`) and returns the table.
+        what: the files made, for the summary line (``"masks"``).
+        force: write into a folder that holds other files or lies inside a model folder.
+    """
+    def work(skipped):
+        check_output_folder(out, table_file, force=force)
+        table = make_table(iter_sources(paths), skipped)
+        write_table(table, out / table_file, skipped)
+        return table
+
+    return run_image_command(work, lambda table, skipped: f"wrote {len(table)} {what} and {out / table_file}; "
+                                                          f"skipped {skipped}")
+
+
+def require_rows(table, skipped: SkipReport) -> None:
+    """Refuse a command line's per-image table without a row.
 
     Raises:
         InputError: no row, so no image was readable (the message counts the skipped ones).
     """
     if table.empty:
         raise InputError(f"no readable image among the paths given (skipped {len(skipped.names)})")
+
+
+def write_table(table, path: Path, skipped: SkipReport) -> None:
+    """Write a command line's per-image table as CSV (6 decimals), refusing an empty one (:func:`require_rows`)."""
+    require_rows(table, skipped)
     write_csv(path, table, float_format="%.6f")
 
 

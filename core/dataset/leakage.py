@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.contracts.runfolder import write_npz_atomic
 from core.dataset.splits import SPLIT_FILE, load_splits, split_hash
 
 THUMB_SIZE = (32, 24)  # width, height: the 4:3 frame of HAM10000
@@ -98,9 +99,9 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
 
 def fingerprints(paths) -> np.ndarray:
     """:func:`thumbnail` of each image file, one row each (decoded as uploads are)."""
-    from core.dataset.images import decode_image
+    from core.dataset.images import read_image
 
-    rows = [thumbnail(decode_image(Path(p).read_bytes())) for p in paths]
+    rows = [thumbnail(read_image(p)) for p in paths]
     return np.stack(rows) if rows else np.zeros((0, THUMB_SIZE[0] * THUMB_SIZE[1]), np.float32)
 
 
@@ -184,7 +185,5 @@ def cached_bank(dataset: pd.DataFrame, split: pd.DataFrame, cache_root: Path) ->
             return saved["bank"].astype(np.float32), saved["split"]
     bank, bank_split = dataset_bank(dataset, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, bank=bank.astype(np.float16), split=bank_split.astype(str))
-    tmp.replace(path)
+    write_npz_atomic(path, {"bank": bank.astype(np.float16), "split": bank_split.astype(str)}, compressed=False)
     return bank, bank_split

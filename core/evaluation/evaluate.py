@@ -224,10 +224,10 @@ def predict_files(predictor, image_paths, *, batch_size: int = 32, progress=None
 
 
 def _decode(path: Path, decode=None) -> np.ndarray:
-    from core.dataset.images import decode_image
+    from core.dataset.images import decode_image, read_image
 
     try:
-        return (decode or decode_image)(validation.read_regular(path))
+        return read_image(path, decode or decode_image)
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from err
 

@@ -113,7 +113,9 @@ def scores_path(model_dir, split: str):
     """Where a segmenter folder keeps its per-image scores of one split (``scores_<split>.csv``)."""
     from pathlib import Path
 
-    return Path(model_dir) / f"scores_{split}.csv"
+    from core.contracts.runfolder import scores_file
+
+    return Path(model_dir) / scores_file(split)
 
 
 def load_scores(model_dir, split: str) -> pd.DataFrame:

@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.dataset.images import SkipReport, iter_sources, to_model_input, write_per_image, write_table
+from core.dataset.images import run_per_image_command, to_model_input, write_per_image
 from core.explaining.saliency import DEFAULT_METHOD, METHODS, Explainer, explain, resize_map
 from core.explaining.saliency.draw import CMAPS, DEFAULT_CMAP, DEFAULT_STYLE, STYLES, render
 from core.contracts import cli_args
-from core.contracts.validation import check_model_folder, check_output_folder, report
+from core.contracts.validation import check_model_folder
 
 
 def explain_file(predictor, explainer: Explainer, rgb: np.ndarray, *, method: str, target: str | None = None) -> tuple:
@@ -84,19 +84,15 @@ def main(argv=None) -> int:
                         "or lies inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    try:
-        check_output_folder(args.out, TABLE_FILE, force=args.force)
+
+    def maps(sources, skipped) -> pd.DataFrame:
         predictor = Predictor(check_model_folder(args.model))
         if args.target is not None and args.target not in predictor.classes:
             parser.error(f"--target {args.target!r} is not a class of this model: {', '.join(predictor.classes)}")
-        skipped = SkipReport()
-        table = run(predictor, iter_sources(args.paths), method=args.method, out=args.out, target=args.target,
-                    style=args.style, cmap=args.cmap, on_skip=skipped)
-        write_table(table, args.out / TABLE_FILE, skipped)
-    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
-        return report(err)
-    print(f"wrote {len(table)} maps ({args.method}) to {args.out}; skipped {len(skipped.names)}")
-    return 0
+        return run(predictor, sources, method=args.method, out=args.out, target=args.target, style=args.style,
+                   cmap=args.cmap, on_skip=skipped)
+
+    return run_per_image_command(args.paths, args.out, TABLE_FILE, maps, f"maps ({args.method})", force=args.force)
 
 
 if __name__ == "__main__":

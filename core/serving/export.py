@@ -71,7 +71,6 @@ ROUNDINGS = {  # how int8 kernels are rounded onto their grid
 REPRESENTATIVE_IMAGES = 200
 PARITY_IMAGES = 100
 SEED = 0
-EXPORT_DIR = "export"  # inside a model folder: ready-made exports, model_<quantisation>.tflite + .json
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
 
 
@@ -405,7 +404,7 @@ def _not_json(out: Path) -> Path:
 
 def saved_path(model_dir: Path, quantize: str) -> Path:
     """Where a ready-made export of a model folder lives: ``export/model_<quantisation>.tflite``."""
-    return Path(model_dir) / EXPORT_DIR / f"model_{quantize}.tflite"
+    return Path(model_dir) / runfolder.EXPORT_DIR / runfolder.export_file(quantize)
 
 
 def load_saved(model_dir: Path, quantize: str) -> Export | None:

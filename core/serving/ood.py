@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-OOD_FILE = "ood.npz"
+from core.contracts.runfolder import OOD_FILE, write_npz_atomic
 STATISTICS = "feature_statistics"
 DISTANCE = "feature_distance"
 MAX_SOFTMAX = "max_softmax"
@@ -191,9 +191,9 @@ class FeatureStatistics(OodScorer):
 
 
 def save_statistics(model_dir: Path, fitted: StatisticsModel) -> None:
-    """Write ``ood.npz`` (float32)."""
+    """Write ``ood.npz`` (float32), atomically."""
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in vars(fitted).items()}
-    np.savez(Path(model_dir) / OOD_FILE, **arrays)
+    write_npz_atomic(Path(model_dir) / OOD_FILE, arrays, compressed=False)
 
 
 def _saved_arrays(model_dir: Path) -> dict | None:

@@ -37,14 +37,15 @@ from core.serving import ood as ood_scorers
 from core.contracts import predictions as contract
 from core.serving.calibration import calibrate
 from core.dataset.images import (
-    SkipReport, decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, to_model_input,
+    decode_image, decode_sources, distinct_ids, iter_sources, model_pixels, require_rows, run_image_command,
+    to_model_input,
 )
 from core.contracts.labels import MALIGNANT
 from core.serving.folder import ModelFolder
 from core.serving.modelio import MODEL_FILE, compiled_forward, is_model_dir
 from core.contracts.paths import default_model_dir, runs_dir
 from core.contracts import cli_args
-from core.contracts.validation import EXIT_BAD_INPUT, check_model_folder, check_output_file, one_line, positive_int
+from core.contracts.validation import InputError, check_model_folder, check_output_file, positive_int
 
 
 @dataclass(frozen=True)
@@ -271,30 +272,32 @@ def main(argv=None) -> int:
                         "or inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    skipped = SkipReport()
 
-    try:
+    def work(skipped) -> tuple:
         check_output_file(args.out, force=args.force, owned=_is_predictions_file)
         batch_size = positive_int(args.batch_size, "--batch-size")
         predictor = Predictor(check_model_folder(args.model))
         table = predict_paths(predictor, args.paths, tta=args.tta, batch_size=batch_size, on_skip=skipped)
-    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if table.empty:
-        print(f"error: no readable image among the paths given (skipped {len(skipped.names)})", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        require_rows(table, skipped)
+        _write_predictions(args.out, table, predictor)
+        return table, predictor
+
+    def summary(result, skipped: int) -> str:
+        table, predictor = result
+        return (f"wrote {len(table)} rows to {args.out}; {int(table[contract.OOD_FLAG].sum())} flagged as unlike "
+                f"dermatoscopic images; skipped {skipped}. {predictor.calibration['text']}")
+
+    return run_image_command(work, summary)
+
+
+def _write_predictions(out: Path, table: pd.DataFrame, predictor: Predictor) -> None:
+    """Write the command line's predictions file; a file that cannot be written is bad input, said in one line."""
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        contract.write(args.out, table, predictor.probabilities_kind, temperature=predictor.temperature,
+        out.parent.mkdir(parents=True, exist_ok=True)
+        contract.write(out, table, predictor.probabilities_kind, temperature=predictor.temperature,
                        n=predictor.calibration["n"])
     except OSError as err:
-        print(f"error: {args.out.name} cannot be written ({err.strerror or err})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    flagged = int(table[contract.OOD_FLAG].sum())
-    print(f"wrote {len(table)} rows to {args.out}; {flagged} flagged as unlike dermatoscopic images; "
-          f"skipped {len(skipped.names)}. {predictor.calibration['text']}")
-    return 0
+        raise InputError(f"{out.name} cannot be written ({err.strerror or err})") from err
 
 
 if __name__ == "__main__":

@@ -32,15 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from core.contracts import cli_args, validation
+from core.contracts.runfolder import EXPORT_DIR, export_file
 from core.serving import export, modelio
 from core.serving import ood as ood_scorers
-FILE_STEM = "model_private"
+VARIANT = "private"  # the export's name: export/model_private.tflite
 OUTPUTS = ("probabilities", "gate", "cam")
 
 
 def private_path(model_dir: Path) -> Path:
     """Where the private-mode export of a model folder lives."""
-    return Path(model_dir) / export.EXPORT_DIR / f"{FILE_STEM}.tflite"
+    return Path(model_dir) / EXPORT_DIR / export_file(VARIANT)
 
 
 def gate_model(model, meta: dict, fitted: ood_scorers.StatisticsModel):

@@ -160,9 +160,9 @@ MEASUREMENTS_FILE = "measurements.csv"
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input or when no image was readable)."""
-    from core.dataset.images import SkipReport, iter_sources, write_table
     from core.contracts import cli_args
-    from core.contracts.validation import check_model_folder, check_output_folder, report
+    from core.contracts.validation import check_model_folder
+    from core.dataset.images import run_per_image_command
 
     parser = argparse.ArgumentParser(prog=cli_args.prog("segment"), description=__doc__.split("\n")[0])
     cli_args.add_model_argument(parser, kind="segmenter")
@@ -172,16 +172,10 @@ def main(argv=None) -> int:
                         "or lies inside a model folder")
     parser.add_argument("paths", nargs="+", type=Path, help="image files, folders or zip files")
     args = parser.parse_args(argv)
-    skipped = SkipReport()
-    try:
-        check_output_folder(args.out, MEASUREMENTS_FILE, force=args.force)
-        segmenter = Segmenter(check_model_folder(args.model))
-        table = segment_sources(segmenter, iter_sources(args.paths), args.out, on_skip=skipped)
-        write_table(table, args.out / MEASUREMENTS_FILE, skipped)
-    except (ValueError, OSError) as err:  # ModelFolderError, InputError, ImageError are ValueErrors
-        return report(err)
-    print(f"wrote {len(table)} masks and {args.out / MEASUREMENTS_FILE}; skipped {len(skipped.names)}")
-    return 0
+    return run_per_image_command(
+        args.paths, args.out, MEASUREMENTS_FILE, force=args.force, what="masks",
+        make_table=lambda sources, skipped: segment_sources(Segmenter(check_model_folder(args.model)), sources, args.out,
+                                                                on_skip=skipped))
 
 
 if __name__ == "__main__":

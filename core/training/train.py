@@ -44,7 +44,7 @@ from core.contracts import runfolder as rf  # noqa: E402
 from core.training import train_common as common  # noqa: E402
 from core.contracts.labels import CLASSES  # noqa: E402
 from core.serving.modelio import read_metadata, write_metadata  # noqa: E402
-from core.training.models import HEAD_LAYERS, LAST_CONV, build_model, preprocessing_text  # noqa: E402
+from core.training.models import HEAD_LAYERS, build_model, model_facts  # noqa: E402
 from core.training.pipeline import epoch_indices, load_or_build_cache, make_dataset  # noqa: E402
 from core.contracts.runfolder import RunFolder  # noqa: E402
 from core.contracts.runfolder import now_iso as now  # noqa: E402
@@ -363,9 +363,7 @@ class Trainer:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "resume"}
         config.update(classes=self.classes, split_sha256=self.split_sha256, n_images=len(self.frame),
                       split_sizes={split: len(idx) for split, idx in self.idx.items()},
-                      versions=library_versions(), created=now(),
-                      last_conv_layer=LAST_CONV[self.args.arch],
-                      preprocessing=preprocessing_text(self.args.arch, self.args.weights))
+                      versions=library_versions(), created=now(), **model_facts(self.args.arch, self.args.weights))
         if self.distillation:
             config["distillation"] = self.distillation
         self.folder.write_json(rf.CONFIG_FILE, config)
@@ -517,11 +515,11 @@ class Trainer:
     def write_model_metadata(self, **extra) -> None:
         args = self.args
         height, width = input_hw(args)
-        meta = {"classes": self.classes, "image_height": height, "image_width": width, "arch": args.arch,
-                "weights": args.weights, "preprocessing": preprocessing_text(args.arch, args.weights),
+        meta = {"classes": self.classes, "image_height": height, "image_width": width,
+                **model_facts(args.arch, args.weights),
                 "input": "RGB float32 in 0..255, decoded by core.dataset.images, resized to image_height x image_width "
                 "(bilinear stretch, no crop)",
-                "last_conv_layer": LAST_CONV[args.arch], "temperature": None, "split_sha256": self.split_sha256,
+                "temperature": None, "split_sha256": self.split_sha256,
                 "created": now(), "run_id": self.folder.dir.name, "best": self.best}
         meta.update(extra)
         write_metadata(self.folder.dir, meta)

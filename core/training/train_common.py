@@ -260,13 +260,8 @@ def make_progress_callback(folder: RunFolder, epoch: int, batches: int, *, every
 
 
 def save_atomic(model, path: Path) -> None:
-    """Save a Keras model so ``path`` always holds a complete file (temp file + ``os.replace``)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Save a Keras model so ``path`` always holds a complete file (:func:`core.contracts.runfolder.write_atomic`)."""
+    rf.write_atomic(path, model.save)
 
 
 def export_model(model, path: Path) -> None:

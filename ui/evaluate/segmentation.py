@@ -16,7 +16,7 @@ from core.contracts import paths
 
 from core.evaluation import segmentation_metrics
 from core.dataset.data import DatasetError
-from core.dataset.images import decode_image, read_mask
+from core.dataset.images import read_image, read_mask
 from ui.evaluate.common import N_BOOT, SEED, SPLIT_LABELS, fmt_ci, mtime
 from ui.loaders import dataset_table
 
@@ -102,7 +102,7 @@ def worst_cases(scores: pd.DataFrame) -> None:
     for row in scores.nsmallest(n, "dice").itertuples():
         if row.image_id not in frame.index or not frame.at[row.image_id, "mask_path"]:
             continue
-        rgb = decode_image(Path(frame.at[row.image_id, "path"]).read_bytes())
+        rgb = read_image(frame.at[row.image_id, "path"])
         truth = read_mask(Path(frame.at[row.image_id, "mask_path"]))
         predicted = segmenter.segment(rgb)
         st.markdown(f"`{row.image_id}` · {row.dx} · Dice {row.dice:.3f} · Jaccard {row.jaccard:.3f}")
