@@ -582,7 +582,7 @@ def run_image_command(work, summary) -> int:
     return 0
 
 
-def run_per_image_command(paths, out: Path, table_file: str, make_table, what: str, *, force: bool = False) -> int:
+def run_per_image_command(paths, out: Path, table_file: str, *, make_table, what: str, force: bool = False) -> int:
     """A command line writing files per image into the folder ``out`` and their table ``out/table_file``.
 
     Args:

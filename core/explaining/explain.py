@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         return run(predictor, sources, method=args.method, out=args.out, target=args.target, style=args.style,
                    cmap=args.cmap, on_skip=skipped)
 
-    return run_per_image_command(args.paths, args.out, TABLE_FILE, maps, f"maps ({args.method})", force=args.force)
+    return run_per_image_command(args.paths, args.out, TABLE_FILE, make_table=maps, what=f"maps ({args.method})",
+                                 force=args.force)
 
 
 if __name__ == "__main__":
