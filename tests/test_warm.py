@@ -28,9 +28,9 @@ def _counting(monkeypatch, module, name: str) -> list:
 @pytest.mark.timeout(300)
 def test_warm_caches_loads_what_the_first_prediction_needs_once(monkeypatch, clear_streamlit_caches):
     monkeypatch.setenv("HAM_SEGMENTER", str(PROJECT / "models" / "segmenter"))
-    from ui import loaders, predict, saliency_view, segment_view, warm
+    from ui import loaders, saliency_view, segment_view, warm
 
-    predictors = _counting(monkeypatch, predict, "Predictor")
+    predictors = _counting(monkeypatch, loaders, "Predictor")  # the cached loader builds the page's Predictor
     explainers = _counting(monkeypatch, saliency, "Explainer")
     segmenters = _counting(monkeypatch, core_segment, "Segmenter")
     model_dir = paths.default_model_dir()
