@@ -1,22 +1,19 @@
-"""Home page of the HAM10000 Lesion Lab (pages/ directory convention of Streamlit)."""
+"""The HAM10000 Lesion Lab's entry script (``python -m ui.serve`` = ``streamlit run app.py``).
+
+Streamlit runs it on every rerun: it declares the pages (``ui.frame.PAGES``), draws the frame they
+share and runs the page the address names, a thin script in ``app_pages/``. That folder is not called
+``pages/``: Streamlit (1.67) finding a ``pages/`` folder beside the entry script serves a fresh server's
+first session with its legacy navigation, running ``pages/explore.py`` for /explore without this frame.
+"""
 
 import streamlit as st
 
-from ui.frame import PROJECT_NAME, dataset_status, installed_pages, page_setup
-from ui.text import NOT_A_DEVICE
-from ui.home import shipped_model_summary
+from ui.frame import PAGES, page_setup
 
-page_setup(PROJECT_NAME)
-st.title(PROJECT_NAME)
-st.write(
-    "Explore, train, evaluate and explain classifiers of dermatoscopic images on HAM10000: "
-    "10,015 images of 7,470 pigmented skin lesions in seven diagnostic classes."
+page = st.navigation(
+    [st.Page(entry.script, title=entry.title, icon=entry.icon, url_path=entry.url_path or None,
+             default=not entry.url_path) for entry in PAGES],
+    position="hidden",  # the frame draws the sidebar's links itself, under the project's name
 )
-summary = shipped_model_summary()
-if summary:
-    st.markdown(summary)
-for script, label, icon, text in installed_pages()[1:]:
-    st.page_link(script, label=label, icon=icon)
-    st.caption(text)
-st.info(dataset_status())
-st.caption(NOT_A_DEVICE)
+page_setup(page.title)
+page.run()

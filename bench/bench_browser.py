@@ -10,13 +10,13 @@ Each round starts a fresh server as the README does (``python -m ui.serve``) on 
   * **Predict, after Home**: open the app (Home), click Predict in the sidebar as soon as Home shows;
     seconds from the click until the image source can be used (the page's script is idle). The warm start
     (ui/warm.py) loads TensorFlow and the model in the background from the server's start on.
-  * **Predict, cold deep link**: a fresh server opened straight at /Predict (the warm start still running).
+  * **Predict, cold deep link**: a fresh server opened straight at /predict (the warm start still running).
   * **First prediction with its map**: upload one of the example images right after Predict is usable;
     seconds until the probabilities, the outline and both saliency maps are drawn (the faithfulness curves
     are drawn on request, not timed; on a fresh server this still waits for the warm start to finish). Then a second, different image,
     and a third in a new browser session once the server is warm: what a class sees when the app was
     opened a minute before.
-  * **Fresh server, first prediction**: a visitor opens /Predict ``--fresh-delay`` seconds (10) after the
+  * **Fresh server, first prediction**: a visitor opens /predict ``--fresh-delay`` seconds (10) after the
     server was launched and uploads an example at once: seconds to a usable page, then from the upload to
     the verdict (probabilities) and to the full result with its maps.
   * **Explore filter change**: click a diagnosis pill; milliseconds from the click until the new numbers,
@@ -92,10 +92,10 @@ def predict_after_home(browser, url: str) -> tuple:
 
 
 def predict_cold(browser, url: str) -> float:
-    """Seconds from opening /Predict on a fresh server to a usable page."""
+    """Seconds from opening /predict on a fresh server to a usable page."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+    page.goto(f"{url}/predict", wait_until="domcontentloaded")
     _predict_ready(page)
     elapsed = time.perf_counter() - start
     page.close()
@@ -138,7 +138,7 @@ def prediction_times(page, image: Path) -> tuple:
 
 
 def fresh_server_prediction(browser, delay: float) -> tuple:
-    """A visitor who opens /Predict ``delay`` s after the server was launched and uploads an example at once.
+    """A visitor who opens /predict ``delay`` s after the server was launched and uploads an example at once.
 
     Returns seconds from opening to a usable page, then from the upload to the verdict and to the full result.
     """
@@ -147,7 +147,7 @@ def fresh_server_prediction(browser, delay: float) -> tuple:
         time.sleep(max(0.0, launched + delay - time.monotonic()))  # the visitor arrives at launch + delay
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         start = time.perf_counter()
-        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        page.goto(f"{url}/predict", wait_until="domcontentloaded")
         _predict_ready(page)
         ready = time.perf_counter() - start
         verdict, full = prediction_times(page, EXAMPLES[4])
@@ -158,7 +158,7 @@ def fresh_server_prediction(browser, delay: float) -> tuple:
 def prediction_in_new_session(browser, url: str, image: Path) -> float:
     """Seconds to a first prediction with its map in a new session on a server that has finished warming."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+    page.goto(f"{url}/predict", wait_until="domcontentloaded")
     _predict_ready(page)
     elapsed = prediction_with_map(page, image)
     page.close()
@@ -168,7 +168,7 @@ def prediction_in_new_session(browser, url: str, image: Path) -> float:
 def explore_changes(browser, url: str, changes: int) -> list:
     """Milliseconds per diagnosis-pill click on Explore, after one untimed warm-up click."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/Explore", wait_until="domcontentloaded")
+    page.goto(f"{url}/explore", wait_until="domcontentloaded")
     page.get_by_text("Images per class").first.wait_for(timeout=WAIT_MS)
     _idle(page)
     timings = []
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
             _record(results, "fresh_full", full)
         browser.close()
     print(_line("Predict time to interactive, clicked right after Home", results["after_home"], "s"))
-    print(_line("Predict time to interactive, cold deep link to /Predict", results["cold"], "s"))
+    print(_line("Predict time to interactive, cold deep link to /predict", results["cold"], "s"))
     print(_line("first prediction with its map (upload 200x150 JPEG)", results["first"], "s"))
     print(_line("second prediction with its map", results["second"], "s"))
     print(_line("first prediction of a new session on a warm server", results["new_session"], "s"))

@@ -74,7 +74,7 @@ def page_filter_change(repeats: int) -> None:
     """Median rerun time of the Explore page when the site filter changes (AppTest)."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Explore.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).switch_page("app_pages/explore.py")
     start = time.perf_counter()
     at.run()
     print(f"explore page (AppTest): first render {time.perf_counter() - start:.2f} s")

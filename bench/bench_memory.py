@@ -114,7 +114,7 @@ def start_server(project: Path, port: int, env: dict) -> subprocess.Popen:
 
 async def open_predict(page, port: int) -> None:
     """Open Predict and wait until its model is loaded."""
-    await page.goto(f"http://127.0.0.1:{port}/Predict", wait_until="domcontentloaded")
+    await page.goto(f"http://127.0.0.1:{port}/predict", wait_until="domcontentloaded")
     await page.get_by_text("Dermatoscopic image").first.wait_for(timeout=STEP_TIMEOUT_MS)
 
 

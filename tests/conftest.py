@@ -13,7 +13,8 @@ from PIL import Image
 
 from core.contracts.labels import CLASSES
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
+PROJECT = Path(__file__).resolve().parent.parent
+PAGES = PROJECT / "app_pages"
 
 
 @pytest.fixture
@@ -123,16 +124,22 @@ def clear_streamlit_caches():
     st.cache_resource.clear()
 
 
-def start_page(page, timeout: float = 60):
-    """Run a page script once under ``AppTest`` and check that it raised nothing.
+def open_page(page, timeout: float = 60):
+    """The app under ``AppTest``, opened at one page and not run yet: each run draws the frame, then the page.
 
     Args:
-        page: a file name under ``pages/`` (``"4_Predict.py"``) or a path.
+        page: a file name under ``app_pages/`` (``"predict.py"``) or a path.
         timeout: AppTest's default timeout; pages that load TensorFlow need minutes on 2 cores.
     """
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(PAGES / page), default_timeout=timeout)
+    # Before the first run switch_page finds a page by its file name: app_pages/ names each after its address.
+    return AppTest.from_file(str(PROJECT / "app.py"), default_timeout=timeout).switch_page(str(PAGES / page))
+
+
+def start_page(page, timeout: float = 60):
+    """Run the app at one page once under ``AppTest`` (:func:`open_page`) and check that it raised nothing."""
+    at = open_page(page, timeout)
     at.run()
     assert not at.exception, at.exception
     return at

@@ -1,4 +1,4 @@
-"""AppTest of the Home page (app.py): links, dataset status, speed and no TensorFlow."""
+"""AppTest of the app (app.py): Home's links, every page inside the frame, dataset status, no TensorFlow on Home."""
 
 import os
 import subprocess
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import open_page
 from streamlit.testing.v1 import AppTest
+
+from ui.frame import PAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -24,26 +27,28 @@ def _texts(at: AppTest) -> str:
     return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
 
 
-def test_home_links_every_existing_page_and_says_not_a_device(tiny_dataset_env):
+def test_home_links_every_page_by_its_address_and_says_not_a_device(tiny_dataset_env):
     at = _run()
     assert at.title[0].value == "HAM10000 Lesion Lab"
-    links = [link.proto.page for link in at.main.get("page_link")]
-    expected = [p for p in ("pages/1_Explore.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Predict.py")
-                if (ROOT / p).is_file()]
-    assert "pages/1_Explore.py" in expected
-    assert links == [Path(p).stem.split("_", 1)[1] for p in expected]  # url path names
+    links = at.main.get("page_link")
+    assert [link.proto.page for link in links] == ["explore", "train", "evaluate", "predict"]  # url path names
+    assert [link.proto.label for link in links] == [entry.title for entry in PAGES[1:]]
+    assert "Not a medical device" in _texts(at)
 
 
-def test_sidebar_names_every_page_home_first(tiny_dataset_env):
-    labels = [link.proto.label for link in _run().sidebar.get("page_link")]
-    assert labels == ["Home", "Explore", "Train", "Evaluate", "Predict"]
+def test_sidebar_names_every_page_home_first_with_its_material_icon(tiny_dataset_env):
+    links = _run().sidebar.get("page_link")
+    assert [link.proto.label for link in links] == ["Home", "Explore", "Train", "Evaluate", "Predict"]
+    assert [link.proto.icon for link in links] == [entry.icon for entry in PAGES]
+    assert all(link.proto.icon.startswith(":material/") for link in links)
 
 
-@pytest.mark.parametrize("alias", ["explore", "train", "evaluate", "predict"])
-def test_lower_case_page_runs_the_real_page(alias, tiny_dataset_env):
-    at = AppTest.from_file(str(ROOT / "pages" / f"{alias}.py"), default_timeout=120).run()
+@pytest.mark.parametrize("entry", PAGES[1:], ids=[entry.url_path for entry in PAGES[1:]])
+def test_every_page_runs_inside_the_frame(entry, tiny_dataset_env):
+    at = open_page(Path(entry.script).name, timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert alias.capitalize() in at.title[0].value
+    assert entry.title in at.title[0].value
+    assert [link.proto.label for link in at.sidebar.get("page_link")] == [e.title for e in PAGES]
     assert "Not a medical device" in _texts(at)
     assert f"Dataset: found at `{tiny_dataset_env}`" in _texts(at)
 

@@ -119,3 +119,26 @@ def test_core_never_imports_streamlit_or_the_pages():
     offenders = [f"{module} -> {name}" for module, path in modules("core").items() for name in imported_names(path)
                  if name.split(".")[0] in ("streamlit", "ui", "pages")]
     assert offenders == []
+
+
+PAGE_SCRIPTS_NEVER_IMPORT = ("core", "pandas", "numpy", "tensorflow")  # a page calls ui/, which calls these
+
+
+def page_script_offenders(paths) -> list:
+    """``"script -> module"`` for every import of :data:`PAGE_SCRIPTS_NEVER_IMPORT` in the given scripts."""
+    return [f"{path.name} -> {name}" for path in paths for name in imported_names(path)
+            if name.split(".")[0] in PAGE_SCRIPTS_NEVER_IMPORT]
+
+
+def test_page_scripts_are_thin_they_import_ui_not_core_or_data_libraries(tmp_path):
+    from ui.frame import PAGES
+
+    scripts = sorted({PROJECT / "app.py", *(PROJECT / "app_pages").glob("*.py"), *(PROJECT / e.script for e in PAGES)})
+    assert len(scripts) == len(PAGES) + 1  # the entry script and every declared page, no stray script
+    assert not (PROJECT / "pages").exists()  # it would turn on Streamlit's legacy navigation (see app.py)
+    assert page_script_offenders(scripts) == []
+    fat = tmp_path / "fat_page.py"
+    fat.write_text("import pandas as pd\nimport streamlit as st\n"
+                   "from core.dataset import explore\nfrom ui import loaders\n")
+    assert page_script_offenders([fat]) == ["fat_page.py -> pandas", "fat_page.py -> core.dataset",
+                                            "fat_page.py -> core.dataset.explore"]

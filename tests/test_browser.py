@@ -18,10 +18,6 @@ from core.serving import calibration, modelio
 from core.contracts import predictions
 PAGES = [  # (url path, the page's own title)
     ("", "HAM10000 Lesion Lab"),
-    ("Explore", "Explore HAM10000"),
-    ("Train", "Train a model"),
-    ("Evaluate", "Evaluate"),
-    ("Predict", "Predict"),
     ("explore", "Explore HAM10000"),
     ("train", "Train a model"),
     ("evaluate", "Evaluate"),
@@ -98,11 +94,30 @@ def test_deep_link_on_a_fresh_server_renders_the_page(path, expected, browser_pa
 
 
 @pytest.mark.timeout(900)
+def test_the_sidebar_opens_every_page_at_its_address_with_its_tab_title(browser_page):
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import expect
+
+    page, url = browser_page
+    page.goto(url, wait_until="domcontentloaded")
+    expect(page).to_have_title("HAM10000 Lesion Lab", timeout=WAIT_MS)
+    for (path, expected), label in zip(PAGES[1:] + PAGES[:1], SIDEBAR[1:] + SIDEBAR[:1]):  # ending back on Home
+        _settle(page)
+        page.locator('[data-testid="stSidebar"] a', has_text=re.compile(rf"{label}$")).click()
+        page.wait_for_url(lambda u: urlparse(u).path == f"/{path}", timeout=WAIT_MS)
+        page.locator("h1").filter(has_text=expected).first.wait_for(timeout=WAIT_MS)
+        title = f"{label} · HAM10000 Lesion Lab" if path else "HAM10000 Lesion Lab"
+        expect(page).to_have_title(title, timeout=WAIT_MS)
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.timeout(900)
 def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browser_page):
     from playwright.sync_api import expect
 
     page, url = browser_page
-    page.goto(f"{url}/Explore", wait_until="domcontentloaded")
+    page.goto(f"{url}/explore", wait_until="domcontentloaded")
     page.get_by_text("Images per class").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     everything = _images_metric(page).inner_text()
@@ -142,7 +157,7 @@ def test_explore_filters_and_lesion_survive_reload_back_and_a_pasted_link(browse
 @pytest.mark.timeout(900)
 def test_the_lesion_dialogs_close_button_closes_it(browser_page):
     page, url = browser_page
-    page.goto(f"{url}/Explore", wait_until="domcontentloaded")
+    page.goto(f"{url}/explore", wait_until="domcontentloaded")
     page.get_by_role("button", name=re.compile(r"^Lesion HAM_")).first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_role("button", name=re.compile(r"^Lesion HAM_")).first.click()
@@ -209,7 +224,7 @@ def test_nothing_is_cut_off_at_1024_px(browser_page, tmp_path):
     column = page.evaluate(CONTENT_WIDTH)
     assert min(maps) >= 0.45 * column, (maps, column)  # two a row, where three a row left each 180 px
 
-    page.goto(f"{url}/Evaluate", wait_until="domcontentloaded")
+    page.goto(f"{url}/evaluate", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Summary").wait_for(timeout=WAIT_MS)
     _settle(page)
     for tab in ("Summary", "Confusion", "Per class", "Operating point", "Calibration", "Subgroups", "Export"):
@@ -222,7 +237,7 @@ def test_nothing_is_cut_off_at_1024_px(browser_page, tmp_path):
 @pytest.mark.timeout(900)
 def test_one_click_on_a_confusion_cell_selects_it(browser_page):
     page, url = browser_page
-    page.goto(f"{url}/Evaluate", wait_until="domcontentloaded")
+    page.goto(f"{url}/evaluate", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Confusion").wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_role("tab", name="Confusion").click()
@@ -250,7 +265,7 @@ def _steady_box(page, locator) -> dict:
 
 def _open_an_example(page, url: str) -> None:
     """Predict with its first shipped example image chosen (no upload)."""
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+    page.goto(f"{url}/predict", wait_until="domcontentloaded")
     page.get_by_text("Example images").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_text("Example images").first.click()
@@ -282,7 +297,7 @@ def test_a_photo_meets_the_gate_before_any_verdict(server_env, tmp_path):
     with streamlit_server({**server_env, "HAM_DEFAULT_MODEL": str(model)}) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
         page = _new_page(browser)
-        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        page.goto(f"{url}/predict", wait_until="domcontentloaded")
         page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
         _settle(page)
         page.locator('input[type="file"]').first.set_input_files(str(flower), timeout=WAIT_MS)
@@ -313,7 +328,7 @@ def test_an_uploaded_original_gets_the_lesion_outline_and_measurements(server_en
     with streamlit_server(env) as url, playwright.sync_playwright() as p:
         browser = launch_chromium(p)
         page = _new_page(browser)
-        page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+        page.goto(f"{url}/predict", wait_until="domcontentloaded")
         page.locator("h1").filter(has_text="Predict").first.wait_for(timeout=WAIT_MS)
         _settle(page)
         page.locator('input[type="file"]').first.set_input_files(str(originals[0]), timeout=WAIT_MS)
@@ -365,7 +380,7 @@ def _predict_example(page, url: str, image_id: str) -> dict:
     No wait for the script to go idle once an example is shown: the saliency maps below the verdict may take
     minutes on a loaded machine, and the verdict is drawn before them.
     """
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+    page.goto(f"{url}/predict", wait_until="domcontentloaded")
     page.get_by_text("Example images").first.wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_text("Example images").first.click()
@@ -390,7 +405,7 @@ def test_the_same_image_shows_the_same_probabilities_on_predict_and_evaluate(bro
     page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
     assert len(on_predict) == 3 and max(on_predict, key=lambda c: float(on_predict[c][:-1])) == "bkl"
 
-    page.goto(f"{url}/Evaluate", wait_until="domcontentloaded")
+    page.goto(f"{url}/evaluate", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Confusion").wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_role("tab", name="Confusion").click()
@@ -419,7 +434,7 @@ def test_a_downloaded_batch_csv_reads_with_pandas_defaults(browser_page, tmp_pat
     files = [tmp_path / f"{MISS}.jpg", tmp_path / "=1+2.jpg"]
     files[0].write_bytes((examples / f"mel_{MISS}.jpg").read_bytes())
     files[1].write_bytes((examples / "nv_ISIC_0024319.jpg").read_bytes())
-    page.goto(f"{url}/Predict", wait_until="domcontentloaded")
+    page.goto(f"{url}/predict", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Batch").wait_for(timeout=WAIT_MS)
     _settle(page)
     page.get_by_role("tab", name="Batch").click()
@@ -475,7 +490,7 @@ def test_a_segmentation_run_launched_from_the_train_page_finishes(server_env, tm
         browser = launch_chromium(p)
         page = _new_page(browser)
         page.set_viewport_size({"width": 1024, "height": 900})
-        page.goto(f"{url}/Train", wait_until="domcontentloaded")
+        page.goto(f"{url}/train", wait_until="domcontentloaded")
         page.locator("h1").filter(has_text="Train a model").first.wait_for(timeout=WAIT_MS)
         _settle(page)
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Task").first.click()

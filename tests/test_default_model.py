@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import open_page
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from core.serving import calibration, modelio
 
@@ -64,11 +64,11 @@ def test_cli_predicts_with_no_dataset_present(tmp_path):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("page", ["pages/3_Evaluate.py", "pages/4_Predict.py"])
+@pytest.mark.parametrize("page", ["evaluate.py", "predict.py"])
 def test_pages_open_the_shipped_model_by_default(page, monkeypatch, tmp_path):
     monkeypatch.delenv("HAM_DEFAULT_MODEL", raising=False)
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
-    at = AppTest.from_file(str(PROJECT / page), default_timeout=120).run()
+    at = open_page(page, timeout=120).run()
     assert not at.exception
     labels = " ".join(str(s.value) for s in at.selectbox)
     assert "default" in labels.lower()

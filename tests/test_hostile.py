@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from conftest import write_tiny_dataset
+from conftest import open_page, write_tiny_dataset
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_page_evaluate import write_predictions
@@ -35,7 +35,6 @@ from core.contracts import validation
 from core.contracts.labels import CLASSES
 
 PROJECT = Path(__file__).resolve().parent.parent
-PAGES = PROJECT / "pages"
 TIMEOUT = 180
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -146,7 +145,7 @@ def evaluate_env(tmp_path, monkeypatch, tiny_model_dir):
 
 
 def external_form(typed_images: str, typed_truth: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at = open_page("evaluate.py", TIMEOUT).run()
     at.radio(key="evaluate_split").set_value("external").run()
     at.radio(key="evaluate_external_mode").set_value("Folder on the server").run()
     at.text_input(key="evaluate_external_images").input(typed_images)
@@ -179,7 +178,7 @@ def test_external_results_are_per_session_and_removed_with_it(evaluate_env):
     assert "external test set" in page_text(first) and "n = 7" in page_text(first)
     workspace = first.session_state["evaluate_workspace"].path
     assert workspace.is_dir() and not (Path(os.environ["HAM_CACHE_DIR"]) / "external").exists()
-    second = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    second = open_page("evaluate.py", TIMEOUT).run()
     second.radio(key="evaluate_split").set_value("external").run()
     assert "No external predictions for this model in this session yet." in page_text(second)
     del first
@@ -393,12 +392,12 @@ def test_tampered_model_json_on_predict_and_evaluate_pages(tiny_model_dir, tmp_p
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(folder))
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "none"))
-    predict_page = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    predict_page = open_page("predict.py", TIMEOUT).run()
     assert not predict_page.exception
     assert "This model cannot be used: model default: model.json lists classes" in predict_page.error[0].value
     assert "but predictions_val.csv recorded" in predict_page.error[0].value
     tamper(folder, classes=[*CLASSES[:-1], "mel"])
-    evaluate_page = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    evaluate_page = open_page("evaluate.py", TIMEOUT).run()
     assert not evaluate_page.exception
     message = evaluate_page.error[0].value
     assert "lists classes more than once: ['mel']" in message and str(tmp_path) not in message
@@ -411,10 +410,10 @@ def test_empty_metadata_file_on_explore_and_predict(tiny_model_dir, tmp_path, mo
     monkeypatch.setenv("HAM10000_DIR", str(root))
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
-    explore = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    explore = open_page("explore.py", TIMEOUT).run()
     assert not explore.exception
     assert "the metadata file is empty" in explore.error[0].value
-    predict_page = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    predict_page = open_page("predict.py", TIMEOUT).run()
     assert not predict_page.exception
     options = predict_page.radio(key="predict_source").options
     assert "Upload" in options and "Dataset sample" not in options
@@ -426,7 +425,7 @@ def test_corrupt_mask_keeps_the_gallery(tmp_path, monkeypatch):
     first.write_bytes(b"\x89PNG broken")
     sorted((root / "images").iterdir())[1].write_bytes(b"not a jpeg")
     monkeypatch.setenv("HAM10000_DIR", str(root))
-    at = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    at = open_page("explore.py", TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.get("image")) == 7
 
@@ -471,11 +470,11 @@ def test_read_only_mode_hides_saving_the_temperature_and_the_download(tiny_model
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("HAM_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "none"))
-    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at = open_page("evaluate.py", TIMEOUT).run()
     assert not at.exception
     assert not any(b.key == "evaluate_save_temperature" for b in at.button)
     assert "read-only demo: it cannot be saved into model.json here" in page_text(at)
-    explore = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT).run()
+    explore = open_page("explore.py", TIMEOUT).run()
     assert not any("Download HAM10000" in b.label for b in explore.button)
     assert "read-only demo: the dataset cannot be downloaded" in page_text(explore)
 
@@ -915,7 +914,7 @@ def test_plain_shows_markdown_links_images_html_and_directives_literally():
 
 @pytest.mark.timeout(600)
 def test_a_shared_explore_link_with_markdown_shows_it_as_text(tiny_dataset_env):
-    at = AppTest.from_file(str(PAGES / "1_Explore.py"), default_timeout=TIMEOUT)
+    at = open_page("explore.py", TIMEOUT)
     at.query_params["image"] = HOSTILE_MARKDOWN
     at.run()
     assert not at.exception, at.exception
@@ -939,7 +938,7 @@ def test_a_zip_member_name_with_markdown_is_shown_as_text_in_batch(predict_env):
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("[a](http://host/).png", b"nope")
-    at = AppTest.from_file(str(PAGES / "4_Predict.py"), default_timeout=TIMEOUT).run()
+    at = open_page("predict.py", TIMEOUT).run()
     at.file_uploader(key="predict_batch_files").set_value([("set.zip", archive.getvalue(), "application/zip")]).run()
     at.button[0].click().run()
     assert not at.exception, at.exception
@@ -1000,7 +999,7 @@ def test_a_fifo_as_truth_csv_is_refused_without_reading_it(evaluate_env):
 @pytest.mark.timeout(600)
 def test_read_only_mode_offers_no_server_folder_and_no_conversion(evaluate_env, monkeypatch):
     monkeypatch.setenv("HAM_READ_ONLY", "1")
-    at = AppTest.from_file(str(PAGES / "3_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at = open_page("evaluate.py", TIMEOUT).run()
     assert not at.exception, at.exception
     assert not any(b.key == "evaluate_export_convert" for b in at.button)
     assert any("read-only demo converts no model" in i.value for i in at.info)
@@ -1064,7 +1063,7 @@ def test_train_page_shows_a_failed_run_without_paths_or_traceback(tmp_path, monk
                                    f'last):\n  File "{PROJECT}/core/train.py", line 1\nOSError: {run}/x: gone\n')
     monkeypatch.setenv("HAM_RUNS_DIR", str(runs_root))
     monkeypatch.setenv("HAM_READ_ONLY", "1")
-    at = AppTest.from_file(str(PAGES / "2_Train.py"), default_timeout=TIMEOUT).run()
+    at = open_page("train.py", TIMEOUT).run()
     assert not at.exception, at.exception
     assert at.get("json")[0].proto.body == json.dumps({"arch": "mobilenet_v2", "run_dir": f"runs/{run.name}"})
     log_shown = at.code[0].value
@@ -1080,9 +1079,9 @@ def test_missing_dataset_and_model_name_the_variable_not_the_path_in_read_only_m
     monkeypatch.setenv("HAM10000_DIR", str(secret / "ham"))
     monkeypatch.setenv("HAM_DEFAULT_MODEL", str(secret / "model"))
     monkeypatch.setenv("HAM_RUNS_DIR", str(secret / "runs"))
-    for page, needed in (("1_Explore.py", "`HAM10000_DIR`"), ("4_Predict.py", "`HAM_DEFAULT_MODEL`"),
-                         ("3_Evaluate.py", "`HAM_RUNS_DIR`")):
-        at = AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT).run()
+    for page, needed in (("explore.py", "`HAM10000_DIR`"), ("predict.py", "`HAM_DEFAULT_MODEL`"),
+                         ("evaluate.py", "`HAM_RUNS_DIR`")):
+        at = open_page(page, TIMEOUT).run()
         assert not at.exception, at.exception
         text = page_text(at)
         assert needed in text and "secret-location" not in text, (page, text)

@@ -5,12 +5,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_dataset
-from streamlit.testing.v1 import AppTest
+from conftest import open_page, write_tiny_dataset
 
 from core.training import models, runs
 from core.training import options as opts
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "train.py")
 SCRATCH = {"arch": "small_cnn", "weights": "none", "warmup_epochs": 0}
 
 GOOD = [
@@ -126,7 +125,7 @@ def form_accepts(options: dict, launched: list) -> bool:
     full = {o.name: options.get(o.name, o.default) for o in opts.schema(task) if o.in_form}
     if set(options) - set(full):
         return False  # the task's form has no such field
-    at = AppTest.from_file(PAGE, default_timeout=60)
+    at = open_page(PAGE, timeout=60)
     at.run()
     at.selectbox(key="train_opt_task").set_value(task).run()
     if "arch" in full:

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from conftest import start_page, write_tiny_dataset
+from conftest import open_page, start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 from core.evaluation import metrics
 from core.contracts.labels import CLASSES
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "evaluate.py")
 
 
 def write_predictions(path: Path, image_ids, labels, seed: int, skill: float) -> None:
@@ -238,7 +238,7 @@ def test_external_result_says_what_overlaps_and_gives_clean_metrics(models, tmp_
     source = {"model": str(models["default"].resolve()), "images": "imgs", "truth": "truth.csv", "n": len(preds),
               "created": "2026-01-01T00:00:00+00:00", "overlap": leakage.summary(report)}
     (out / evaluate.SOURCE_FILE).write_text(json.dumps(source))
-    at = AppTest.from_file(PAGE, default_timeout=180)
+    at = open_page(PAGE, timeout=180)
     at.session_state["evaluate_workspace"] = workspace
     at.run()
     at.radio(key="evaluate_split").set_value("external").run()

@@ -1,19 +1,19 @@
-"""AppTest of pages/1_Explore.py on the tiny dataset, the real one, and no dataset at all."""
+"""AppTest of the Explore page (app_pages/explore.py) on the tiny dataset, the real one, and no dataset at all."""
 
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_tiny_dataset
+from conftest import open_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
 from core.dataset import download
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Explore.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "explore.py")
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
 
 def _run(timeout: float = 60) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=timeout).run()
+    at = open_page(PAGE, timeout=timeout).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -97,7 +97,7 @@ def test_lesion_opens_in_a_dialog_named_in_the_url(tiny_dataset_env):
 
 
 def test_a_pasted_link_restores_filters_and_lesion(tiny_dataset_env):
-    at = AppTest.from_file(PAGE, default_timeout=60)
+    at = open_page(PAGE, timeout=60)
     # the address the page writes: pills by their label, the open lesion by its id
     at.query_params.update({"explore_classes": "MEL", "explore_page": "1", "image": "ISIC_9000037"})
     at.run()

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from tiny_models import build_tiny_model, folder_trained_on
 
 from core.serving import export
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Evaluate.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "evaluate.py")
 CONVERT = "evaluate_export_convert"
 
 

@@ -15,7 +15,7 @@ from core.explaining import explain as explain_cli
 from core.explaining.saliency import DEFAULT_METHOD
 from ui import saliency_view
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "4_Predict.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "predict.py")
 TIMEOUT = 180
 
 pytestmark = pytest.mark.timeout(600)

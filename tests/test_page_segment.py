@@ -46,7 +46,7 @@ start = partial(start_page, timeout=TIMEOUT)
 
 def test_predict_shows_the_outline_measurements_and_saliency_inside_the_lesion(monkeypatch, predict_env, segmenters):
     monkeypatch.setenv("HAM_SEGMENTER", str(segmenters["all"]))
-    at = upload(start("4_Predict.py"))
+    at = upload(start("predict.py"))
     captions = [str(image.captions) for image in at.get("image")]
     assert any("predicted in yellow" in c for c in captions)
     table = next(t.value for t in at.table if t.value.index.name == "measurement")
@@ -65,13 +65,13 @@ def test_predict_shows_the_outline_measurements_and_saliency_inside_the_lesion(m
 
 def test_predict_says_when_no_lesion_is_found(monkeypatch, predict_env, segmenters):
     monkeypatch.setenv("HAM_SEGMENTER", str(segmenters["none"]))
-    at = upload(start("4_Predict.py"))
+    at = upload(start("predict.py"))
     assert any("found no lesion" in w.value for w in at.warning)
     assert "inside the predicted lesion" not in texts(at)
 
 
 def test_predict_without_a_segmenter_explains_and_keeps_working(predict_env):
-    at = upload(start("4_Predict.py"))
+    at = upload(start("predict.py"))
     assert any("No lesion segmenter is installed" in i.value for i in at.info)
     assert len(at.get("image")) == 4  # the saliency section is unchanged: original, two maps, legend
 
@@ -100,7 +100,7 @@ def evaluate_env(tmp_path, monkeypatch, segmenters):
 
 def test_evaluate_segmentation_tab_tables_histogram_and_worst_cases(evaluate_env):
     table, dice = evaluate_env
-    at = start("3_Evaluate.py")
+    at = start("evaluate.py")
     assert at.radio(key="evaluate_segmentation_split").value == "test"
     assert f"n = {len(table)} images" in texts(at)
     summary = next(df.value for df in at.dataframe if "mean [95 % CI]" in df.value.columns)
@@ -119,7 +119,7 @@ def test_evaluate_segmentation_tab_tables_histogram_and_worst_cases(evaluate_env
 
 
 def test_evaluate_segmentation_tab_on_validation(evaluate_env):
-    at = start("3_Evaluate.py")
+    at = start("evaluate.py")
     at.radio(key="evaluate_segmentation_split").set_value("val").run()
     assert not at.exception, at.exception
     assert "validation** · n = 5 images" in texts(at)

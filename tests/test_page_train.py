@@ -9,7 +9,7 @@ import pytest
 from conftest import TRAINER_LIKE_ARGV, start_page, write_tiny_dataset
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Train.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "train.py")
 STATES = ("queued", "running", "done", "failed", "crashed", "stopped")
 
 

@@ -30,7 +30,7 @@ def test_warm_caches_loads_what_the_first_prediction_needs_once(monkeypatch, cle
     monkeypatch.setenv("HAM_SEGMENTER", str(PROJECT / "models" / "segmenter"))
     from ui import loaders, saliency_view, segment_view, warm
 
-    predictors = _counting(monkeypatch, loaders, "Predictor")
+    predictors = _counting(monkeypatch, loaders, "Predictor")  # the cached loader builds the page's Predictor
     explainers = _counting(monkeypatch, saliency, "Explainer")
     segmenters = _counting(monkeypatch, core_segment, "Segmenter")
     model_dir = paths.default_model_dir()

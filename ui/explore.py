@@ -16,10 +16,12 @@ import streamlit as st
 from PIL import Image
 
 from core.dataset import download, explore
+from core.dataset.data import DatasetError
 from core.contracts.predictions import csv_text
 from core.contracts.labels import CLASS_NAMES, CLASSES, DX_TYPES
 from core.contracts.paths import dataset_dir, read_only
 from core.dataset.uploads import redact_paths
+from ui.loaders import dataset_table
 from ui.text import folder_named
 from ui.text import plain
 
@@ -304,3 +306,33 @@ def _run_download(root) -> None:
         return
     st.success(f"HAM10000 is ready in {root}.")
     st.rerun()
+
+
+def usable_dataset() -> pd.DataFrame | None:
+    """The dataset's table; None, after the panel saying what to do, when there is no usable one."""
+    try:
+        frame = dataset_table()
+    except DatasetError as err:
+        no_dataset_panel(str(err))
+        return None
+    if frame is None:
+        no_dataset_panel()
+    return frame
+
+
+def filtered_sections(frame: pd.DataFrame) -> pd.DataFrame:
+    """The filters (in the sidebar), then the overview and the charts of the rows they keep; returns those rows."""
+    filters, normalize = filter_controls(frame)
+    aggregates = explore.page_aggregates(frame, filters, normalize)
+    overview_section(aggregates["overview"], total=len(frame))
+    if not aggregates["frame"].empty:
+        charts_section(aggregates, normalize)
+    return aggregates["frame"]
+
+
+def images_section(frame: pd.DataFrame, selected: pd.DataFrame) -> None:
+    """The selected images: the outline switch, the lesion the address names (a dialog), the gallery."""
+    st.subheader("Images")
+    outline = st.toggle("Draw the lesion outline", value=True, disabled=not (selected["mask_path"] != "").any())
+    lesion_view(frame, outline)
+    gallery(selected, frame.groupby("lesion_id").size(), outline)

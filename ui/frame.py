@@ -1,4 +1,4 @@
-"""The frame every page shares: page config, sidebar, the dataset's status line.
+"""The frame every page shares: the app's pages, page config, sidebar, the dataset's status line.
 
 Kept small and free of TensorFlow and pandas, so the Home page renders fast (the
 cached dataset table is :mod:`ui.loaders`).
@@ -6,11 +6,10 @@ cached dataset table is :mod:`ui.loaders`).
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
+from typing import NamedTuple
 
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.contracts.paths import dataset_dir, read_only
 from core.dataset.layout import find_metadata
@@ -20,35 +19,50 @@ from ui.warm import keep_kernels_between_runs, warm_start
 _ROOT = Path(__file__).resolve().parent.parent
 PROJECT_NAME = "HAM10000 Lesion Lab"
 FAVICON = _ROOT / "ui" / "assets" / "favicon.png"
-# The app's pages in sidebar order: (script, label, icon, what it is for). Streamlit's own
-# navigation is hidden (.streamlit/config.toml) because it would name the Home page "app".
+
+
+class PageEntry(NamedTuple):
+    """One page of the app: ``app.py`` hands its fields to ``st.Page``."""
+
+    script: str  # relative to app.py, named after its address (AppTest.switch_page finds a page by its file name)
+    title: str  # the label of its links, in the sidebar and on Home
+    icon: str  # a Material icon: drawn from Streamlit's own font, so it renders in every browser (emoji need a font)
+    url_path: str  # its address (/explore); "" for Home, the default page, served at /
+    purpose: str  # what it is for: the caption under its link on Home
+
+
+# The app's pages in sidebar order.
 PAGES = (
-    ("app.py", "Home", ":material/home:", "The project, the dataset's status, the way in."),
-    ("pages/1_Explore.py", "Explore", ":material/search:",
-     "Class balance, patients, body sites and the images themselves, with linked filters and lesion outlines."),
-    ("pages/2_Train.py", "Train", ":material/model_training:",
-     "Launch a training run in the background and follow it live."),
-    ("pages/3_Evaluate.py", "Evaluate", ":material/analytics:",
-     "Compare models on the held-out split: confusion matrix, per-class metrics, calibration."),
-    ("pages/4_Predict.py", "Predict", ":material/stethoscope:",
-     "Classify an image, outline the lesion and see where the model looked (saliency maps)."),
+    PageEntry("app_pages/home.py", "Home", ":material/home:", "", "The project, the dataset's status, the way in."),
+    PageEntry("app_pages/explore.py", "Explore", ":material/search:", "explore",
+              "Class balance, patients, body sites and the images themselves, with linked filters and lesion "
+              "outlines."),
+    PageEntry("app_pages/train.py", "Train", ":material/model_training:", "train",
+              "Launch a training run in the background and follow it live."),
+    PageEntry("app_pages/evaluate.py", "Evaluate", ":material/analytics:", "evaluate",
+              "Compare models on the held-out split: confusion matrix, per-class metrics, calibration."),
+    PageEntry("app_pages/predict.py", "Predict", ":material/stethoscope:", "predict",
+              "Classify an image, outline the lesion and see where the model looked (saliency maps)."),
 )
 
 
 def page_setup(title: str) -> None:
-    """Configure the page (wide layout, its icon from :data:`PAGES`) and draw the shared sidebar frame.
+    """Configure the page (wide layout, the local favicon, the tab's title) and draw the shared sidebar frame.
+
+    ``app.py`` calls it on every run, before the page the address names.
 
     Args:
-        title: the page's label in :data:`PAGES` (or the project's name for Home);
-            the tab reads "<title> · HAM10000 Lesion Lab".
+        title: the page's title in :data:`PAGES`; the tab reads "<title> · HAM10000 Lesion Lab"
+            (Home's reads the project's name).
     """
-    tab_title = title if title == PROJECT_NAME else f"{title} · {PROJECT_NAME}"
+    tab_title = PROJECT_NAME if title == PAGES[0].title else f"{title} · {PROJECT_NAME}"
     # A Material icon as page_icon makes the browser fetch its SVG from fonts.gstatic.com: the favicon is a
     # local file, so no request leaves the app (private mode promises that).
     st.set_page_config(page_title=tab_title, page_icon=str(FAVICON), layout="wide")
     with st.sidebar:
         st.markdown(f"**{PROJECT_NAME}**")
-        navigation()
+        for entry in PAGES:
+            page_link(entry)
         st.caption(dataset_status())
         st.caption(NOT_A_DEVICE)
     keep_kernels_between_runs()
@@ -56,30 +70,13 @@ def page_setup(title: str) -> None:
 
 
 def icon_of(title: str) -> str:
-    """The Material icon of a page label in :data:`PAGES` (Home's for the project's name).
-
-    Material icons are drawn from Streamlit's own font, so they render in every browser; emoji need a font.
-    """
-    label = "Home" if title == PROJECT_NAME else title
-    return next(icon for _, name, icon, _ in PAGES if name == label)
+    """The Material icon of a page title in :data:`PAGES`."""
+    return next(entry.icon for entry in PAGES if entry.title == title)
 
 
-def installed_pages() -> list:
-    """The entries of :data:`PAGES` whose script exists (a trimmed install may lack some)."""
-    return [page for page in PAGES if (_ROOT / page[0]).is_file()]
-
-
-def navigation() -> None:
-    """The page links: Home · Explore · Train · Evaluate · Predict.
-
-    Drawn only inside the app: a page script run on its own (``AppTest`` of one page)
-    has no other pages to link to.
-    """
-    ctx = get_script_run_ctx()
-    if ctx is None or Path(ctx.main_script_path).resolve() != _ROOT / "app.py":
-        return
-    for script, label, icon, _ in installed_pages():
-        st.page_link(script, label=label, icon=icon)
+def page_link(entry: PageEntry) -> None:
+    """A link to one of :data:`PAGES`, with its icon (only inside the app, where ``st.navigation`` declared it)."""
+    st.page_link(entry.script, label=entry.title, icon=entry.icon)
 
 
 def dataset_status() -> str:
@@ -91,13 +88,3 @@ def dataset_status() -> str:
     if not found:
         return f"Dataset: not found at `{root}` (set HAM10000_DIR)"
     return f"Dataset: found at `{root}`"
-
-
-def run_page(script: str) -> None:
-    """Run another page's script in place: the lower-case addresses (/explore) of the pages.
-
-    Streamlit matches page addresses case-sensitively and names them after the files
-    (``pages/1_Explore.py`` answers ``/Explore``). A tiny alias page per lower-case
-    address runs the real script instead of redirecting, so Back never bounces.
-    """
-    runpy.run_path(str(_ROOT / script), run_name="__main__")

@@ -103,6 +103,19 @@ def new_run_form(enabled: bool = True) -> None:
     st.fragment(_new_run_form)(enabled)
 
 
+def launch_section() -> None:
+    """The new-run form, or why no run can be launched from here (a read-only app, no dataset, a run active)."""
+    if paths.read_only():
+        st.info(READ_ONLY_NOTE)
+        return
+    dataset_ready = dataset_notice()
+    active = runs.active_run()
+    if active:
+        st.info(f"Run `{active['id']}` is active (queued or training). Only one run trains at a time.")
+    with st.expander("New training run", expanded=active is None):
+        new_run_form(enabled=dataset_ready)
+
+
 def _new_run_form(enabled: bool) -> None:
     options = options_form(enabled)
     if options is not None and launch_run(options) is not None:
@@ -159,6 +172,11 @@ def launch_run(options: dict) -> Path | None:
 
 
 # ---------------------------------------------------------------- history
+
+
+def past_runs() -> list:
+    """Every run folder's summary, newest first (:func:`core.training.runs.list_runs`)."""
+    return runs.list_runs()
 
 
 def history_view() -> None:

@@ -68,7 +68,7 @@ def warm_start_now() -> None:
 
 
 def keep_kernels_between_runs() -> None:
-    """Stop Streamlit from resetting Keras after every script run (idempotent; every page calls it).
+    """Stop Streamlit from resetting Keras after every script run (idempotent; ``app.py`` calls it before every page).
 
     Streamlit ends each run with its ``_clean_problem_modules``, which calls
     ``keras.backend.clear_session()``: a full garbage collection (~0.3 s with TensorFlow
@@ -83,7 +83,7 @@ def keep_kernels_between_runs() -> None:
 
     if getattr(script_runner, "_clean_problem_modules", None) is not _clean_problem_modules:
         script_runner._clean_problem_modules = _clean_problem_modules
-    _page_runs.add(threading.get_ident())  # every page calls this first: a page run has started
+    _page_runs.add(threading.get_ident())  # app.py calls this before the page: a page run has started
 
 
 def _clean_problem_modules() -> None:

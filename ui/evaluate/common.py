@@ -14,6 +14,7 @@ from core.evaluation import evaluate, metrics
 
 from core.contracts import paths, predictions
 from core.dataset.data import DatasetError
+from core.dataset.uploads import redact_paths
 from core.contracts.labels import metric_help, metric_name
 from ui.loaders import dataset_table
 from ui.text import folder_named
@@ -102,6 +103,15 @@ def classes_of(source: Source) -> list:
 def load_source(source: Source) -> pd.DataFrame:
     """The validated predictions of a source (cached); raises ``PredictionsError``."""
     return _read_predictions(str(source.csv), mtime(source.csv), tuple(classes_of(source)))
+
+
+def readable_predictions(source: Source) -> pd.DataFrame | None:
+    """The source's predictions (:func:`load_source`); None, after saying why, when they cannot be read."""
+    try:
+        return load_source(source)
+    except (predictions.PredictionsError, modelio.ModelFolderError, OSError) as err:
+        st.error(f"Cannot evaluate {source.label}: {redact_paths(str(err))}")
+        return None
 
 
 def calibration_of(source: Source) -> dict:

@@ -1,16 +1,13 @@
 """Predict: classify one image and see where the model looked, or classify a batch."""
 
-from ui.frame import icon_of, page_setup
+import streamlit as st
 
-page_setup("Predict")
-
-import streamlit as st  # noqa: E402  (page_setup must run first)
-
-from ui import loaders  # noqa: E402
-from ui import predict as view  # noqa: E402
-from ui import private_mode  # noqa: E402
-from ui import saliency_view  # noqa: E402
-from ui import segment_view  # noqa: E402
+from ui import loaders
+from ui import predict as view
+from ui import private_mode
+from ui import saliency_view
+from ui import segment_view
+from ui.frame import icon_of
 
 st.title(f"{icon_of('Predict')} Predict")
 view.device_notice()
