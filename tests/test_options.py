@@ -207,7 +207,7 @@ def test_a_registered_backbone_becomes_a_choice_with_its_own_rules(monkeypatch, 
 
 def test_a_registered_backbone_is_offered_by_the_form(monkeypatch, form_env):
     monkeypatch.setitem(models.BACKBONES, FAKE.name, FAKE)
-    at = AppTest.from_file(PAGE, default_timeout=60)
+    at = open_page(PAGE, timeout=60)
     at.run()
     assert "fake_net" in at.selectbox(key="train_opt_classification_arch").options
 

@@ -165,7 +165,8 @@ def test_each_run_folder_file_name_is_spelled_in_one_core_module():
         rf.export_file(variant) for variant in ("none", "float16", "int8", "private")]
     spelled = {}
     for path in sorted((PROJECT / "core").rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
+        # "export" is also the name of a command (`lesionlab export`): its entry in the command table and its prog.
+        text = re.sub(r"\"export\": Command\(|prog\(\"export\"\)", "", path.read_text(encoding="utf-8"))
         for name in names + instances:
             if re.search(r"[\"'/]" + re.escape(name) + r"[\"'/]", text):
                 spelled.setdefault(name, []).append(path.name)
