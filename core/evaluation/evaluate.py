@@ -343,8 +343,9 @@ def main(argv=None) -> int:
     try:
         batch_size = validation.positive_int(args.batch_size, "--batch-size")
         validation.check_output_folder(args.out, SOURCE_FILE, force=args.force)
-        written = evaluate_external(validation.check_model_folder(args.model), args.images, args.truth, out_dir=args.out,
-                                    batch_size=batch_size, progress=report)
+        model_dir = validation.check_model_folder(args.model)
+        written = evaluate_external(model_dir, args.images, args.truth, out_dir=args.out, batch_size=batch_size,
+                                    progress=report)
     except (ValueError, OSError) as err:  # every input error of the chain is a ValueError subclass
         print(f"\nerror: {validation.one_line(err)}", file=sys.stderr)
         return validation.EXIT_BAD_INPUT

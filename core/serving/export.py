@@ -479,8 +479,9 @@ def main(argv=None) -> int:
         if args.format not in FORMATS:
             raise ExportError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
         check_out(args.out, args.force)
-        export = build(validation.check_model_folder(args.model), quantize=args.quantize,
-                       representative=args.representative, parity_n=args.parity, rounding=args.rounding,
+        model_dir = validation.check_model_folder(args.model)
+        export = build(model_dir, quantize=args.quantize, representative=args.representative, parity_n=args.parity,
+                       rounding=args.rounding,
                        progress=_print_progress)
         out, card = write(export, args.out)
     except (ExportError, validation.InputError) as err:
