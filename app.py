@@ -11,8 +11,10 @@ import streamlit as st
 from ui.frame import PAGES, page_setup
 
 page = st.navigation(
-    [st.Page(entry.script, title=entry.title, icon=entry.icon, url_path=entry.url_path or None,
-             default=not entry.url_path) for entry in PAGES],
+    # No icon= here: Streamlit makes a page's Material icon the tab's favicon, an SVG the browser fetches from
+    # fonts.gstatic.com (a request leaving the app); the frame draws each page's icon itself.
+    [st.Page(entry.script, title=entry.title, url_path=entry.url_path or None, default=not entry.url_path)
+     for entry in PAGES],
     position="hidden",  # the frame draws the sidebar's links itself, under the project's name
 )
 page_setup(page.title)

@@ -83,10 +83,15 @@ def _images_metric(page):
 @pytest.mark.parametrize(("path", "expected"), PAGES, ids=[p or "home" for p, _ in PAGES])
 def test_deep_link_on_a_fresh_server_renders_the_page(path, expected, browser_page, tmp_path):
     page, url = browser_page
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(f"{url}/{path}", wait_until="domcontentloaded")
     page.locator("h1").filter(has_text=expected).first.wait_for(timeout=WAIT_MS)
     _settle(page)
+    page.wait_for_load_state("networkidle")  # the favicon and icons are fetched after the page is drawn
     assert page.get_by_text("Page not found").count() == 0
+    # nothing is fetched from outside the app (a page's Material icon as its favicon came from fonts.gstatic.com)
+    assert [u for u in requested if not u.startswith((url, "data:", "blob:"))] == []
     page.screenshot(path=str(tmp_path / f"{path or 'home'}.png"), full_page=True)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert _sidebar_labels(page) == SIDEBAR
