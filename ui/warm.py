@@ -62,7 +62,7 @@ _preloaded = False  # True once warm_before_serving has run: no page needs to st
 
 
 def warm_start_now() -> None:
-    """Start the warm-start thread unless it runs already (``python -m ui.serve`` calls this as the server boots)."""
+    """Start the warm-start thread unless it runs already (a page's first run under plain ``streamlit run``)."""
     if is_model_dir(default_model_dir()):
         _warm_thread()
 
@@ -121,7 +121,8 @@ class _OutsideSessionsOnPurpose(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.threadName == THREAD_NAME and any(text in record.getMessage() for text in OUTSIDE_SESSIONS.values()))
+        message = record.getMessage()
+        return not (record.threadName == THREAD_NAME and any(text in message for text in OUTSIDE_SESSIONS.values()))
 
 
 OUTSIDE_SESSIONS = {  # Streamlit's logger name -> the warning it gives outside a session

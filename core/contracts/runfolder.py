@@ -84,6 +84,11 @@ FINISH_PHASES = {"classification": ("average", "predict", "calibrate", "ood"),
                  "segmentation": ("threshold", "score")}
 
 
+def is_model_dir(path: Path) -> bool:
+    """True when ``path`` holds both a model (``model.keras``) and its metadata (``model.json``)."""
+    path = Path(path)
+    return (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
+
 def val_key(metric: str) -> str:
     """The record key of a validation score, e.g. ``val_auc`` for ``auc``."""
     return VAL_PREFIX + metric

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.contracts.runfolder import METADATA_FILE, MODEL_FILE
+from core.contracts.runfolder import METADATA_FILE, MODEL_FILE, is_model_dir
 
 EXIT_BAD_INPUT = 2
 # A folder holding either of these is a model folder: no command writes into it unless forced.
@@ -212,7 +212,7 @@ def check_model_folder(path: Path, option: str = "--model") -> Path:
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{option} {path.name}: " + ("a file, not a folder" if path.exists() else "no such folder"))
-    if not all((path / name).is_file() for name in MODEL_FOLDER_FILES):
+    if not is_model_dir(path):
         raise InputError(f"{option} {path.name}: not a model folder (it needs {MODEL_FILE} and {METADATA_FILE})")
     return path
 

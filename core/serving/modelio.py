@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 
 from core.contracts.labels import CLASSES
-from core.contracts.runfolder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, predictions_file, write_json_atomic
+from core.contracts.runfolder import (  # noqa: F401  (is_model_dir: part of the model folder's interface here)
+    CONFIG_FILE, METADATA_FILE, MODEL_FILE, is_model_dir, predictions_file, write_json_atomic)
 
 REQUIRED_KEYS = ("classes", "last_conv_layer")
 # Model input sides accepted from model.json: training offers 32 .. 512 px; twice that bounds what one
@@ -158,12 +159,6 @@ def input_size(meta: dict) -> tuple[int, int]:
 def write_metadata(model_dir: Path, meta: dict) -> None:
     """Write ``model.json`` atomically."""
     write_json_atomic(Path(model_dir) / METADATA_FILE, meta, sort_keys=True)
-
-
-def is_model_dir(path: Path) -> bool:
-    """True when ``path`` holds both a model and its metadata."""
-    path = Path(path)
-    return (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
 
 
 def load_model(model_dir: Path, meta: dict | None = None):
