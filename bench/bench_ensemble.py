@@ -135,6 +135,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="also score a model folder's saved predictions (a student run); repeatable")
     parser.add_argument("--v2", type=Path, default=None, help="the model compared against (default: the shipped model)")
+    parser.add_argument("--reference", action="append", default=[], metavar="CANDIDATE",
+                        help="print each candidate's paired difference against this one too (a candidate's name as "
+                             "the scores table prints it, e.g. 't1+t2, 4 flips'); repeatable")
     parser.add_argument("--test", action="store_true", help="score the test split (read it once, for the final choice)")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     args = parser.parse_args(argv)
@@ -152,7 +155,9 @@ def main(argv=None) -> None:
           f"{found.meta['split_sha256'][:12]}; bootstrap {N_BOOT} resamples, seed 0; mel threshold chosen on val\n")
     print(show(scores_table(stats, len(y_true), boot)), "\n")
     ensemble = f"ensemble of {len(found.teachers)}, 4 flips"
-    for reference in ("v2", ensemble):
+    for reference in dict.fromkeys(["v2", ensemble, *args.reference]):
+        if reference not in stats:
+            raise SystemExit(f"--reference {reference!r}: no such candidate; the candidates are {list(stats)}")
         print(f"paired differences against {reference} ({split}, n={len(y_true)}):")
         print(show(differences_table(stats, reference, len(y_true), boot)), "\n")
     table = metrics.class_table(y_true, probs[ensemble], classes)

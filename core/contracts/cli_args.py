@@ -38,6 +38,7 @@ COMMANDS = {  # the order ``lesionlab --help`` lists them in; each summary fits 
     "private-export": Command("core.serving.private_export", "the TFLite graph Predict's private mode runs"),
     "ood": Command("core.serving.ood_fit", "fit a model's out-of-distribution scorer (ood fit)"),
     "soft-targets": Command("core.training.soft_targets", "teachers' probabilities on a split, for distillation"),
+    "metadata-branch": Command("core.training.metadata_fit", "fit a model's optional age/sex/site branch"),
     "data": Command("core.dataset.commands", "download, validate or split the HAM10000 dataset"),
 }
 

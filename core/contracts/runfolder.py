@@ -5,25 +5,26 @@ trainer started through it, such as segmentation) and read by the run registry
 (:mod:`core.training.runs`), the Train page and evaluation. Every file name of a run
 folder is spelled here and nowhere else:
 
-=====================  ==========================================================
-``config.json``        every option, classes, image size, split hash, versions
-``status.json``        state, heartbeat, epoch/batch, best epoch (atomic writes)
-``metrics.jsonl``      one JSON record per line: ``kind`` ``epoch``, ``batch`` or ``average``
-``train.log``          the trainer's log
-``STOP``               present: the trainer stops after its current batch (as on SIGTERM)
-``train.lock``         the trainer's exclusive lock (``fcntl.flock``)
-``launch.json``        what the registry launched (pid, argv, options)
-``last.keras``         the last epoch's model with its optimizer state (resume)
-``state.json``         the last completed epoch, its phase and the best epoch
-``average.npz``        the running mean of the weights (``--average-from``) and its count
-``model.keras``        the best model (inference graph), ``model.json`` its metadata
-``splits.csv``         the lesion-grouped split the run used
-``predictions_*.csv``  the best model's predictions, one file per split
-``tensorboard/``       TensorBoard event files (``train/`` and ``validation/``)
-``ood.npz``            the out-of-distribution gate's fitted statistics
-``scores_*.csv``       a segmenter's per-image scores, one file per split
-``export/``            ready-made TFLite exports (``model_<variant>.tflite``) and their cards
-=====================  ==========================================================
+=========================  ==========================================================
+``config.json``            every option, classes, image size, split hash, versions
+``status.json``            state, heartbeat, epoch/batch, best epoch (atomic writes)
+``metrics.jsonl``          one JSON record per line: ``kind`` ``epoch``, ``batch`` or ``average``
+``train.log``              the trainer's log
+``STOP``                   present: the trainer stops after its current batch (as on SIGTERM)
+``train.lock``             the trainer's exclusive lock (``fcntl.flock``)
+``launch.json``            what the registry launched (pid, argv, options)
+``last.keras``             the last epoch's model with its optimizer state (resume)
+``state.json``             the last completed epoch, its phase and the best epoch
+``average.npz``            the running mean of the weights (``--average-from``) and its count
+``model.keras``            the best model (inference graph), ``model.json`` its metadata
+``splits.csv``             the lesion-grouped split the run used
+``predictions_*.csv``      the best model's predictions, one file per split
+``tensorboard/``           TensorBoard event files (``train/`` and ``validation/``)
+``ood.npz``                the out-of-distribution gate's fitted statistics
+``metadata_branch.npz``    optional: age, sex and site weights (``core.serving.metadata_branch``)
+``scores_*.csv``           a segmenter's per-image scores, one file per split
+``export/``                ready-made TFLite exports (``model_<variant>.tflite``) and their cards
+=========================  ==========================================================
 
 This module imports neither TensorFlow nor Streamlit.
 """
@@ -57,6 +58,7 @@ SPLITS_FILE = "splits.csv"
 TENSORBOARD_DIR = "tensorboard"
 PREDICTIONS_PATTERN = "predictions_{split}.csv"
 OOD_FILE = "ood.npz"  # the fitted out-of-distribution gate's statistics, in a model folder
+METADATA_BRANCH_FILE = "metadata_branch.npz"  # optional: the age/sex/site branch of a model folder
 SCORES_PATTERN = "scores_{split}.csv"  # a segmenter folder's per-image scores of one split
 EXPORT_DIR = "export"  # inside a model folder: ready-made exports (export_file) and their JSON cards
 EXPORT_PATTERN = "model_{variant}.tflite"

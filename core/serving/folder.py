@@ -8,6 +8,7 @@ folder's model is loaded once per process. The file-level contract it reads
 from functools import cached_property
 from pathlib import Path
 
+from core.serving import metadata_branch
 from core.serving.calibration import temperature_status
 from core.serving.modelio import input_size, load_model, read_metadata
 from core.serving.ood import load_scorer
@@ -73,3 +74,8 @@ class ModelFolder:
     def ood(self):
         """The folder's out-of-distribution scorer (``core.serving.ood.load_scorer``)."""
         return load_scorer(self.path, self.meta)
+
+    @cached_property
+    def metadata_branch(self):
+        """The folder's optional age/sex/site branch (``core.serving.metadata_branch``), or None."""
+        return metadata_branch.read(self.path, self.classes)

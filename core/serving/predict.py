@@ -27,12 +27,13 @@ inside a model folder, unless ``--force`` is given (``core.contracts.validation.
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.serving import metadata_branch
 from core.serving import ood as ood_scorers
 from core.contracts import predictions as contract
 from core.serving.calibration import calibrate
@@ -69,6 +70,10 @@ class Prediction:
     raw: np.ndarray  # the model's own softmax (averaged over TTA views)
     calibrated: bool
     ood: OodResult
+    # The age, sex and site the probabilities used (only the fields given), and the image-only
+    # probabilities they moved; both empty when no metadata was applied.
+    metadata: dict = field(default_factory=dict)
+    image_only: np.ndarray | None = None
 
     @property
     def predicted(self) -> str:
@@ -183,9 +188,32 @@ class Predictor:
         flags = self.ood.flagged(scores)
         return [self._prediction(r, p, float(sc), bool(f)) for r, p, sc, f in zip(raw, probs, scores, flags)]
 
-    def predict(self, rgb: np.ndarray, tta: bool = False) -> Prediction:
-        """Classify one RGB uint8 image of any size."""
-        return self.predict_batch([rgb], tta=tta)[0]
+    def predict(self, rgb: np.ndarray, tta: bool = False, *, metadata: dict | None = None) -> Prediction:
+        """Classify one RGB uint8 image of any size.
+
+        ``metadata`` (``age``, ``sex``, ``site``; any may be missing or None) moves the calibrated
+        probabilities through the folder's metadata branch. Without a branch, or with no field
+        given, the prediction is the image-only one.
+
+        Raises:
+            core.serving.metadata_branch.MetadataBranchError: a field value the branch does not know.
+        """
+        prediction = self.predict_batch([rgb], tta=tta)[0]
+        return self.with_metadata(prediction, metadata or {})
+
+    @property
+    def metadata_branch(self):
+        """The model folder's age/sex/site branch, or None."""
+        return self.folder.metadata_branch
+
+    def with_metadata(self, prediction: Prediction, metadata: dict) -> Prediction:
+        """``prediction`` moved by ``metadata`` through the branch (itself when there is nothing to apply)."""
+        given = {k: v for k, v in metadata.items() if k in metadata_branch.FIELDS and not metadata_branch.absent(v)}
+        branch = self.metadata_branch
+        if branch is None or not given:
+            return prediction
+        return replace(prediction, probabilities=branch.apply(prediction.probabilities, **given), metadata=given,
+                       image_only=prediction.probabilities)
 
     def predict_fn(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated probabilities of model-input batches (for saliency checks)."""
