@@ -28,7 +28,8 @@ with single:
     if image is not None:
         predictor = loaders.load_predictor(model_dir)
         tta = st.toggle("Test-time augmentation (average over the flips that keep the frame)", key=view.KEY_TTA)
-        prediction = view.show_prediction(predictor, image, tta)  # None: flagged and folded away
+        metadata = view.metadata_fields(predictor, image)  # {} when the model has no metadata branch
+        prediction = view.show_prediction(predictor, image, tta, metadata)  # None: flagged and folded away
         if prediction is not None:
             st.subheader("Lesion outline and measurements")
             lesion = segment_view.show_segmentation(image)

@@ -275,3 +275,42 @@ def test_an_image_shows_what_predict_gives_and_the_download_says_so(models, medi
     assert list(plain.columns) == ["image_id", "dx", *CLASSES, "calibration", "temperature", "temperature_n"]
     assert set(plain["calibration"]) == {"calibrated"} and set(plain["temperature_n"]) == {500}
     np.testing.assert_allclose(plain[list(CLASSES)].to_numpy(), served, atol=1e-6)
+
+
+def test_metadata_tab_without_a_branch_says_so(models):
+    at = run_page()
+    assert not at.exception
+    assert any("no age/sex/site branch" in i.value for i in at.info)
+
+
+def _write_branch(folder: Path, weight: float) -> None:
+    from core.serving import metadata_branch as mb
+
+    weights = np.zeros((len(mb.feature_names()), len(CLASSES)))
+    weights[mb.feature_names().index("site back"), CLASSES.index("bkl")] = weight
+    mb.write(folder, mb.MetadataBranch(weights, tuple(CLASSES), {
+        "fitted_on": {"split": "train", "n_images": 40}, "drop": 0.3, "l2": 0.001,
+        "validation": [{"variant": "image only", "n": 35, "balanced_accuracy": 0.5}]}))
+
+
+def test_metadata_tab_scores_the_same_images_with_and_without(models):
+    _write_branch(models["default"], 3.0)
+    at = run_page()
+    assert not at.exception, at.exception
+    side = [d.value for d in at.dataframe if "with age, sex, site" in d.value.columns]
+    assert len(side) == 2 and list(side[0].columns) == ["metric", "image alone", "with age, sex, site"]
+    assert list(side[1].columns) == ["class", "n", "image alone", "with age, sex, site"]  # sensitivity per class
+    table = side[0].set_index("metric")
+    assert (table["image alone"] != table["with age, sex, site"]).any()  # the back-site weight moves some scores
+    n_test = len(pd.read_csv(models["default"] / "predictions_test.csv"))
+    assert f"of {n_test:,} images" in markdown_text(at) and "What the branch learnt" in markdown_text(at)
+    assert any(c.key == "evaluate_metadata_weights" for c in at.get("plotly_chart"))
+
+
+def test_metadata_tab_without_the_dataset_shows_the_recorded_figures(models, monkeypatch, tmp_path):
+    _write_branch(models["default"], 3.0)
+    monkeypatch.setenv("HAM10000_DIR", str(tmp_path / "nowhere"))
+    at = run_page()
+    assert not at.exception, at.exception
+    assert any("validation figures recorded when the branch was fitted" in i.value for i in at.info)
+    assert any("variant" in d.value.columns and d.value["n"].tolist() == [35] for d in at.dataframe)

@@ -234,3 +234,52 @@ def test_dataset_sample_says_its_split_and_warns_on_training_images(monkeypatch,
     assert not at.exception, at.exception
     assert "an image of the model's **training** split" in texts(at)
     assert any("The model was trained on this image" in w.value for w in at.warning)
+
+
+@pytest.fixture
+def branch_model(tmp_path):
+    """A model folder with a metadata branch: a face pushes bkl up by e² in odds."""
+    from core.contracts.labels import CLASSES
+    from core.serving import metadata_branch as mb
+
+    folder = save_model_folder(build_tiny_model(), tmp_path / "with_branch", temperature=1.5, extra={"ood": PASS_ALL})
+    weights = np.zeros((len(mb.feature_names()), len(CLASSES)))
+    weights[mb.feature_names().index("site face"), CLASSES.index("bkl")] = 8.0
+    mb.write(folder, mb.MetadataBranch(weights, tuple(CLASSES), {}))
+    return folder
+
+
+def test_metadata_fields_appear_only_with_a_branch_and_move_only_when_given(monkeypatch, predict_env, branch_model):
+    at = run_page()
+    at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
+    assert not at.exception and not [e for e in at.expander if "Age, sex" in e.label]  # no branch, no fields
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(branch_model))
+    at = run_page()
+    at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert [e.label for e in at.expander if "Age, sex" in e.label] == ["Age, sex and body site (optional)"]
+    alone = at.subheader[0].value
+    assert "the grey bars show the image alone" not in texts(at)
+    at.selectbox(key="predict_site").set_value("face").run()
+    assert not at.exception, at.exception
+    assert at.subheader[0].value == "bkl · Benign keratosis-like lesion"  # odds × e⁸: bkl wins
+    assert f"With site face. The image alone says **{alone}**" in texts(at)
+    assert len(at.get("plotly_chart")[0].proto.spec) > 0 and '"image alone"' in at.get("plotly_chart")[0].proto.spec
+    at.selectbox(key="predict_site").set_value(None).run()
+    assert at.subheader[0].value == alone and "The image alone says" not in texts(at)
+
+
+def test_a_dataset_sample_fills_the_fields_with_its_record(monkeypatch, predict_env, branch_model):
+    data = write_tiny_dataset(predict_env / "ham10000")
+    monkeypatch.setenv("HAM10000_DIR", str(data))
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(branch_model))
+    at = run_page()
+    at.radio(key="predict_source").set_value("Dataset sample").run()
+    at.selectbox(key="predict_sample_class").set_value("mel").run()
+    image_id = at.selectbox(key="predict_sample_id").value
+    row = pd.read_csv(data / "HAM10000_metadata.csv").set_index("image_id").loc[image_id]
+    at.button(key="predict_use_recorded").click().run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="predict_age").value == (None if pd.isna(row["age"]) else int(row["age"]))
+    assert at.selectbox(key="predict_sex").value == (None if row["sex"] == "unknown" else row["sex"])
+    assert at.selectbox(key="predict_site").value == (None if row["localization"] == "unknown" else row["localization"])

@@ -25,6 +25,7 @@ from core.dataset.data import DatasetError
 from core.dataset.images import UPLOAD_TYPES, ImageError, count_zip_members, read_mask, zip_sources
 from core.dataset.images import decode_upload as decode_upload_pixels
 from core.contracts.labels import CLASS_NAMES, DESCRIPTIONS
+from core.serving import metadata_branch
 from core.serving.modelio import ModelFolderError, input_size, read_metadata
 from core.contracts.paths import default_model_dir
 from core.serving.predict import Predictor, available_models, predict_sources, tta_count
@@ -43,6 +44,9 @@ KEY_EXAMPLE = "predict_example"
 KEY_TTA = "predict_tta"
 KEY_BATCH = "predict_batch_files"
 KEY_SHOW_ANYWAY = "predict_show_anyway"
+KEY_AGE = "predict_age"
+KEY_SEX = "predict_sex"
+KEY_SITE = "predict_site"
 
 SOURCES = ("Upload", "Camera", "Dataset sample")
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
@@ -57,6 +61,7 @@ class InputImage:
     rgb: np.ndarray
     true_dx: str | None = None
     mask: np.ndarray | None = None
+    recorded: dict | None = None  # the dataset's age, sex and site of a dataset sample
 
     @property
     def digest(self) -> str:
@@ -136,6 +141,7 @@ def _pick_sample(frame: pd.DataFrame) -> InputImage | None:
     if image is None:
         return None
     image.true_dx = dx
+    image.recorded = {"age": row.get("age"), "sex": row.get("sex"), "site": row.get("localization")}
     try:
         image.mask = read_mask(row["mask_path"]) if row["mask_path"] else None
     except (OSError, ValueError, SyntaxError):
@@ -210,13 +216,21 @@ def _class_label(code: str) -> str:
 def probability_figure(prediction) -> go.Figure:
     """Horizontal bars of all class probabilities, the predicted class highlighted."""
     codes = list(prediction.classes)
+    labels = [_wrapped_label(c) for c in codes]
     colours = ["#d62728" if c == prediction.predicted else "#1f77b4" for c in codes]
     fig = go.Figure(
-        go.Bar(x=prediction.probabilities, y=[_wrapped_label(c) for c in codes], orientation="h",
-               marker_color=colours, text=[contract.percent(p) for p in prediction.probabilities], textposition="auto")
+        go.Bar(x=prediction.probabilities, y=labels, orientation="h", name="with " + ", ".join(prediction.metadata)
+               if prediction.metadata else "probability", marker_color=colours,
+               text=[contract.percent(p) for p in prediction.probabilities], textposition="auto")
     )
+    if prediction.image_only is not None:
+        fig.add_trace(go.Bar(x=prediction.image_only, y=labels, orientation="h", name="image alone",
+                             marker_color="#b0b0b0", text=[contract.percent(p) for p in prediction.image_only],
+                             textposition="auto"))
+        fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.25})
     fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
-                      yaxis={"autorange": "reversed", "automargin": True}, height=340,
+                      yaxis={"autorange": "reversed", "automargin": True},
+                      height=340 if prediction.image_only is None else 480,
                       margin={"l": 10, "r": 10, "t": 10, "b": 10})
     return fig
 
@@ -226,15 +240,53 @@ def _wrapped_label(code: str) -> str:
     return "<br>".join(textwrap.wrap(_class_label(code), width=28))
 
 
+METADATA_HELP = (
+    "Optional. Each field given moves the probabilities through the model's metadata branch: log-odds per "
+    "age band, sex and body site, fitted on HAM10000's training images with the image model frozen. Left "
+    "empty, the prediction is the image's alone, unchanged. The saliency maps below always explain the image."
+)
+
+
+def _given(value) -> str:
+    return "not given" if value is None else str(value)
+
+
+def metadata_fields(predictor: Predictor, image: InputImage) -> dict:
+    """Optional age, sex and site inputs when the model has a metadata branch; ``{}`` otherwise."""
+    if predictor.metadata_branch is None:
+        return {}
+    with st.expander("Age, sex and body site (optional)", icon=":material/person:"):
+        st.caption(METADATA_HELP)
+        if image.recorded:
+            st.button("Use this image's recorded age, sex and site", on_click=_use_recorded, args=(image.recorded,),
+                      key="predict_use_recorded")
+        age_col, sex_col, site_col = st.columns([1, 1, 2])
+        age = age_col.number_input("Age (years)", min_value=0, max_value=120, value=None, step=5, key=KEY_AGE,
+                                   placeholder="not given")
+        sex = sex_col.selectbox("Sex", [None, *metadata_branch.SEXES], format_func=_given, key=KEY_SEX)
+        site = site_col.selectbox("Body site", [None, *metadata_branch.SITES], format_func=_given, key=KEY_SITE)
+    return {"age": age, "sex": sex, "site": site}
+
+
+def _use_recorded(recorded: dict) -> None:
+    """Fill the metadata fields with a dataset sample's own record (a field the dataset lacks is cleared)."""
+    age, sex, site = (recorded.get(k) for k in ("age", "sex", "site"))
+    st.session_state[KEY_AGE] = None if metadata_branch.absent(age) else int(age)
+    st.session_state[KEY_SEX] = None if metadata_branch.absent(sex) else str(sex)
+    st.session_state[KEY_SITE] = None if metadata_branch.absent(site) else str(site)
+
+
 @guarded("The prediction")
-def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
+def show_prediction(predictor: Predictor, image: InputImage, tta: bool, metadata: dict | None = None):
     """The out-of-distribution gate, then the verdict: class, description, malignancy, all probabilities.
+
+    ``metadata`` (from :func:`metadata_fields`) moves the probabilities when the model has a metadata branch.
 
     Returns:
         The :class:`core.serving.predict.Prediction`, or None when the image was flagged and the user has not
         asked to see the verdict anyway (the page then shows no probabilities and no maps either).
     """
-    prediction = predictor.predict(image.rgb, tta=tta)
+    prediction = predictor.predict(image.rgb, tta=tta, metadata=metadata)
     if not ood_gate(prediction, image):
         return None
     left, right = st.columns([2, 3])
@@ -251,9 +303,22 @@ def show_prediction(predictor: Predictor, image: InputImage, tta: bool):
     with right:
         st.plotly_chart(probability_figure(prediction), width="stretch", key="predict_probs")
         st.caption(_calibration_text(predictor, tta))
+    if prediction.metadata:
+        st.info(metadata_sentence(prediction), icon=":material/person:")
     if not prediction.ood.flagged:
         st.caption("Out-of-distribution check passed. " + prediction.ood.text)
     return prediction
+
+
+def metadata_sentence(prediction) -> str:
+    """What the metadata changed: the fields used and the image's own verdict beside the combined one."""
+    given = ", ".join(f"{k} {v}" for k, v in prediction.metadata.items())
+    alone = prediction.image_only
+    top = int(np.argmax(alone))
+    verdict = (f"The image alone says **{_class_label(prediction.classes[top])}** ({contract.percent(alone[top])})")
+    same = prediction.classes[top] == prediction.predicted
+    return (f"With {given}. {verdict}{', the same class' if same else ''}; the grey bars show the image alone. "
+            "Age, sex and site only shift the odds learnt from HAM10000's patients.")
 
 
 def _calibration_text(predictor: Predictor, tta: bool) -> str:

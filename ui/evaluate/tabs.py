@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.evaluation.evaluate import Evaluable
-from ui.evaluate import compare, model_export, panels, reliability, segmentation
+from ui.evaluate import compare, metadata, model_export, panels, reliability, segmentation
 from ui.evaluate.common import Source
 
 
@@ -45,6 +45,7 @@ TABS: tuple[tuple[str, Panel], ...] = (
     ("Operating point", _of_predictions(panels.operating_point_panel)),
     ("Calibration", _of_predictions(reliability.calibration_panel)),
     ("Subgroups", _of_predictions(reliability.subgroup_panel)),
+    ("Age, sex, site", _of_predictions(metadata.metadata_panel)),
     ("Compare runs", lambda evaluation: compare.compare_panel(evaluation.models, evaluation.source)),
     ("Export", _export),
     ("Segmentation", lambda evaluation: segmentation.segmentation_panel()),
