@@ -53,6 +53,7 @@ def teacher_candidates(found: soft_targets.SoftTargets, subsets: list) -> dict:
         if unknown:
             raise SystemExit(f"--ensemble {subset}: no teacher named {sorted(unknown)} in the file ({found.teachers})")
         out[f"{subset}, 4 flips"] = np.mean([out[m] for m in members], axis=0)
+        out[f"{subset}, no flips"] = np.mean([found.probs[found.teachers.index(m), :, 0] for m in members], axis=0)
     return out
 
 

@@ -6,9 +6,10 @@ the threshold chosen on validation, then applied), calibration before and after
 the model's temperature, the per-class table and, when the dataset is present, the
 subgroup audit. Nothing is re-predicted, except with ``--tta``.
 
-With ``--compare DIR`` (default: ``models/v1``, the first shipped model's predictions)
-it first prints both models side by side on the same images, with the paired
-bootstrap interval of each difference (both models resampled with the same draws).
+With ``--compare DIR`` (repeatable; default: ``models/v1`` and ``models/v2``, the models
+shipped before, where present) it first prints the models side by side on the same
+images, with the paired bootstrap interval of the model's difference against each
+(every model resampled with the same draws).
 ``--tta`` re-predicts the split from the dataset with test-time augmentation
 (the flips that keep the frame) and prints the headline again.
 
@@ -75,31 +76,43 @@ def paired_stats(model_dir: Path, split: str, classes) -> tuple:
     is_mel = y_true == k
     _, called = _mel_at_val_threshold(model_dir, y_true, probs, classes)
     y_pred = metrics.predicted_labels(probs)
+    temperature = modelio.read_metadata(Path(model_dir)).get("temperature")
+    served = calibration.apply_temperature(probs, temperature) if temperature else probs
     stats = {
         "balanced accuracy": lambda w: metrics.weighted_balanced_accuracy(w, y_true, y_pred, n_classes=n_classes),
         "macro ROC AUC": lambda w: metrics.weighted_macro_auc(w, y_true, probs, n_classes=n_classes),
         "mel ROC AUC": lambda w: metrics.weighted_auc(w, is_mel, probs[:, k]),
         "mel sensitivity, val threshold for spec 0.80": lambda w: metrics.weighted_rate(w, called, is_mel),
         "mel specificity, same threshold": lambda w: metrics.weighted_rate(w, ~called, ~is_mel),
+        "log-loss after T": lambda w: calibration.weighted_nll(w, y_true, served),
+        "ECE after T (15 bins, top label)": lambda w: calibration.weighted_ece(w, y_true, served),
     }
     return frame["image_id"].to_numpy(), stats
 
 
 def side_by_side(model_dirs: list, split: str, classes, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Each metric for every model, and the last minus the first with a paired bootstrap 95 % interval."""
+    """Each metric for every model, then the last minus each other one with its paired bootstrap 95 % interval."""
     loaded = [paired_stats(d, split, classes) for d in model_dirs]
     ids = loaded[0][0]
     if any(len(i) != len(ids) or (i != ids).any() for i, _ in loaded):
         raise SystemExit(f"the models' {split} predictions cover different images: no paired comparison")
     boot, ones = metrics.bootstrap_counts(len(ids), n_boot, seed), np.ones((1, len(ids)))
+    names = [_name(d) for d in model_dirs]
     rows = []
-    for name in loaded[0][1]:
-        fns = [stats[name] for _, stats in loaded]
-        diff = fns[-1](boot) - fns[0](boot)
-        low, high = np.nanpercentile(diff, [2.5, 97.5])
-        row = {"metric": name, **{Path(d).name: float(f(ones)[0]) for d, f in zip(model_dirs, fns)}}
-        rows.append({**row, "difference": float(fns[-1](ones)[0] - fns[0](ones)[0]), "95 % CI": f"[{low:+.3f}, {high:+.3f}]"})
+    for metric in loaded[0][1]:
+        fns = [stats[metric] for _, stats in loaded]
+        row = {"metric": metric, **{name: float(f(ones)[0]) for name, f in zip(names, fns)}}
+        for name, fn in zip(names[:-1], fns[:-1]):
+            low, high = np.nanpercentile(fns[-1](boot) - fn(boot), [2.5, 97.5])
+            row[f"{names[-1]} − {name} [95 % CI]"] = f"{float(fns[-1](ones)[0] - fn(ones)[0]):+.3f} [{low:+.3f}, {high:+.3f}]"
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _name(model_dir: Path) -> str:
+    """A column name for a model folder: its folder name, or ``default`` for the shipped one."""
+    model_dir = Path(model_dir)
+    return "default" if model_dir.resolve() == paths.default_model_dir().resolve() else model_dir.name
 
 
 def tta_headline(model_dir: Path, split: str, classes) -> pd.DataFrame:
@@ -156,8 +169,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    parser.add_argument("--compare", type=Path, default=paths.PROJECT_ROOT / "models" / "v1",
-                        help="a model folder to print side by side first (default: the first shipped model)")
+    parser.add_argument("--compare", type=Path, action="append", default=None,
+                        help="a model folder to print side by side first, oldest first; repeatable (default: "
+                             "models/v1 and models/v2, the models shipped before, where present)")
     parser.add_argument("--tta", action="store_true", help="also re-predict the split with test-time augmentation")
     args = parser.parse_args()
     model_dir = args.model or paths.default_model_dir()
@@ -169,9 +183,12 @@ def main() -> None:
     height, width = modelio.input_size(meta)
     print(f"model {model_dir} ({meta.get('arch')}, {width}×{height} px), split {args.split}, n={len(y_true)}, "
           f"split sha256 {str(meta.get('split_sha256'))[:12]}\n")
-    if args.compare and Path(args.compare).resolve() != Path(model_dir).resolve() and Path(args.compare).is_dir():
-        print(f"side by side on {args.split} (n={len(y_true)}), paired bootstrap, 1000 resamples, seed 0:")
-        print(show(side_by_side([args.compare, model_dir], args.split, classes)), "\n")
+    earlier = args.compare if args.compare is not None else [paths.PROJECT_ROOT / "models" / v for v in ("v1", "v2")]
+    earlier = [d for d in earlier if Path(d).is_dir() and Path(d).resolve() != Path(model_dir).resolve()]
+    if earlier:
+        print(f"side by side on {args.split} (n={len(y_true)}), paired bootstrap, 1000 resamples, seed 0; "
+              "melanoma thresholds chosen on each model's validation split:")
+        print(show(side_by_side([*earlier, model_dir], args.split, classes)), "\n")
     if args.tta:
         print(f"{args.split} re-predicted from the images, without and with test-time augmentation:")
         print(show(tta_headline(model_dir, args.split, classes)), "\n")
