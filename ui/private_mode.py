@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core.serving import export, private_export
+from core.serving import export, metadata_branch, private_export
 from core.serving.calibration import temperature_status
 from core.dataset.images import DISPLAY_MAX_SIDE, INTERACTIVE_MAX_PIXELS
 from core.contracts.labels import CLASS_NAMES, DESCRIPTIONS, MALIGNANT
@@ -109,7 +109,9 @@ def show(model_dir: Path) -> None:
     component, model_url = _declare(model_dir)
     value = component(model_url=model_url, **component_args(model_dir, meta), key=KEY_COMPONENT, default=None)
     st.caption("Saliency maps other than this activation map (Grad-CAM and the other methods) and the lesion "
-               "outline need the image on the server: use the other mode for them.")
+               "outline need the image on the server: use the other mode for them."
+               + (" This mode classifies from the image alone: it asks for no age, sex or body site, so none of "
+                  "them reaches the server either." if metadata_branch.path_in(model_dir).is_file() else ""))
     result = read_result(value, meta["classes"])
     if value is not None and result is None:
         st.error("The browser returned something other than the expected numbers; nothing was shown.")
