@@ -260,7 +260,7 @@ def metadata_fields(predictor: Predictor, image: InputImage) -> dict:
         if image.recorded:
             st.button("Use this image's recorded age, sex and site", on_click=_use_recorded, args=(image.recorded,),
                       key="predict_use_recorded")
-        age_col, sex_col, site_col = st.columns([1, 1, 2])
+        age_col, sex_col, site_col = st.columns([3, 2, 4])
         age = age_col.number_input("Age (years)", min_value=0, max_value=120, value=None, step=5, key=KEY_AGE,
                                    placeholder="not given")
         sex = sex_col.selectbox("Sex", [None, *metadata_branch.SEXES], format_func=_given, key=KEY_SEX)

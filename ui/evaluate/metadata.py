@@ -37,7 +37,7 @@ def _headlines(probs: dict, y_true: np.ndarray, classes: tuple, positive: str, t
     for name, p in probs.items():
         head = metrics.headline(y_true, p, classes, positive=positive, threshold=t, n_boot=N_BOOT, seed=SEED)
         columns[name] = [fmt_ci(v, lo, hi) for v, lo, hi in head[["value", "ci_low", "ci_high"]].to_numpy()]
-        metric_names = head["metric"].tolist()
+        metric_names = head["label"].tolist()
     return pd.DataFrame({"metric": metric_names, **columns})
 
 
