@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import class_colour
@@ -56,3 +57,40 @@ def test_the_benchmark_scores_teachers_ensemble_and_v2_on_validation(tmp_path, t
     colour_line = next(l for l in text.splitlines() if l.strip().startswith("colour "))
     assert "1.000 [1.000, 1.000]" in colour_line  # the nearest-colour teacher is right on every image
     assert "paired differences against v2" in text and "per class" in text
+
+
+def test_the_reference_option_adds_a_paired_table_and_refuses_an_unknown_name(tmp_path, tiny_dataset, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("HAM_CACHE_DIR", str(tmp_path / "cache"))
+    split_file = tmp_path / "splits.csv"
+    save_splits(make_splits(load_dataset(tiny_dataset), seed=42), split_file)
+    teachers = [save_model_folder(build_tiny_model((30, 40), seed=s), tmp_path / f"t{s}", temperature=1.0,
+                                  extra={"split_sha256": split_hash(split_file)}) for s in (1, 2)]
+    out = tmp_path / "soft.npz"
+    soft_targets.build(out, teachers, split_file, data_dir=tiny_dataset)
+    v2 = folder_trained_on(tmp_path / "v2", tiny_dataset, build_tiny_model((30, 40), seed=7))
+    bench_ensemble.main(["--targets", str(out), "--v2", str(v2), "--reference", "t1"])
+    assert "paired differences against t1 (val" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no such candidate"):
+        bench_ensemble.main(["--targets", str(out), "--v2", str(v2), "--reference", "t9"])
+
+
+def test_the_metadata_benchmark_scores_the_variants_paired(tmp_path, tiny_dataset, monkeypatch, capsys):
+    import bench_metadata
+
+    from core.serving import metadata_branch as mb
+
+    folder = folder_trained_on(tmp_path / "model", tiny_dataset, build_tiny_model((30, 40), seed=7))
+    with pytest.raises(SystemExit, match="no metadata_branch.npz"):
+        bench_metadata.main(["--model", str(folder), "--data-dir", str(tiny_dataset)])
+    weights = np.zeros((len(mb.feature_names()), len(CLASSES)))
+    weights[mb.feature_names().index("site back"), CLASSES.index("nv")] = 2.0
+    mb.write(folder, mb.MetadataBranch(weights, tuple(CLASSES), {"l2": 0.001}))
+    bench_metadata.main(["--model", str(folder), "--data-dir", str(tiny_dataset)])
+    text = capsys.readouterr().out
+    n_val = len(pd.read_csv(folder / "predictions_val.csv"))
+    assert f"split val, n={n_val}" in text and "split test" not in text
+    for variant in ("image only", "image + age", "image + sex", "image + site", "image + age, sex, site"):
+        assert variant in text
+    sex_line = next(l for l in text.splitlines() if l.strip().startswith("image + sex") and "[" in l and "+0.000" in l)
+    assert sex_line.count("+0.000 [+0.000, +0.000]") >= 4  # a field with zero weights changes nothing
