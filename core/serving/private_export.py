@@ -25,7 +25,6 @@ Command line::
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
