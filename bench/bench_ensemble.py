@@ -11,8 +11,8 @@ draws); then the per-class table of the ensemble. The issue's selection rule jud
 by log-loss and macro AUC (low variance) as well as balanced accuracy.
 
 Candidates: each teacher (its 4 flips averaged), the ensemble of all teachers with
-and without the flips, ``--ensemble a+b`` for a subset, v2 (``models/default``'s
-saved predictions after its temperature) and any ``--model DIR`` (a student run:
+and without the flips, ``--ensemble a+b`` for a subset, v2 (``models/v2``'s
+saved predictions after its temperature: the model v3 replaced) and any ``--model DIR`` (a student run:
 its saved predictions after its temperature). The test split is read only with
 ``--test``: it is read once, for the final choice.
 
@@ -135,14 +135,14 @@ def main(argv=None) -> None:
                         help="also score the ensemble of these teachers (names joined by +); repeatable")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="also score a model folder's saved predictions (a student run); repeatable")
-    parser.add_argument("--v2", type=Path, default=None, help="the model compared against (default: the shipped model)")
+    parser.add_argument("--v2", type=Path, default=None, help="the model compared against (default: models/v2, the model v3 replaced)")
     parser.add_argument("--reference", action="append", default=[], metavar="CANDIDATE",
                         help="print each candidate's paired difference against this one too (a candidate's name as "
                              "the scores table prints it, e.g. 't1+t2, 4 flips'); repeatable")
     parser.add_argument("--test", action="store_true", help="score the test split (read it once, for the final choice)")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     args = parser.parse_args(argv)
-    args.v2 = args.v2 or paths.default_model_dir()
+    args.v2 = args.v2 or paths.PROJECT_ROOT / "models" / "v2"
     found = soft_targets.read(args.targets)
     classes = found.meta["classes"]
     split = "test" if args.test else "val"
