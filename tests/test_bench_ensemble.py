@@ -94,3 +94,17 @@ def test_the_metadata_benchmark_scores_the_variants_paired(tmp_path, tiny_datase
         assert variant in text
     sex_line = next(l for l in text.splitlines() if l.strip().startswith("image + sex") and "[" in l and "+0.000" in l)
     assert sex_line.count("+0.000 [+0.000, +0.000]") >= 4  # a field with zero weights changes nothing
+
+
+def test_the_ensemble_graph_averages_each_members_calibrated_probabilities(tmp_path):
+    import bench_ensemble_graph
+
+    members = [save_model_folder(build_tiny_model((30, 40), seed=s), tmp_path / f"m{s}", temperature=t)
+               for s, t in ((1, 1.5), (2, 0.7))]
+    graph = bench_ensemble_graph.ensemble_graph(members)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 30, 40, 3)).astype(np.float32)
+    from core.serving import modelio
+
+    expected = np.mean([calibration.apply_temperature(
+        np.asarray(modelio.load_model(m)(x, training=False)), t) for m, t in zip(members, (1.5, 0.7))], axis=0)
+    np.testing.assert_allclose(np.asarray(graph(x, training=False)), expected, atol=1e-5)
