@@ -130,12 +130,12 @@ async def session(page, port: int, files: dict, log: list, rss) -> None:
     log.append("6300 px PNG: " + (await page.locator('[data-testid="stAlert"]').filter(
         has_text=re.compile("too large|Refused")).first.inner_text()).splitlines()[0][:120] + f" [{rss():.0f} MB]")
     await upload(page, "Dermatoscopic image", files["big_png"])
-    outcome = re.compile(r"Download the left picture \(PNG\)|does not look like a dermatoscopic image")
+    outcome = re.compile(r"Download the picture \(PNG\)|does not look like a dermatoscopic image")
     await page.get_by_text(outcome).first.wait_for(timeout=STEP_TIMEOUT_MS)
     gated = await page.get_by_text("does not look like a dermatoscopic image").count() > 0
     if gated:  # the synthetic image fails the OOD gate: ask for the verdict so the maps are computed too
         await page.get_by_text("Show the prediction anyway").first.click()
-    await page.get_by_text("Download the left picture (PNG)").first.wait_for(timeout=STEP_TIMEOUT_MS)
+    await page.get_by_text("Download the picture (PNG)").first.wait_for(timeout=STEP_TIMEOUT_MS)
     log.append(f"4800 px PNG: predicted and explained{' (after the OOD gate)' if gated else ''} [{rss():.0f} MB]")
     await page.get_by_role("tab", name="Batch").click()
     await upload(page, "Images or zip files", files["zip"])
