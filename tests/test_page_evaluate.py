@@ -305,6 +305,8 @@ def test_metadata_tab_scores_the_same_images_with_and_without(models):
     n_test = len(pd.read_csv(models["default"] / "predictions_test.csv"))
     assert f"of {n_test:,} images" in markdown_text(at) and "What the branch learnt" in markdown_text(at)
     assert any(c.key == "evaluate_metadata_weights" for c in at.get("plotly_chart"))
+    assert "Fitted on 40 images of the train split" in markdown_text(at)
+    assert "associations of that population, not rules." in markdown_text(at)  # the caption is whole
 
 
 def test_metadata_tab_without_the_dataset_shows_the_recorded_figures(models, monkeypatch, tmp_path):

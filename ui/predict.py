@@ -247,10 +247,6 @@ METADATA_HELP = (
 )
 
 
-def _given(value) -> str:
-    return "not given" if value is None else str(value)
-
-
 def metadata_fields(predictor: Predictor, image: InputImage) -> dict:
     """Optional age, sex and site inputs when the model has a metadata branch; ``{}`` otherwise."""
     if predictor.metadata_branch is None:
@@ -260,11 +256,12 @@ def metadata_fields(predictor: Predictor, image: InputImage) -> dict:
         if image.recorded:
             st.button("Use this image's recorded age, sex and site", on_click=_use_recorded, args=(image.recorded,),
                       key="predict_use_recorded")
-        age_col, sex_col, site_col = st.columns([3, 2, 4])
+        age_col, sex_col, site_col = st.columns([3, 3, 4])
         age = age_col.number_input("Age (years)", min_value=0, max_value=120, value=None, step=5, key=KEY_AGE,
                                    placeholder="not given")
-        sex = sex_col.selectbox("Sex", [None, *metadata_branch.SEXES], format_func=_given, key=KEY_SEX)
-        site = site_col.selectbox("Body site", [None, *metadata_branch.SITES], format_func=_given, key=KEY_SITE)
+        sex = sex_col.selectbox("Sex", metadata_branch.SEXES, index=None, placeholder="not given", key=KEY_SEX)
+        site = site_col.selectbox("Body site", metadata_branch.SITES, index=None, placeholder="not given",
+                                  key=KEY_SITE)
     return {"age": age, "sex": sex, "site": site}
 
 

@@ -102,9 +102,10 @@ def _weights(branch) -> None:
                       yaxis={"autorange": "reversed"})
     st.plotly_chart(fig, key="evaluate_metadata_weights")
     fitted = branch.meta.get("fitted_on", {})
-    st.caption(plain(f"Log-odds each given field adds to each class (red: more likely, blue: less). Fitted on "
-                     f"{fitted.get('n_images', '?')} {fitted.get('split', '?')}-split images with the image model "
-                     f"frozen, each field dropped at random ({branch.meta.get('drop', '?')}), L2 "
-                     f"{branch.meta.get('l2', '?')}. These are HAM10000's patients (Vienna and Queensland): "
-                     "associations of that population, not rules."))
+    recorded = lambda value: plain(value, max_chars=40)  # noqa: E731  (read from the file: shown literally)
+    st.caption(f"Log-odds each given field adds to each class (red: more likely, blue: less). Fitted on "
+               f"{recorded(fitted.get('n_images', '?'))} images of the {recorded(fitted.get('split', '?'))} split "
+               f"with the image model frozen, each field dropped at random (p = {recorded(branch.meta.get('drop', '?'))}), "
+               f"L2 {recorded(branch.meta.get('l2', '?'))}. These are HAM10000's patients (Vienna and Queensland): "
+               "associations of that population, not rules.")
 
