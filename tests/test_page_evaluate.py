@@ -316,3 +316,12 @@ def test_metadata_tab_without_the_dataset_shows_the_recorded_figures(models, mon
     assert not at.exception, at.exception
     assert any("validation figures recorded when the branch was fitted" in i.value for i in at.info)
     assert any("variant" in d.value.columns and d.value["n"].tolist() == [35] for d in at.dataframe)
+
+
+def test_metadata_tab_with_a_corrupt_branch_explains(models):
+    from core.serving import metadata_branch as mb
+
+    mb.path_in(models["default"]).write_bytes(b"not an npz")
+    at = run_page()
+    assert not at.exception, at.exception
+    assert any("branch cannot be read" in e.value and "unreadable" in e.value for e in at.error)

@@ -283,3 +283,15 @@ def test_a_dataset_sample_fills_the_fields_with_its_record(monkeypatch, predict_
     assert at.number_input(key="predict_age").value == (None if pd.isna(row["age"]) else int(row["age"]))
     assert at.selectbox(key="predict_sex").value == (None if row["sex"] == "unknown" else row["sex"])
     assert at.selectbox(key="predict_site").value == (None if row["localization"] == "unknown" else row["localization"])
+
+
+def test_a_corrupt_metadata_branch_says_so_and_the_image_alone_still_predicts(monkeypatch, predict_env, branch_model):
+    from core.serving import metadata_branch as mb
+
+    mb.path_in(branch_model).write_bytes(b"not an npz")
+    monkeypatch.setenv("HAM_DEFAULT_MODEL", str(branch_model))
+    at = run_page()
+    at.file_uploader[0].set_value(("lesion.png", png(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert any("age/sex/site branch cannot be used" in w.value and "image alone" in w.value for w in at.warning)
+    assert at.metric[0].label == "Malignant (mel + bcc + akiec)"  # the verdict is there

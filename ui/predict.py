@@ -249,7 +249,12 @@ METADATA_HELP = (
 
 def metadata_fields(predictor: Predictor, image: InputImage) -> dict:
     """Optional age, sex and site inputs when the model has a metadata branch; ``{}`` otherwise."""
-    if predictor.metadata_branch is None:
+    try:
+        if predictor.metadata_branch is None:
+            return {}
+    except metadata_branch.MetadataBranchError as err:
+        st.warning(f"The model's age/sex/site branch cannot be used ({plain(err)}); predictions use the image "
+                   "alone.", icon=":material/warning:")
         return {}
     with st.expander("Age, sex and body site (optional)", icon=":material/person:"):
         st.caption(METADATA_HELP)

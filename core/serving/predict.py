@@ -209,8 +209,10 @@ class Predictor:
     def with_metadata(self, prediction: Prediction, metadata: dict) -> Prediction:
         """``prediction`` moved by ``metadata`` through the branch (itself when there is nothing to apply)."""
         given = {k: v for k, v in metadata.items() if k in metadata_branch.FIELDS and not metadata_branch.absent(v)}
+        if not given:
+            return prediction  # the branch file is not even read
         branch = self.metadata_branch
-        if branch is None or not given:
+        if branch is None:
             return prediction
         return replace(prediction, probabilities=branch.apply(prediction.probabilities, **given), metadata=given,
                        image_only=prediction.probabilities)

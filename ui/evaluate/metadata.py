@@ -43,7 +43,11 @@ def _headlines(probs: dict, y_true: np.ndarray, classes: tuple, positive: str, t
 
 def metadata_panel(source: Source, preds: pd.DataFrame) -> None:
     """With and without age, sex and site on the chosen split, and what the branch learnt."""
-    branch = branch_of(source)
+    try:
+        branch = branch_of(source)
+    except mb.MetadataBranchError as err:
+        st.error(f"The model's age/sex/site branch cannot be read: {plain(err)}")
+        return
     if branch is None:
         st.info("This model has no age/sex/site branch: it classifies from the image alone. "
                 "`lesionlab metadata-branch --model DIR --write` fits one on a run's training split.")
