@@ -3,7 +3,7 @@
 The trainer calls :func:`fit_for_model` when a run ends; an existing model
 folder is fitted with::
 
-    lesionlab ood fit [--model DIR] [--data-dir DIR] [--splits CSV] [--max-train 2000] [--seed 0]
+    lesionlab ood fit [--model DIR] [--data-dir DIR] [--splits CSV] [--max-train 3000] [--seed 0]
 
 which reads the dataset and the folder's ``splits.csv`` (the split the model was
 trained on; its SHA-256 must match ``model.json["split_sha256"]``), writes
@@ -11,7 +11,7 @@ trained on; its SHA-256 must match ``model.json["split_sha256"]``), writes
 
 What is fitted, on what:
 
-* positives: up to ``max_train`` training images (seeded sample);
+* positives: up to ``max_train`` training images (seeded sample; :data:`MAX_TRAIN` unless asked);
 * negatives: :func:`core.serving.ood_negatives.negatives` (crops and variants of
   ``china.jpg`` and synthetic textures; never test images, never ``flower.jpg``);
 * thresholds: the :data:`PERCENTILE` th percentile of each part over *all*
@@ -34,7 +34,7 @@ from core.serving.ood_negatives import FIT_PHOTOS, negatives
 
 PERCENTILE = 99.5
 HEAD_FLOOR = 0.5
-MAX_TRAIN = 2000
+MAX_TRAIN = 3000  # training images sampled as positives, by the trainer and by `lesionlab ood fit` alike
 N_NEGATIVES = 1600
 COMPONENTS = 64
 HEAD_C = 0.05  # L2 strength of the logistic head: strong, so it leans on broad differences

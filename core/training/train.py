@@ -551,12 +551,12 @@ class Trainer:
         if len(self.idx["val"]):
             self.fit_ood(best)
 
-    def fit_ood(self, model, max_train: int = 3000) -> None:
+    def fit_ood(self, model) -> None:
         """Fit the feature-space out-of-distribution score (core.serving.ood) and record it in model.json."""
         from core.serving import ood_fit
         rng = np.random.default_rng(self.args.seed)
         train = self.idx["train"]
-        train = np.sort(rng.choice(train, size=min(max_train, len(train)), replace=False))
+        train = np.sort(rng.choice(train, size=min(ood_fit.MAX_TRAIN, len(train)), replace=False))
         self.folder.set_phase("ood", f"fitting the out-of-distribution scorer on {len(train)} training images",
                               ood_fit.FIT_STEPS, unit="steps")
         entry = ood_fit.fit_for_model(self.folder.dir, model, train_images=self.images[train],
