@@ -40,6 +40,10 @@ SEXES = ("male", "female")
 SITES = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand", "lower extremity", "neck",
          "scalp", "trunk", "upper extremity")
 FIELDS = ("age", "sex", "site")
+# Each field's columns in the encoding, in :data:`FIELDS` order: one-hot over its values.
+FIELD_COLUMNS = {"age": slice(0, len(AGE_BINS)),
+                 "sex": slice(len(AGE_BINS), len(AGE_BINS) + len(SEXES)),
+                 "site": slice(len(AGE_BINS) + len(SEXES), len(AGE_BINS) + len(SEXES) + len(SITES))}
 ABSENT = ("", "unknown", "nan", "none")
 
 
@@ -73,23 +77,27 @@ def encode(*, age=None, sex=None, site=None) -> np.ndarray:
     Raises:
         MetadataBranchError: an age outside 0–120, or a sex or site not in :data:`SEXES` / :data:`SITES`.
     """
-    out = np.zeros(len(AGE_BINS) + len(SEXES) + len(SITES), np.float32)
+    out = np.zeros(FIELD_COLUMNS["site"].stop, np.float32)
     if not absent(age):
         years = float(age)
         if not 0 <= years <= 120:
             raise MetadataBranchError(f"age {age!r}: expected years between 0 and 120")
-        out[next(i for i, (low, high) in enumerate(AGE_BINS) if low <= years < high)] = 1
+        _one_hot(out, "age", next(i for i, (low, high) in enumerate(AGE_BINS) if low <= years < high))
     if not absent(sex):
         key = str(sex).strip().lower()
         if key not in SEXES:
             raise MetadataBranchError(f"sex {sex!r}: expected one of {', '.join(SEXES)} or nothing")
-        out[len(AGE_BINS) + SEXES.index(key)] = 1
+        _one_hot(out, "sex", SEXES.index(key))
     if not absent(site):
         key = str(site).strip().lower()
         if key not in SITES:
             raise MetadataBranchError(f"body site {site!r}: expected one of {', '.join(SITES)} or nothing")
-        out[len(AGE_BINS) + len(SEXES) + SITES.index(key)] = 1
+        _one_hot(out, "site", SITES.index(key))
     return out
+
+
+def _one_hot(encoded: np.ndarray, field: str, index: int) -> None:
+    encoded[FIELD_COLUMNS[field].start + index] = 1
 
 
 def encode_table(table: pd.DataFrame, *, keep=FIELDS) -> np.ndarray:

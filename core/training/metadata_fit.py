@@ -33,16 +33,12 @@ from core.serving import calibration, metadata_branch as mb
 DROP = 0.3
 L2_GRID = (1e-4, 1e-3, 1e-2, 3e-2)
 FOLDS = 5
-# Field columns of the encoding, for dropping.
-FIELD_SLICES = {"age": slice(0, len(mb.AGE_BINS)),
-                "sex": slice(len(mb.AGE_BINS), len(mb.AGE_BINS) + len(mb.SEXES)),
-                "site": slice(len(mb.AGE_BINS) + len(mb.SEXES), None)}
 
 
 def drop_fields(encoded: np.ndarray, *, p: float, rng: np.random.Generator) -> np.ndarray:
     """A copy of ``encoded`` (N, D) with each field of each row zeroed with probability ``p``."""
     out = encoded.copy()
-    for columns in FIELD_SLICES.values():
+    for columns in mb.FIELD_COLUMNS.values():
         out[rng.random(len(out)) < p, columns] = 0
     return out
 
