@@ -19,15 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from bench_ensemble import N_BOOT, differences_table, scores_table, stat_functions  # noqa: E402
+from bench_ensemble import N_BOOT, differences_table, folder_candidate, scores_table, stat_functions  # noqa: E402
 from bench_model import markdown  # noqa: E402
 
 from core.contracts import paths  # noqa: E402
 from core.dataset.data import load_dataset  # noqa: E402
 from core.evaluation import evaluate, metrics  # noqa: E402
-from core.serving import calibration, metadata_branch as mb  # noqa: E402
+from core.serving import metadata_branch as mb  # noqa: E402
 from core.serving.folder import ModelFolder  # noqa: E402
 
 IMAGE_ONLY = "image only"
@@ -37,9 +36,7 @@ def variants(folder: ModelFolder, branch: mb.MetadataBranch, split: str, dataset
     """``(y_true, {variant: probabilities}, the split's metadata table)`` of one split of the folder."""
     preds = evaluate.load_predictions(folder, split)
     classes = list(folder.classes)
-    probs = preds[classes].to_numpy(np.float64)
-    if folder.temperature:
-        probs = calibration.apply_temperature(probs, folder.temperature)
+    probs = folder_candidate(folder, preds["image_id"].to_numpy(), split)
     table = preds[["image_id"]].merge(dataset[["image_id", "age", "sex", "localization"]], on="image_id", how="left")
     out = {IMAGE_ONLY: probs}
     for field in mb.FIELDS:
